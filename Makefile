@@ -1,0 +1,50 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+# dvc runs stage commands through the shell: put the venv first so `python` is ours
+export PATH := $(BIN):$(PATH)
+export MPLBACKEND := Agg
+
+.PHONY: install run test test-fast lint format ui check clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=python3"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	dvc repro
+	@echo
+	@echo "Report:    reports/index.html (and reports/index.md)"
+	@echo "Metrics:   dvc metrics show    Plots: dvc plots show"
+	@echo "MLflow UI: make ui  -> http://127.0.0.1:5000"
+
+check: $(STAMP)
+	python -m pipeline check
+
+lint: $(STAMP)
+	ruff check .
+	ruff format --check .
+
+format: $(STAMP)
+	ruff format .
+	ruff check --fix .
+
+test: lint
+	python -m pytest
+
+test-fast: $(STAMP)
+	python -m pytest -m "not slow"
+
+ui: $(STAMP)
+	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf data artifacts reports/experiments reports/index.* mlflow.db mlartifacts dvc.lock

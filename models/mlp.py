@@ -1,0 +1,47 @@
+"""Multi-layer perceptron: flattens its input; Linear -> [BatchNorm] -> activation -> dropout."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from models.layers import activation
+from models.registry import DataSpec, register_model
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    hidden_sizes: tuple[int, ...] = (256, 128)
+    activation: str = "relu"
+    dropout: float = 0.1
+    batch_norm: bool = True
+
+    @classmethod
+    def tiny(cls) -> MLPConfig:
+        return cls(hidden_sizes=(8,))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: MLPConfig, in_features: int, out_features: int):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_features
+        for hidden in config.hidden_sizes:
+            layers.append(nn.Linear(width, hidden, bias=not config.batch_norm))
+            if config.batch_norm:
+                layers.append(nn.BatchNorm1d(hidden))
+            layers += [activation(config.activation), nn.Dropout(config.dropout)]
+            width = hidden
+        layers.append(nn.Linear(width, out_features))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # (B, *input_shape) -> (B, out_features)
+
+
+@register_model("mlp", MLPConfig)
+def build_mlp(*, config: MLPConfig, spec: DataSpec) -> MLP:
+    return MLP(config, math.prod(spec.input_shape), spec.num_classes)

@@ -1,0 +1,72 @@
+"""The model registry: one entry per family holds its builder and its config class.
+
+Usable without the pipeline: `build_model("cnn", {"channels": (16,)}, DataSpec((1, 8, 8), 10))`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a model needs to know about its data."""
+
+    input_shape: tuple[int, ...]  # one sample, e.g. (C, H, W) or (features,)
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    config_cls: type
+    builder: Callable[..., nn.Module]
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, config_cls: type):
+    """Decorator: register `builder(*, config, spec) -> nn.Module` under `name`."""
+    if not dataclasses.is_dataclass(config_cls):
+        raise TypeError(f"model {name!r}: config class must be a dataclass")
+
+    def decorate(builder):
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is already registered")
+        _REGISTRY[name] = ModelEntry(name, config_cls, builder)
+        return builder
+
+    return decorate
+
+
+def get_entry(name: str) -> ModelEntry:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown model {name!r}; known models: {', '.join(list_models())}"
+        ) from None
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def make_config(name: str, config: Mapping[str, Any] | Any | None = None):
+    """The family's config dataclass from a mapping (lists become tuples), an instance or None."""
+    entry = get_entry(name)
+    if isinstance(config, entry.config_cls):
+        return config
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(config or {}).items()}
+    return entry.config_cls(**values)
+
+
+def build_model(name: str, config: Mapping[str, Any] | Any | None, spec: DataSpec) -> nn.Module:
+    """Build a registered model for data described by `spec`."""
+    return get_entry(name).builder(config=make_config(name, config), spec=spec)

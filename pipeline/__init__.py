@@ -1,0 +1,1 @@
+"""A declarative deep-learning experiment pipeline: params.yaml -> dvc repro -> MLflow."""

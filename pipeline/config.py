@@ -1,0 +1,334 @@
+"""The params.yaml schema: typed, strict, frozen; errors name the key, the value, what is allowed.
+
+params.yaml has three sections: `datasets` (named data sources), `defaults` (settings every
+experiment shares) and `experiments` (named experiments: a dataset plus overrides of defaults).
+An experiment resolves as `defaults` deep-merged with `experiments.<name>`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import ParamsError
+
+Activation = Literal["relu", "leaky_relu", "gelu", "tanh", "sigmoid"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---- datasets -------------------------------------------------------------------------------
+
+
+class SplitParams(Strict):
+    val: float = Field(0.15, gt=0, lt=1, description="fraction of samples for validation")
+    test: float = Field(0.2, gt=0, lt=1, description="fraction of samples for the test split")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _leaves_training_data(self):
+        if self.val + self.test >= 0.9:
+            raise ValueError(f"val + test = {self.val + self.test:g} leaves too little to train on")
+        return self
+
+
+class DatasetParams(Strict):
+    source: Literal["sklearn_digits"]
+    split: SplitParams = SplitParams()
+    normalize: bool = True
+
+
+# ---- models: one class per registered family (tests/test_models.py keeps them in step) ------
+
+
+class MLPParams(Strict):
+    name: Literal["mlp"]
+    hidden_sizes: tuple[Annotated[int, Field(ge=1)], ...] = (256, 128)
+    activation: Activation = "relu"
+    dropout: float = Field(0.1, ge=0, lt=1)
+    batch_norm: bool = True
+
+
+class CNNParams(Strict):
+    name: Literal["cnn"]
+    channels: tuple[Annotated[int, Field(ge=1)], ...] = (32, 64)
+    kernel_size: int = Field(3, ge=1)
+    hidden_size: int = Field(128, ge=1)
+    activation: Activation = "relu"
+    dropout: float = Field(0.1, ge=0, lt=1)
+    batch_norm: bool = True
+    residual: bool = False
+
+
+ModelParams = Annotated[Union[MLPParams, CNNParams], Field(discriminator="name")]  # noqa: UP007
+
+
+# ---- training, evaluation, tracking ---------------------------------------------------------
+
+
+class OptimizerParams(Strict):
+    name: Literal["sgd", "adam", "adamw"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
+
+
+class SchedulerParams(Strict):
+    name: Literal["none", "cosine", "step", "plateau"] = "cosine"
+    step_size: int = Field(10, ge=1, description="step: epochs between decays")
+    gamma: float = Field(0.5, gt=0, le=1, description="step/plateau: decay factor")
+    patience: int = Field(5, ge=0, description="plateau: epochs without improvement")
+
+
+class EarlyStoppingParams(Strict):
+    metric: Literal["val/loss", "val/accuracy"] = "val/loss"
+    patience: int = Field(10, ge=0, description="epochs without improvement; 0 disables")
+
+
+class TrainParams(Strict):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1)
+    optimizer: OptimizerParams = OptimizerParams()
+    scheduler: SchedulerParams = SchedulerParams()
+    early_stopping: EarlyStoppingParams = EarlyStoppingParams()
+    grad_clip: float | None = Field(1.0, gt=0, description="max gradient norm; null disables")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+class EvaluateParams(Strict):
+    batch_size: int = Field(512, ge=1)
+
+
+class TrackingParams(Strict):
+    uri: str = "sqlite:///mlflow.db"
+    artifact_location: str = "mlartifacts"
+    experiment_name: str = "dl-pipeline"
+    system_metrics: bool = False
+    log_model: bool = True
+
+
+class Defaults(Strict):
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    model: ModelParams = MLPParams(name="mlp")
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    tracking: TrackingParams = TrackingParams()
+
+
+class ExperimentParams(Defaults):
+    """One experiment, resolved: defaults < experiments.<name>."""
+
+    dataset: str
+
+
+class Params(Strict):
+    datasets: dict[str, DatasetParams]
+    defaults: Defaults
+    experiments: dict[str, ExperimentParams]
+
+
+SECTIONS = ("datasets", "defaults", "experiments")
+
+
+# ---- loading --------------------------------------------------------------------------------
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; raise ParamsError listing every problem found."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    problems: list[str] = []
+    for key in raw:
+        if key not in SECTIONS:
+            problems.append(_unknown_key(key, key, SECTIONS))
+    datasets_raw = _mapping(raw, "datasets", problems, required=True)
+    defaults_raw = _mapping(raw, "defaults", problems, required=False)
+    experiments_raw = _mapping(raw, "experiments", problems, required=True)
+
+    datasets = {}
+    for name, spec in datasets_raw.items():
+        datasets[name] = _validate(DatasetParams, spec, lambda _, n=name: f"datasets.{n}", problems)
+    defaults = _validate(Defaults, defaults_raw, lambda _: "defaults", problems)
+
+    experiments = {}
+    for name, overrides in experiments_raw.items():
+        where = f"experiments.{name}"
+        if not isinstance(overrides, dict):
+            problems.append(
+                f"{where}: expected a mapping with at least 'dataset', got {overrides!r}"
+            )
+            continue
+        merged = merge_overrides(defaults_raw, overrides)
+        exp = _validate(
+            ExperimentParams,
+            merged,
+            lambda keys, o=overrides, w=where: (
+                w if _has_path(o, keys) or not _has_path(defaults_raw, keys) else "defaults"
+            ),
+            problems,
+        )
+        if exp is not None and exp.dataset not in datasets_raw:
+            declared = ", ".join(sorted(datasets_raw)) or "none"
+            problems.append(
+                f"{where}.dataset: {exp.dataset!r} is not a declared dataset; declared: {declared}"
+            )
+        experiments[name] = exp
+    if problems:
+        # a bad default shows up once per experiment too; say it once
+        raise ParamsError(path, list(dict.fromkeys(problems)))
+    return Params(datasets=datasets, defaults=defaults, experiments=experiments)
+
+
+def merge_overrides(base: dict, overrides: dict) -> dict:
+    """Deep-merge `overrides` over `base`. A model section naming another family replaces it."""
+    out = dict(base)
+    for key, value in overrides.items():
+        old = out.get(key)
+        same_model = key != "model" or (
+            isinstance(old, dict)
+            and isinstance(value, dict)
+            and old.get("name") == value.get("name")
+        )
+        if isinstance(old, dict) and isinstance(value, dict) and same_model:
+            out[key] = merge_overrides(old, value)
+        else:
+            out[key] = value
+    return out
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """{'train': {'lr': 1}} -> {'train.lr': 1}: the form MLflow params and DVC -S keys use."""
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    if not isinstance(obj, dict):
+        return {prefix: obj}
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ParamsError(path, [f"file not found (looked in {path.resolve().parent})"])
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(path, [f"not valid YAML: {err}".replace("\n", " ")]) from None
+    if not isinstance(raw, dict):
+        raise ParamsError(path, [f"expected a mapping with sections {', '.join(SECTIONS)}"])
+    return raw
+
+
+def _mapping(raw: dict, key: str, problems: list[str], *, required: bool) -> dict:
+    value = raw.get(key)
+    if value is None:
+        if required:
+            problems.append(f"{key}: missing section; it maps names to {key[:-1]} settings")
+        return {}
+    if not isinstance(value, dict):
+        problems.append(f"{key}: expected a mapping, got {value!r}")
+        return {}
+    return value
+
+
+def _validate(cls: type[BaseModel], data: Any, where, problems: list[str]):
+    """Validate `data`; on failure append one line per error and return None.
+
+    `where(keys)` gives the user-facing prefix of an error at `keys` (experiments report
+    errors against the section the bad value came from).
+    """
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            keys, allowed = _walk(cls, err["loc"])
+            path = ".".join([where(keys), *keys])
+            problems.append(_describe(err, path, allowed))
+        return None
+
+
+def _describe(err: dict, path: str, allowed: tuple[str, ...]) -> str:
+    kind, value, ctx = err["type"], err.get("input"), err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return _unknown_key(path, path.rsplit(".", 1)[-1], allowed)
+    if kind == "union_tag_invalid":
+        known = ", ".join(sorted(t.strip("'") for t in ctx["expected_tags"].split(", ")))
+        return f"{path}.name: {ctx['tag']!r} is not a known model; known models: {known}"
+    if kind == "union_tag_not_found":
+        return f"{path}.name: missing; a model section names its family (name: mlp, cnn, ...)"
+    if kind == "missing":
+        return f"{path}: missing required key"
+    if kind == "literal_error":
+        return f"{path}: {value!r} is not allowed; expected {ctx['expected']}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if kind == "value_error":
+        return f"{path}: {msg}"
+    return f"{path}: {value!r} is invalid: {msg}"
+
+
+def _unknown_key(path: str, key: str, allowed) -> str:
+    close = difflib.get_close_matches(str(key), list(allowed), n=1, cutoff=0.6)
+    if close:
+        return f"{path}: unknown key; did you mean {close[0]!r}?"
+    return f"{path}: unknown key; allowed keys: {', '.join(allowed)}"
+
+
+def _walk(cls: type[BaseModel], loc: tuple) -> tuple[list[str], tuple[str, ...]]:
+    """Follow a pydantic error location through the schema.
+
+    Returns the user-facing key path (discriminator tags removed) and the keys allowed where
+    the path ends (for 'did you mean').
+    """
+    keys: list[str] = []
+    node: Any = cls
+    allowed: tuple[str, ...] = ()
+    for part in loc:
+        node = _unwrap(node)
+        if isinstance(node, tuple):  # discriminated union: this loc part is the tag
+            node = next((m for m in node if _tag(m) == part), None)
+            if node is None:
+                break
+            continue
+        keys.append(str(part))
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            allowed = tuple(node.model_fields)
+            field = node.model_fields.get(part)
+            node = field.annotation if field else None
+        else:
+            args = get_args(node)
+            node = args[-1] if args else None
+    return keys, allowed
+
+
+def _tag(model: type[BaseModel]) -> str:
+    return get_args(model.model_fields["name"].annotation)[0]
+
+
+def _unwrap(tp):
+    """Strip Annotated/Optional; a union of models becomes a tuple of its members."""
+    while get_origin(tp) is Annotated:
+        tp = get_args(tp)[0]
+    if get_origin(tp) in (Union, types.UnionType):
+        members = [a for a in get_args(tp) if a is not type(None)]
+        models = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
+        if len(models) > 1:
+            return tuple(models)
+        return _unwrap(members[0])
+    return tp
+
+
+def _has_path(data: Any, keys: list[str]) -> bool:
+    for key in keys:
+        if not isinstance(data, dict) or key not in data:
+            return False
+        data = data[key]
+    return True

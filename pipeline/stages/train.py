@@ -1,0 +1,112 @@
+"""train@<experiment>: fit the experiment's model; write model.pt, history.csv, config.yaml."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+
+import yaml
+
+from pipeline import atomic, data, paths, tracking
+from pipeline.config import Params, flatten
+from pipeline.stages import stage_main
+
+
+def run(params: Params, experiment: str):
+    import torch
+
+    from models import DataSpec, build_model
+    from pipeline import engine
+
+    exp = params.experiments[experiment]
+    schema = data.load_schema(exp.dataset)
+    config = exp.model_dump(mode="json")
+    device = engine.select_device(exp.device)
+    engine.seed_everything(exp.seed)
+    spec = DataSpec(tuple(schema["input_shape"]), schema["num_classes"])
+    model = build_model(exp.model.name, exp.model.model_dump(exclude={"name"}), spec).to(device)
+    train_x, train_y = data.load_split(exp.dataset, "train")
+    val_x, val_y = data.load_split(exp.dataset, "val")
+    batch = exp.train.batch_size
+    train = engine.Batches(train_x, train_y, batch, device=device, shuffle=True, seed=exp.seed)
+    val = engine.Batches(val_x, val_y, exp.evaluate.batch_size, device=device, shuffle=False)
+
+    tags = {
+        "stage": "train",
+        "experiment": experiment,
+        "dataset": exp.dataset,
+        "model": exp.model.name,
+        "dvc.data_hash": tracking.dvc_data_hash(exp.dataset),
+    }
+    with tracking.stage_run(exp.tracking, name=f"{experiment}/train", tags=tags) as run:
+        run.log_params(flatten(config))
+        run.log_dict(config, "config.yaml")
+        n_params = sum(p.numel() for p in model.parameters())
+        result = engine.fit(
+            model,
+            train,
+            val,
+            exp.train,
+            checkpoint_path=paths.checkpoint_file(experiment),
+            run_key=engine.config_key(config),
+            on_epoch=lambda epoch, row: run.log_metrics(
+                {k: v for k, v in row.items() if k != "epoch"}, step=epoch
+            ),
+            desc=experiment,
+        )
+        summary = {
+            "experiment": experiment,
+            "mlflow_run_id": run.run_id,
+            "device": str(device),
+            "parameters": n_params,
+            "epochs_run": len(result.history),
+            "best_epoch": result.best_epoch,
+            f"best_{exp.train.early_stopping.metric}": result.best_score,
+            "stopped_early": result.stopped_early,
+            "resumed_from_epoch": result.resumed_from_epoch,
+            "train_seconds": round(result.seconds, 3),
+            "samples_per_second": round(result.samples_per_second, 1),
+        }
+        run.log_metrics(
+            {
+                "parameters": n_params,
+                "best_epoch": result.best_epoch,
+                "train_seconds": result.seconds,
+                "samples_per_second": result.samples_per_second,
+            }
+        )
+        if exp.tracking.log_model:
+            run.log_torch_model(model.cpu(), train_x[:4])
+        with atomic.atomic_path(paths.model_file(experiment)) as tmp:
+            torch.save(
+                {
+                    "model": exp.model.model_dump(mode="json"),
+                    "input_shape": spec.input_shape,
+                    "num_classes": spec.num_classes,
+                    "state_dict": model.state_dict(),
+                },
+                tmp,
+            )
+        atomic.write_text(paths.history_file(experiment), history_csv(result.history))
+        atomic.write_text(
+            paths.resolved_config_file(experiment), yaml.safe_dump(config, sort_keys=False)
+        )
+        atomic.write_json(paths.train_summary_file(experiment), summary)
+    return summary
+
+
+def history_csv(history: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return buf.getvalue()
+
+
+def main(argv=None) -> int:
+    return stage_main("train", run, argv, target="experiment")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

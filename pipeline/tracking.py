@@ -1,0 +1,162 @@
+"""The one place that talks to MLflow.
+
+Every stage invocation is one MLflow run named `<experiment or dataset>/<stage>` with tags
+`pipeline.stage`, `pipeline.experiment`/`pipeline.dataset`, the git commit and the DVC hash of
+the data. Evaluate runs nest under their experiment's train run, so the two sit together.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline import paths
+from pipeline.config import TrackingParams
+
+SECRET = re.compile(r"password|passwd|secret|token|api[_-]?key|credential", re.IGNORECASE)
+TAG_PREFIX = "pipeline."
+
+
+class StageRun:
+    """A live MLflow run; methods log in batches, never one call per scalar."""
+
+    def __init__(self, mlflow, run_id: str):
+        self._mlflow = mlflow
+        self.run_id = run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        # synchronous=False: the epoch loop does not wait on the tracking store
+        self._mlflow.log_metrics(metrics, step=step, synchronous=False)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self._mlflow.log_params(public_params(params), synchronous=False)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self._mlflow.set_tags(tags)
+
+    def log_dict(self, obj: dict, name: str) -> None:
+        self._mlflow.log_dict(obj, name)
+
+    def log_figure(self, figure, name: str) -> None:
+        self._mlflow.log_figure(figure, name)
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        self._mlflow.log_artifact(str(path), folder)
+
+    def log_torch_model(self, model, input_example) -> None:
+        """The model with a signature and input example (numpy), loadable by mlflow.pytorch."""
+        import torch
+        from mlflow.models import infer_signature
+
+        model.eval()
+        with torch.no_grad():
+            output = model(torch.as_tensor(input_example)).cpu().numpy()
+        self._mlflow.pytorch.log_model(
+            model,
+            name="model",
+            signature=infer_signature(input_example, output),
+            input_example=input_example,
+            # naming the requirement skips MLflow's slow import-based inference
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
+
+
+@contextmanager
+def stage_run(
+    tracking: TrackingParams,
+    *,
+    name: str,
+    tags: dict[str, str],
+    parent_run_id: str | None = None,
+) -> Iterator[StageRun]:
+    """Start an MLflow run for one stage invocation.
+
+    The run ends FINISHED on success, FAILED on an error and KILLED on an interrupt or
+    SIGTERM (the stage CLI turns SIGTERM into SystemExit), never staying RUNNING.
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking.uri)
+    experiment_id = _experiment_id(mlflow, tracking)
+    all_tags = {TAG_PREFIX + k: v for k, v in tags.items()}
+    all_tags.update({"mlflow.source.git.commit": git_commit() or "unknown"})
+    run = mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=name,
+        tags=all_tags,
+        parent_run_id=_existing_run(mlflow, parent_run_id),
+        log_system_metrics=tracking.system_metrics,
+    )
+    try:
+        yield StageRun(mlflow, run.info.run_id)
+    except (KeyboardInterrupt, SystemExit):
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.flush_async_logging()
+    mlflow.end_run("FINISHED")
+
+
+def _existing_run(mlflow, run_id: str | None) -> str | None:
+    """`run_id` if this store has it (a parent from another store or a wiped db is dropped)."""
+    if run_id is None:
+        return None
+    try:
+        mlflow.get_run(run_id)
+    except Exception:
+        return None
+    return run_id
+
+
+def _experiment_id(mlflow, tracking: TrackingParams) -> str:
+    found = mlflow.get_experiment_by_name(tracking.experiment_name)
+    if found is not None:
+        return found.experiment_id
+    location = tracking.artifact_location
+    if "://" not in location:  # a local folder, relative to the project
+        location = Path(location).resolve().as_uri()
+    try:
+        return mlflow.create_experiment(tracking.experiment_name, artifact_location=location)
+    except Exception:
+        # another stage process created it first
+        found = mlflow.get_experiment_by_name(tracking.experiment_name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def public_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Drop keys that look like secrets: they never reach the tracking store."""
+    return {k: v for k, v in params.items() if not SECRET.search(k)}
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def dvc_data_hash(dataset: str) -> str:
+    """The md5 DVC recorded in dvc.lock for data/processed/<dataset>, or 'untracked'."""
+    if not paths.DVC_LOCK.is_file():
+        return "untracked"
+    lock = yaml.safe_load(paths.DVC_LOCK.read_text()) or {}
+    stage = lock.get("stages", {}).get(f"preprocess@{dataset}", {})
+    target = os.fspath(paths.processed_dir(dataset))
+    for out in stage.get("outs", []):
+        if out.get("path") == target:
+            return out.get("md5", "untracked")
+    return "untracked"
