@@ -175,10 +175,11 @@ def load_params(path: str | Path = "params.yaml") -> Params:
             ),
             problems,
         )
-        if exp is not None and exp.dataset not in datasets_raw:
+        dataset = overrides.get("dataset")
+        if isinstance(dataset, str) and dataset not in datasets_raw:
             declared = ", ".join(sorted(datasets_raw)) or "none"
             problems.append(
-                f"{where}.dataset: {exp.dataset!r} is not a declared dataset; declared: {declared}"
+                f"{where}.dataset: {dataset!r} is not a declared dataset; declared: {declared}"
             )
         experiments[name] = exp
     if problems:

@@ -1,0 +1,82 @@
+"""Tests compose the REAL params.yaml and shrink it (few epochs, tiny models, CPU)."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+# what a project copy needs to run `dvc repro`
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "pyproject.toml", "pipeline", "models")
+
+
+def shipped_params() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def shrink(raw: dict, epochs: int = 2) -> dict:
+    """The shipped params with tiny models and few epochs, on CPU."""
+    raw = copy.deepcopy(raw)
+    raw["defaults"]["device"] = "cpu"
+    raw["defaults"]["train"]["epochs"] = epochs
+    tiny = {"mlp": {"hidden_sizes": [16]}, "cnn": {"channels": [4], "hidden_size": 8}}
+    for exp in raw["experiments"].values():
+        exp.setdefault("train", {})["epochs"] = epochs
+        exp["model"].update(tiny.get(exp["model"]["name"], {}))
+    return raw
+
+
+def write_params(path: Path, raw: dict) -> Path:
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command with the venv's tools first on PATH, as `make` does."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["MPLBACKEND"] = "Agg"
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n"
+            f"--- stderr\n{proc.stderr}"
+        )
+    return proc
+
+
+def make_project(dest: Path, raw_params: dict) -> Path:
+    """A fresh git + DVC repository holding a copy of this project and the given params."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dest / name)
+    write_params(dest / "params.yaml", raw_params)
+    (dest / ".gitignore").write_text((ROOT / ".gitignore").read_text())
+    run(["git", "init", "-q"], dest)
+    run(["git", "config", "user.email", "ci@example.invalid"], dest)
+    run(["git", "config", "user.name", "ci"], dest)
+    run(["dvc", "init", "-q"], dest)
+    run(["dvc", "config", "core.analytics", "false"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "commit", "-qm", "project"], dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def repro_project(tmp_path_factory) -> Path:
+    """One shrunk project after a real `dvc repro`, shared by the end-to-end tests."""
+    project = make_project(tmp_path_factory.mktemp("project"), shrink(shipped_params()))
+    proc = run(["dvc", "repro"], project)
+    (project / "first_repro.log").write_text(proc.stdout)
+    return project

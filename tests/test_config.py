@@ -1,0 +1,151 @@
+"""params.yaml schema: the shipped file loads; mistakes get one clear message naming the key."""
+
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.config import CNNParams, MLPParams, load_params, merge_overrides
+from pipeline.errors import ParamsError
+from tests.conftest import ROOT, shipped_params, write_params
+
+
+def problems_for(tmp_path, mutate) -> list[str]:
+    raw = shipped_params()
+    mutate(raw)
+    with pytest.raises(ParamsError) as info:
+        load_params(write_params(tmp_path / "params.yaml", raw))
+    return info.value.problems
+
+
+def test_shipped_params_load_with_precedence():
+    params = load_params(ROOT / "params.yaml")
+    raw = shipped_params()
+    assert set(params.experiments) == set(raw["experiments"])
+    cnn = params.experiments["cnn_digits"]
+    assert isinstance(cnn.model, CNNParams)
+    # experiment overrides win, everything else comes from defaults
+    assert cnn.train.epochs == raw["experiments"]["cnn_digits"]["train"]["epochs"]
+    assert cnn.train.batch_size == raw["defaults"]["train"]["batch_size"]
+    assert cnn.train.optimizer.lr == raw["defaults"]["train"]["optimizer"]["lr"]
+
+
+def test_typo_key_suggests_the_close_match(tmp_path):
+    problems = problems_for(tmp_path, lambda r: r["defaults"]["train"].update(epohcs=3))
+    assert problems == ["defaults.train.epohcs: unknown key; did you mean 'epochs'?"]
+
+
+def test_typo_in_experiment_model_names_the_experiment(tmp_path):
+    problems = problems_for(
+        tmp_path, lambda r: r["experiments"]["cnn_digits"]["model"].update(chanels=[8])
+    )
+    assert problems == [
+        "experiments.cnn_digits.model.chanels: unknown key; did you mean 'channels'?"
+    ]
+
+
+def test_wrong_type_names_key_and_value(tmp_path):
+    problems = problems_for(tmp_path, lambda r: r["defaults"]["train"].update(epochs="ten"))
+    assert len(problems) == 1
+    assert problems[0].startswith("defaults.train.epochs: 'ten' is invalid")
+    assert "integer" in problems[0]
+
+
+def test_unknown_model_lists_known_models(tmp_path):
+    problems = problems_for(
+        tmp_path, lambda r: r["experiments"]["mlp_digits"]["model"].update(name="resnet")
+    )
+    assert problems == [
+        "experiments.mlp_digits.model.name: 'resnet' is not a known model; known models: cnn, mlp"
+    ]
+
+
+def test_unknown_dataset_and_bad_choice(tmp_path):
+    def mutate(raw):
+        raw["experiments"]["mlp_digits"]["dataset"] = "mnist"
+        raw["defaults"]["train"]["optimizer"]["name"] = "rmsprop"
+
+    problems = problems_for(tmp_path, mutate)
+    assert (
+        "experiments.mlp_digits.dataset: 'mnist' is not a declared dataset; declared: digits"
+        in problems
+    )
+    assert (
+        "defaults.train.optimizer.name: 'rmsprop' is not allowed; expected 'sgd', 'adam' or 'adamw'"
+        in problems
+    )
+    assert len(problems) == 2  # a bad default is reported once, not once per experiment
+
+
+def test_unknown_section_and_bad_split(tmp_path):
+    def mutate(raw):
+        raw["experimets"] = {}
+        raw["datasets"]["digits"]["split"] = {"val": 0.5, "test": 0.45}
+
+    problems = problems_for(tmp_path, mutate)
+    assert "experimets: unknown key; did you mean 'experiments'?" in problems
+    assert any(p.startswith("datasets.digits.split: val + test = 0.95") for p in problems)
+
+
+def test_invalid_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("datasets: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+    with pytest.raises(ParamsError, match="file not found"):
+        load_params(tmp_path / "missing.yaml")
+
+
+def test_model_override_of_another_family_replaces_the_section():
+    base = {"model": {"name": "mlp", "hidden_sizes": [4]}, "train": {"epochs": 3, "lr": 1}}
+    merged = merge_overrides(base, {"model": {"name": "cnn"}, "train": {"epochs": 5}})
+    assert merged == {"model": {"name": "cnn"}, "train": {"epochs": 5, "lr": 1}}
+    same = merge_overrides(base, {"model": {"name": "mlp", "dropout": 0.3}})
+    assert same["model"] == {"name": "mlp", "hidden_sizes": [4], "dropout": 0.3}
+
+
+def test_params_are_frozen():
+    params = load_params(ROOT / "params.yaml")
+    with pytest.raises(Exception, match="frozen"):
+        params.experiments["mlp_digits"].model.dropout = 0.9
+    assert isinstance(params.defaults.model, MLPParams)
+
+
+def run_check(cwd, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", "check", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_check_prints_the_plan():
+    proc = run_check(ROOT)
+    assert proc.returncode == 0, proc.stderr
+    for stage in ("ingest@digits", "preprocess@digits", "train@mlp_digits", "evaluate@cnn_digits"):
+        assert stage in proc.stdout
+    assert "report" in proc.stdout
+
+
+def test_check_rejects_bad_params_with_one_message_and_writes_nothing(tmp_path):
+    raw = shipped_params()
+    raw["defaults"]["train"]["epohcs"] = 3
+    path = write_params(tmp_path / "params.yaml", raw)
+    before = sorted(tmp_path.iterdir())
+    proc = run_check(ROOT, "--params", str(path))
+    assert proc.returncode == 2
+    assert "defaults.train.epohcs: unknown key; did you mean 'epochs'?" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def test_check_imports_no_heavy_library():
+    code = (
+        "import sys, pipeline.__main__ as m; m.main(['check']);"
+        "heavy = [x for x in ('torch', 'mlflow', 'dvc', 'optuna', 'prefect') if x in sys.modules];"
+        "print('HEAVY', heavy)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert "HEAVY []" in proc.stdout, proc.stdout + proc.stderr

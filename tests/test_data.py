@@ -1,0 +1,75 @@
+"""Ingest and preprocess on the bundled digits: stratified seeded splits, train-only statistics."""
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline import data, paths
+from pipeline.atomic import atomic_dir
+from pipeline.config import DatasetParams
+from pipeline.errors import PipelineError
+
+CFG = DatasetParams.model_validate(
+    {"source": "sklearn_digits", "split": {"val": 0.15, "test": 0.2}}
+)
+
+
+@pytest.fixture
+def digits(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data.ingest("digits", CFG)
+    data.preprocess("digits", CFG)
+    return tmp_path
+
+
+def test_splits_are_disjoint_stratified_and_complete(digits):
+    schema = data.load_schema("digits")
+    assert schema["input_shape"] == [1, 8, 8]
+    assert schema["num_classes"] == 10
+    counts = schema["counts"]
+    assert sum(counts.values()) == 1797
+    assert counts["test"] == 360  # 20 %
+    for split in paths.SPLITS:
+        frac = np.array(schema["class_counts"][split]) / counts[split]
+        assert np.all(np.abs(frac - 0.1) < 0.02), split  # every class near its 10 % share
+    # no sample is in two splits
+    rows = [data.load_split("digits", s)[0].reshape(counts[s], -1) for s in paths.SPLITS]
+    assert len({r.tobytes() for r in np.concatenate(rows)}) > 1700
+
+
+def test_normalisation_uses_train_statistics_only(digits):
+    train_x, _ = data.load_split("digits", "train")
+    test_x, _ = data.load_split("digits", "test")
+    assert abs(train_x.mean()) < 1e-4 and abs(train_x.std() - 1) < 1e-3
+    assert abs(test_x.mean()) > 1e-4  # test was not re-centred on itself
+    norm = json.loads(paths.schema_file("digits").read_text())["normalization"]
+    assert norm["fitted_on"] == "train"
+
+
+def test_split_is_seeded(digits):
+    first = data.load_split("digits", "test")[1]
+    data.preprocess("digits", CFG)
+    assert np.array_equal(first, data.load_split("digits", "test")[1])
+    other = CFG.model_copy(update={"split": CFG.split.model_copy(update={"seed": 7})})
+    data.preprocess("digits", other)
+    assert not np.array_equal(first, data.load_split("digits", "test")[1])
+
+
+def test_missing_input_names_the_stage_to_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        PipelineError, match=r"data/raw/digits/data.npz not found; run `dvc repro ingest@digits`"
+    ):
+        data.preprocess("digits", CFG)
+
+
+def test_failed_write_leaves_the_previous_output_untouched(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "half.txt").write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert [p.name for p in target.iterdir()] == ["old.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temp dir left behind

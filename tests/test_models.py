@@ -1,0 +1,68 @@
+"""The model library: every registered family, at its tiny preset, runs forward and backward."""
+
+import dataclasses
+import typing
+
+import pytest
+import torch
+
+from models import DataSpec, build_model, list_models, register_model
+from models.registry import get_entry, make_config
+from pipeline import config
+
+SPEC = DataSpec(input_shape=(1, 8, 8), num_classes=10)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_tiny_model_forward_and_backward(name):
+    torch.manual_seed(0)
+    model = build_model(name, get_entry(name).config_cls.tiny(), SPEC)
+    x = torch.randn(5, *SPEC.input_shape)
+    out = model(x)
+    assert out.shape == (5, SPEC.num_classes)
+    loss = torch.nn.functional.cross_entropy(out, torch.arange(5))
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_default_model_builds_from_a_plain_mapping(name):
+    fields = {f.name: f.default for f in dataclasses.fields(get_entry(name).config_cls)}
+    as_yaml = {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
+    model = build_model(name, as_yaml, SPEC)
+    assert model(torch.zeros(2, *SPEC.input_shape)).shape == (2, 10)
+
+
+def _schema_classes():
+    union = typing.get_args(config.ModelParams)[0]
+    return {
+        typing.get_args(cls.model_fields["name"].annotation)[0]: cls
+        for cls in typing.get_args(union)
+    }
+
+
+def test_params_schema_matches_the_registry():
+    """Every registered family is accepted in params.yaml, with the same keys and defaults."""
+    schema = _schema_classes()
+    assert sorted(schema) == list_models()
+    for name, cls in schema.items():
+        dc_fields = {f.name: f.default for f in dataclasses.fields(get_entry(name).config_cls)}
+        schema_fields = {k: f.default for k, f in cls.model_fields.items() if k != "name"}
+        assert schema_fields == dc_fields, name
+
+
+def test_residual_cnn_and_other_activations():
+    model = build_model("cnn", {"channels": (4, 6), "residual": True, "activation": "gelu"}, SPEC)
+    assert model(torch.randn(3, 1, 8, 8)).shape == (3, 10)
+    with pytest.raises(ValueError, match="unknown activation 'swishy'"):
+        build_model("mlp", {"activation": "swishy"}, SPEC)
+
+
+def test_registry_rejects_duplicates_and_names_known_models():
+    with pytest.raises(ValueError, match="'mlp' is already registered"):
+        register_model("mlp", get_entry("mlp").config_cls)(lambda **kw: None)
+    with pytest.raises(KeyError, match="unknown model 'resnet'; known models: cnn, mlp"):
+        build_model("resnet", {}, SPEC)
+    with pytest.raises(TypeError):
+        make_config("mlp", {"no_such_field": 1})

@@ -1,0 +1,133 @@
+"""A real `dvc repro` of the shipped pipeline (shrunk params) in a fresh git + DVC repository.
+
+Tests in this module run in order on one shared project: the no-op check comes before the
+tests that change params.
+"""
+
+import json
+
+import pytest
+import yaml
+
+from pipeline import paths
+from tests.conftest import run, shipped_params, write_params
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+EXPERIMENTS = tuple(shipped_params()["experiments"])
+DATASETS = tuple(shipped_params()["datasets"])
+
+
+def stages_run(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
+def mlflow_runs(project):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(shipped_params()["defaults"]["tracking"]["experiment_name"])
+    return client, client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def test_repro_runs_every_stage_and_writes_metrics(repro_project):
+    ran = stages_run((repro_project / "first_repro.log").read_text())
+    expected = [f"{s}@{d}" for d in DATASETS for s in ("ingest", "preprocess")]
+    expected += [f"{s}@{e}" for e in EXPERIMENTS for s in ("train", "evaluate")] + ["report"]
+    assert sorted(ran) == sorted(expected)
+    for exp in EXPERIMENTS:
+        metrics = json.loads((repro_project / paths.metrics_file(exp)).read_text())
+        assert 0.0 <= metrics["test/accuracy"] <= 1.0
+        assert metrics["test/samples"] == 360
+        assert {"test/f1_macro", "test/precision_macro", "test/recall_macro"} <= set(metrics)
+        per_class = json.loads((repro_project / paths.per_class_file(exp)).read_text())
+        assert sorted(per_class) == [str(d) for d in range(10)]
+        confusion = (repro_project / paths.confusion_csv(exp)).read_text().splitlines()
+        assert confusion[0] == "actual,predicted" and len(confusion) == 361
+        history = (repro_project / paths.history_file(exp)).read_text().splitlines()
+        assert history[0] == "epoch,train/loss,val/loss,val/accuracy,lr" and len(history) == 3
+        saved = yaml.safe_load((repro_project / paths.resolved_config_file(exp)).read_text())
+        assert saved["dataset"] == "digits" and saved["train"]["epochs"] == 2
+    report = (repro_project / paths.REPORT_HTML).read_text()
+    assert all(exp in report for exp in EXPERIMENTS)
+    assert "data:image/png;base64," in report
+
+
+def test_dvc_metrics_and_plots_render(repro_project):
+    shown = run(["dvc", "metrics", "show", "--json"], repro_project).stdout
+    assert "test/accuracy" in shown
+    out = repro_project / "plots_html"
+    run(["dvc", "plots", "show", "-o", str(out)], repro_project)
+    assert (out / "index.html").is_file()
+
+
+def test_every_stage_is_an_mlflow_run_grouped_by_experiment(repro_project):
+    client, runs = mlflow_runs(repro_project)
+    by_name = {r.info.run_name: r for r in runs}
+    expected = {f"{d}/{s}" for d in DATASETS for s in ("ingest", "preprocess")}
+    expected |= {f"{e}/{s}" for e in EXPERIMENTS for s in ("train", "evaluate")} | {"report"}
+    assert expected <= set(by_name)
+    assert all(r.info.status == "FINISHED" for r in runs)
+    lock = yaml.safe_load((repro_project / "dvc.lock").read_text())
+    data_hash = lock["stages"]["preprocess@digits"]["outs"][0]["md5"]
+    for exp in EXPERIMENTS:
+        train, evaluate = by_name[f"{exp}/train"], by_name[f"{exp}/evaluate"]
+        assert evaluate.data.tags["mlflow.parentRunId"] == train.info.run_id
+        assert train.data.tags["pipeline.dvc.data_hash"] == data_hash
+        assert train.data.tags["pipeline.dataset"] == "digits"
+        assert len(train.data.tags["mlflow.source.git.commit"]) == 40
+        assert train.data.params["train.epochs"] == "2"
+        # one point per epoch, logged as a batch per epoch
+        assert [m.step for m in client.get_metric_history(train.info.run_id, "val/loss")] == [1, 2]
+        assert evaluate.data.metrics["test/accuracy"] == pytest.approx(
+            json.loads((repro_project / paths.metrics_file(exp)).read_text())["test/accuracy"]
+        )
+
+
+def test_logged_model_loads_and_predicts(repro_project):
+    import mlflow
+    import numpy as np
+
+    client, runs = mlflow_runs(repro_project)
+    train = next(r for r in runs if r.info.run_name == f"{EXPERIMENTS[0]}/train")
+    mlflow.set_tracking_uri(f"sqlite:///{repro_project / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model(f"runs:/{train.info.run_id}/model")
+    assert model.metadata.signature is not None
+    out = model.predict(np.zeros((3, 1, 8, 8), dtype=np.float32))
+    assert np.asarray(out).shape == (3, 10)
+
+
+def test_second_repro_is_a_noop(repro_project):
+    proc = run(["dvc", "repro"], repro_project)
+    assert stages_run(proc.stdout) == []
+    assert "Data and pipelines are up to date" in proc.stdout
+
+
+def test_bad_params_fail_fast_and_touch_nothing(repro_project):
+    raw = yaml.safe_load((repro_project / "params.yaml").read_text())
+    raw["defaults"]["train"]["epohcs"] = 1
+    bad = write_params(repro_project / "bad.yaml", raw)
+    model = repro_project / paths.model_file(EXPERIMENTS[0])
+    before = model.stat().st_mtime_ns
+    proc = run(
+        ["python", "-m", "pipeline.stages.train", EXPERIMENTS[0], "--params", str(bad)],
+        repro_project,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "defaults.train.epohcs: unknown key; did you mean 'epochs'?" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert model.stat().st_mtime_ns == before
+    proc = run(["python", "-m", "pipeline.stages.train", "nope"], repro_project, check=False)
+    assert proc.returncode == 2 and "experiment 'nope' is not in params.yaml" in proc.stderr
+    bad.unlink()
+
+
+def test_exp_run_with_set_param_reruns_only_what_changed(repro_project):
+    exp = EXPERIMENTS[0]
+    proc = run(["dvc", "exp", "run", "-S", f"experiments.{exp}.train.epochs=3"], repro_project)
+    assert sorted(stages_run(proc.stdout)) == sorted([f"train@{exp}", f"evaluate@{exp}", "report"])
+    summary = json.loads((repro_project / paths.train_summary_file(exp)).read_text())
+    assert summary["epochs_run"] == 3
+    shown = run(["dvc", "exp", "show", "--json"], repro_project).stdout
+    assert f"experiments.{exp}.train.epochs" in shown or '"epochs": 3' in shown

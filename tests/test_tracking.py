@@ -1,0 +1,54 @@
+"""MLflow runs end FINISHED, FAILED or KILLED, never RUNNING; secrets never reach the store."""
+
+import pytest
+
+from pipeline import tracking
+from pipeline.config import TrackingParams
+
+
+@pytest.fixture
+def store(tmp_path):
+    cfg = TrackingParams(
+        uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        artifact_location=str(tmp_path / "mlartifacts"),
+        experiment_name="test",
+    )
+    from mlflow.tracking import MlflowClient
+
+    return cfg, MlflowClient(cfg.uri)
+
+
+def _only_run(client, name):
+    exp = client.get_experiment_by_name("test")
+    runs = client.search_runs([exp.experiment_id], f"attributes.run_name = '{name}'")
+    assert len(runs) == 1
+    return runs[0]
+
+
+def test_run_states_and_tags(store):
+    cfg, client = store
+    with tracking.stage_run(cfg, name="ok", tags={"stage": "train"}) as run:
+        run.log_metrics({"val/loss": 1.0}, step=1)
+        run.log_params({"train.lr": 0.1, "tracking.password": "hunter2", "api_token": "x"})
+    with pytest.raises(ValueError), tracking.stage_run(cfg, name="boom", tags={}):
+        raise ValueError("bad")
+    with pytest.raises(SystemExit), tracking.stage_run(cfg, name="killed", tags={}):
+        raise SystemExit(143)
+    with tracking.stage_run(cfg, name="child", tags={}, parent_run_id=run.run_id):
+        pass
+
+    ok = _only_run(client, "ok")
+    assert ok.info.status == "FINISHED"
+    assert ok.data.tags["pipeline.stage"] == "train"
+    assert ok.data.metrics["val/loss"] == 1.0
+    assert ok.data.params == {"train.lr": "0.1"}  # secrets dropped
+    assert _only_run(client, "boom").info.status == "FAILED"
+    assert _only_run(client, "killed").info.status == "KILLED"
+    assert _only_run(client, "child").data.tags["mlflow.parentRunId"] == run.run_id
+
+
+def test_unknown_parent_is_dropped_not_fatal(store):
+    cfg, client = store
+    with tracking.stage_run(cfg, name="orphan", tags={}, parent_run_id="0" * 32):
+        pass
+    assert "mlflow.parentRunId" not in _only_run(client, "orphan").data.tags
