@@ -5,12 +5,19 @@ tests that change params.
 """
 
 import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 import yaml
 
 from pipeline import paths
-from tests.conftest import run, shipped_params, write_params
+from tests.conftest import run, shipped_params, shrink, write_params
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -131,3 +138,77 @@ def test_exp_run_with_set_param_reruns_only_what_changed(repro_project):
     assert summary["epochs_run"] == 3
     shown = run(["dvc", "exp", "show", "--json"], repro_project).stdout
     assert f"experiments.{exp}.train.epochs" in shown or '"epochs": 3' in shown
+
+
+def test_mlflow_ui_shows_every_stage_run(repro_project):
+    """`make ui` serves this store: the UI's REST API lists the pipeline's runs."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    ui = subprocess.Popen(
+        [
+            str(mlflow_bin),
+            "ui",
+            "--backend-store-uri",
+            "sqlite:///mlflow.db",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=repro_project,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(
+                    f"{base}/experiments/get-by-name?experiment_name=dl-pipeline", timeout=5
+                ) as resp:
+                    exp_id = json.load(resp)["experiment"]["experiment_id"]
+                break
+            except OSError:
+                assert ui.poll() is None and time.monotonic() < deadline, "mlflow ui did not start"
+                time.sleep(0.5)
+        body = json.dumps({"experiment_ids": [exp_id], "max_results": 1000}).encode()
+        req = urllib.request.Request(
+            f"{base}/runs/search", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            names = {r["info"]["run_name"] for r in json.load(resp)["runs"]}
+    finally:
+        ui.terminate()
+        ui.wait(timeout=30)
+    assert {f"{e}/train" for e in EXPERIMENTS} <= names
+    assert {f"{e}/evaluate" for e in EXPERIMENTS} | {"report", "digits/ingest"} <= names
+
+
+def test_sigterm_mid_training_leaves_no_model_and_the_rerun_resumes(repro_project):
+    """A killed train writes no model, ends its MLflow run KILLED, and resumes next time."""
+    raw = shrink(shipped_params(), epochs=400)
+    raw["experiments"] = {"long_mlp": raw["experiments"][EXPERIMENTS[0]]}
+    raw["experiments"]["long_mlp"]["train"]["early_stopping"] = {"patience": 0}
+    params = write_params(repro_project / "long.yaml", raw)
+    cmd = [sys.executable, "-m", "pipeline.stages.train", "long_mlp", "--params", str(params)]
+    ckpt = repro_project / paths.checkpoint_file("long_mlp")
+    proc = subprocess.Popen(cmd, cwd=repro_project, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not ckpt.exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert not (repro_project / paths.model_file("long_mlp")).exists()
+    client, runs = mlflow_runs(repro_project)
+    assert [r.info.status for r in runs if r.info.run_name == "long_mlp/train"] == ["KILLED"]
+
+    run([*cmd], repro_project)
+    summary = json.loads((repro_project / paths.train_summary_file("long_mlp")).read_text())
+    assert summary["resumed_from_epoch"] >= 1
+    assert summary["epochs_run"] == 400
+    assert (repro_project / paths.model_file("long_mlp")).is_file()

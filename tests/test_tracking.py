@@ -52,3 +52,16 @@ def test_unknown_parent_is_dropped_not_fatal(store):
     with tracking.stage_run(cfg, name="orphan", tags={}, parent_run_id="0" * 32):
         pass
     assert "mlflow.parentRunId" not in _only_run(client, "orphan").data.tags
+
+
+def test_system_metrics_are_logged_when_enabled(store, monkeypatch):
+    import time
+
+    cfg, client = store
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
+    with tracking.stage_run(cfg.model_copy(update={"system_metrics": True}), name="sys", tags={}):
+        time.sleep(1.5)
+    metrics = _only_run(client, "sys").data.metrics
+    assert any(k.startswith("system/cpu") for k in metrics), sorted(metrics)
+    assert any(k.startswith("system/system_memory") for k in metrics), sorted(metrics)
