@@ -1,11 +1,15 @@
 """`python -m pipeline check [--params FILE]`: validate params.yaml and print the stage plan.
 
-Light on purpose: it imports no torch, mlflow or dvc, so it answers in well under a second.
+Light on purpose: it imports no torch, mlflow or dvc; which stages are out of date comes from
+`dvc status` in a subprocess (skip it with --no-status).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
+import subprocess
 import sys
 
 from pipeline import paths
@@ -13,23 +17,57 @@ from pipeline.config import Params, load_params
 from pipeline.errors import PipelineError
 
 
-def plan(params: Params) -> list[str]:
-    """The stages `dvc repro` defines for these params, in run order."""
-    lines = []
+def plan(params: Params) -> list[tuple[str, str]]:
+    """(stage, what it does) for every stage `dvc repro` defines, in run order."""
+    stages = []
     for name, ds in params.datasets.items():
-        lines.append(f"ingest@{name}        source={ds.source} -> {paths.raw_dir(name)}")
-        lines.append(
-            f"preprocess@{name}    split val={ds.split.val} test={ds.split.test} "
-            f"-> {paths.processed_dir(name)}"
+        stages.append((f"ingest@{name}", f"source={ds.source} -> {paths.raw_dir(name)}"))
+        stages.append(
+            (
+                f"preprocess@{name}",
+                f"split val={ds.split.val} test={ds.split.test} -> {paths.processed_dir(name)}",
+            )
         )
     for name, exp in params.experiments.items():
-        lines.append(
-            f"train@{name}    model={exp.model.name} dataset={exp.dataset} "
-            f"epochs={exp.train.epochs} -> {paths.model_file(name)}"
+        stages.append(
+            (
+                f"train@{name}",
+                f"model={exp.model.name} dataset={exp.dataset} "
+                f"epochs={exp.train.epochs} -> {paths.model_file(name)}",
+            )
         )
-        lines.append(f"evaluate@{name} test split -> {paths.metrics_file(name)}")
-    lines.append(f"report        {len(params.experiments)} experiments -> {paths.REPORT_HTML}")
-    return lines
+        stages.append((f"evaluate@{name}", f"test split -> {paths.metrics_file(name)}"))
+    stages.append(("report", f"{len(params.experiments)} experiments -> {paths.REPORT_HTML}"))
+    return stages
+
+
+def stages_to_run(params: Params, changed: set[str]) -> set[str]:
+    """`changed` (stages DVC reports out of date) plus every stage downstream of them."""
+    out = set(changed)
+    for name in params.datasets:
+        if f"ingest@{name}" in out:
+            out.add(f"preprocess@{name}")
+    for name, exp in params.experiments.items():
+        if f"preprocess@{exp.dataset}" in out:
+            out.add(f"train@{name}")
+        if f"train@{name}" in out:
+            out.add(f"evaluate@{name}")
+        if f"evaluate@{name}" in out:
+            out.add("report")
+    return out
+
+
+def dvc_changed_stages(params_file: str) -> set[str] | None:
+    """Stages `dvc status` reports out of date, or None when DVC cannot tell (no repo, no dvc)."""
+    if params_file != str(paths.PARAMS) or shutil.which("dvc") is None:
+        return None  # dvc.yaml reads params.yaml; another file has no status to compare
+    try:
+        proc = subprocess.run(
+            ["dvc", "status", "--json"], capture_output=True, text=True, timeout=120
+        )
+        return set(json.loads(proc.stdout or "{}")) if proc.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError, json.JSONDecodeError):
+        return None
 
 
 def main(argv=None) -> int:
@@ -37,6 +75,12 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="validate params.yaml and print the stage plan")
     check.add_argument("--params", default=str(paths.PARAMS))
+    check.add_argument(
+        "--no-status",
+        dest="status",
+        action="store_false",
+        help="skip asking DVC which stages are out of date",
+    )
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params)
@@ -47,9 +91,18 @@ def main(argv=None) -> int:
         f"{args.params} is valid: {len(params.datasets)} datasets, "
         f"{len(params.experiments)} experiments"
     )
-    print("stages (`dvc status` shows which are out of date):")
-    for line in plan(params):
-        print(f"  {line}")
+    stages = plan(params)
+    changed = dvc_changed_stages(args.params) if args.status else None
+    will_run = stages_to_run(params, changed) if changed is not None else None
+    width = max(len(stage) for stage, _ in stages)
+    print("stages, in run order:")
+    for stage, what in stages:
+        mark = (
+            "" if will_run is None else ("  [will run]" if stage in will_run else "  [up to date]")
+        )
+        print(f"  {stage:<{width}}  {what}{mark}")
+    if will_run is not None:
+        print(f"`dvc repro` would run {len(will_run)} of {len(stages)} stages")
     return 0
 
 

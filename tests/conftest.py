@@ -68,6 +68,7 @@ def make_project(dest: Path, raw_params: dict) -> Path:
     run(["git", "config", "user.name", "ci"], dest)
     run(["dvc", "init", "-q"], dest)
     run(["dvc", "config", "core.analytics", "false"], dest)
+    shutil.copy2(ROOT / ".dvcignore", dest / ".dvcignore")
     run(["git", "add", "-A"], dest)
     run(["git", "commit", "-qm", "project"], dest)
     return dest

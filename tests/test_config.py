@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from pipeline.__main__ import plan, stages_to_run
 from pipeline.config import CNNParams, MLPParams, load_params, merge_overrides
 from pipeline.errors import ParamsError
 from tests.conftest import ROOT, shipped_params, write_params
@@ -122,11 +123,23 @@ def run_check(cwd, *args):
 
 
 def test_check_prints_the_plan():
-    proc = run_check(ROOT)
+    proc = run_check(ROOT, "--no-status")
     assert proc.returncode == 0, proc.stderr
     for stage in ("ingest@digits", "preprocess@digits", "train@mlp_digits", "evaluate@cnn_digits"):
         assert stage in proc.stdout
     assert "report" in proc.stdout
+
+
+def test_stages_downstream_of_a_change_will_run():
+    params = load_params(ROOT / "params.yaml")
+    assert stages_to_run(params, {"train@cnn_digits"}) == {
+        "train@cnn_digits",
+        "evaluate@cnn_digits",
+        "report",
+    }
+    everything = {stage for stage, _ in plan(params)}
+    assert stages_to_run(params, {"ingest@digits"}) == everything
+    assert stages_to_run(params, set()) == set()
 
 
 def test_check_rejects_bad_params_with_one_message_and_writes_nothing(tmp_path):

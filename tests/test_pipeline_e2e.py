@@ -108,6 +108,8 @@ def test_second_repro_is_a_noop(repro_project):
     proc = run(["dvc", "repro"], repro_project)
     assert stages_run(proc.stdout) == []
     assert "Data and pipelines are up to date" in proc.stdout
+    check = run(["python", "-m", "pipeline", "check"], repro_project).stdout
+    assert "would run 0 of 7 stages" in check and "[will run]" not in check
 
 
 def test_bad_params_fail_fast_and_touch_nothing(repro_project):
@@ -128,6 +130,21 @@ def test_bad_params_fail_fast_and_touch_nothing(repro_project):
     proc = run(["python", "-m", "pipeline.stages.train", "nope"], repro_project, check=False)
     assert proc.returncode == 2 and "experiment 'nope' is not in params.yaml" in proc.stderr
     bad.unlink()
+
+
+def test_check_predicts_what_a_param_edit_reruns(repro_project):
+    exp = EXPERIMENTS[0]
+    params_file = repro_project / "params.yaml"
+    original = params_file.read_text()
+    raw = yaml.safe_load(original)
+    raw["experiments"][exp]["train"]["epochs"] = 3
+    write_params(params_file, raw)
+    try:
+        check = run(["python", "-m", "pipeline", "check"], repro_project).stdout
+    finally:
+        params_file.write_text(original)
+    will_run = {line.split()[0] for line in check.splitlines() if "[will run]" in line}
+    assert will_run == {f"train@{exp}", f"evaluate@{exp}", "report"}
 
 
 def test_exp_run_with_set_param_reruns_only_what_changed(repro_project):
