@@ -61,7 +61,9 @@ def run(params: Params, experiment: str) -> dict[str, float]:
     ) as run:
         run.log_metrics(summary)
         run.log_dict(per_class, "per_class.json")
-        confusion_fig = plots.confusion_figure(confusion, schema["classes"], experiment)
+        confusion_fig = plots.confusion_figure(
+            confusion, schema["classes"], f"{experiment}: test confusion matrix"
+        )
         run.log_figure(confusion_fig, "confusion_matrix.png")
         plots.save(confusion_fig, paths.confusion_png(experiment))
         plots.save(plots.curves_figure(history, experiment), paths.curves_png(experiment))
