@@ -80,4 +80,4 @@ class CNN(nn.Module):
 
 @register_model("cnn", CNNConfig)
 def build_cnn(*, config: CNNConfig, spec: DataSpec) -> CNN:
-    return CNN(config, spec.input_shape, spec.num_classes)
+    return CNN(config, spec.input_shape, spec.outputs)

@@ -44,4 +44,4 @@ class MLP(nn.Module):
 
 @register_model("mlp", MLPConfig)
 def build_mlp(*, config: MLPConfig, spec: DataSpec) -> MLP:
-    return MLP(config, math.prod(spec.input_shape), spec.num_classes)
+    return MLP(config, math.prod(spec.input_shape), spec.outputs)

@@ -17,8 +17,15 @@ from torch import nn
 class DataSpec:
     """What a model needs to know about its data."""
 
-    input_shape: tuple[int, ...]  # one sample, e.g. (C, H, W) or (features,)
-    num_classes: int
+    input_shape: tuple[int, ...]  # one sample, e.g. (C, H, W), (T, F) or (T,) for tokens
+    num_classes: int = 0  # classification
+    horizon: int = 0  # forecasting: values predicted per sample
+    vocab_size: int = 0  # token inputs
+
+    @property
+    def outputs(self) -> int:
+        """Width of a predictive head: one logit per class, or one value per horizon step."""
+        return self.num_classes or self.horizon
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,9 @@ def plan(params: Params) -> list[tuple[str, str]]:
                 f"split val={ds.split.val} test={ds.split.test} -> {paths.processed_dir(name)}",
             )
         )
+        stages.append(
+            (f"judge@{name}", f"classifier scoring generated images -> {paths.judge_dir(name)}")
+        )
     for name, exp in params.experiments.items():
         stages.append(
             (
@@ -47,10 +50,12 @@ def stages_to_run(params: Params, changed: set[str]) -> set[str]:
     for name in params.datasets:
         if f"ingest@{name}" in out:
             out.add(f"preprocess@{name}")
+        if f"preprocess@{name}" in out:
+            out.add(f"judge@{name}")
     for name, exp in params.experiments.items():
         if f"preprocess@{exp.dataset}" in out:
             out.add(f"train@{name}")
-        if f"train@{name}" in out:
+        if f"train@{name}" in out or f"judge@{exp.dataset}" in out:
             out.add(f"evaluate@{name}")
         if f"evaluate@{name}" in out:
             out.add("report")

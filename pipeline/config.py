@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from pipeline.errors import ParamsError
 
@@ -39,10 +39,39 @@ class SplitParams(Strict):
         return self
 
 
-class DatasetParams(Strict):
+class DigitsDataset(Strict):
+    """scikit-learn's bundled 8x8 handwritten digits: image classification, offline."""
+
     source: Literal["sklearn_digits"]
     split: SplitParams = SplitParams()
     normalize: bool = True
+
+
+class SeriesSplit(Strict):
+    """Chronological: the last `test` fraction of time is the test part, `val` before it."""
+
+    val: float = Field(0.15, gt=0, lt=1)
+    test: float = Field(0.15, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _leaves_training_data(self):
+        if self.val + self.test >= 0.9:
+            raise ValueError(f"val + test = {self.val + self.test:g} leaves too little to train on")
+        return self
+
+
+class SeriesDataset(Strict):
+    """A univariate time series bundled with statsmodels, as sliding windows."""
+
+    source: Literal["statsmodels"]
+    name: Literal["sunspots", "nile"] = "sunspots"
+    lookback: int = Field(24, ge=1, description="past steps in one input window")
+    horizon: int = Field(1, ge=1, description="future steps predicted per window")
+    split: SeriesSplit = SeriesSplit()
+
+
+DatasetParams = Annotated[Union[DigitsDataset, SeriesDataset], Field(discriminator="source")]  # noqa: UP007
+DATASET_TASK = {"sklearn_digits": "classification", "statsmodels": "forecasting"}
 
 
 # ---- models: one class per registered family (tests/test_models.py keeps them in step) ------
@@ -67,29 +96,102 @@ class CNNParams(Strict):
     residual: bool = False
 
 
-ModelParams = Annotated[Union[MLPParams, CNNParams], Field(discriminator="name")]  # noqa: UP007
+class RNNParams(Strict):
+    name: Literal["rnn"]
+    cell: Literal["lstm", "gru"] = "lstm"
+    hidden_size: int = Field(64, ge=1)
+    num_layers: int = Field(1, ge=1)
+    bidirectional: bool = False
+    dropout: float = Field(0.0, ge=0, lt=1)
+    embedding_dim: int = Field(32, ge=1, description="token inputs only")
+
+
+class VAEParams(Strict):
+    name: Literal["vae"]
+    variant: Literal["conv", "mlp"] = "conv"
+    latent_dim: int = Field(16, ge=1)
+    channels: tuple[Annotated[int, Field(ge=1)], ...] = (32, 64)
+    hidden_size: int = Field(256, ge=1)
+    activation: Activation = "relu"
+    beta: float = Field(1.0, ge=0)
+
+
+class GANParams(Strict):
+    name: Literal["gan"]
+    variant: Literal["conv", "mlp"] = "conv"
+    latent_dim: int = Field(32, ge=1)
+    channels: int = Field(64, ge=1)
+    hidden_size: int = Field(256, ge=1)
+    conditional: bool = True
+
+
+class DiffusionParams(Strict):
+    name: Literal["diffusion"]
+    timesteps: int = Field(200, ge=2)
+    channels: tuple[Annotated[int, Field(ge=1)], ...] = (32, 64)
+    time_dim: int = Field(64, ge=2)
+    schedule: Literal["cosine", "linear"] = "cosine"
+    beta_start: float = Field(1e-4, gt=0, lt=1)
+    beta_end: float = Field(0.02, gt=0, lt=1)
+
+
+ModelParams = Annotated[
+    Union[MLPParams, CNNParams, RNNParams, VAEParams, GANParams, DiffusionParams],  # noqa: UP007
+    Field(discriminator="name"),
+]
+# which dataset tasks each family can learn (generative families model images)
+MODEL_TASKS = {
+    "mlp": ("classification", "forecasting"),
+    "cnn": ("classification",),
+    "rnn": ("classification", "forecasting"),
+    # generative families model labelled images (their judge is a classifier of them)
+    "vae": ("classification",),
+    "gan": ("classification",),
+    "diffusion": ("classification",),
+}
 
 
 # ---- training, evaluation, tracking ---------------------------------------------------------
 
 
 class OptimizerParams(Strict):
-    name: Literal["sgd", "adam", "adamw"] = "adamw"
+    name: Literal["sgd", "adam", "adamw", "rmsprop"] = "adamw"
     lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
+    weight_decay: float = Field(0.0, ge=0, description="L2 penalty (decoupled for adamw)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd and rmsprop only")
+    nesterov: bool = Field(False, description="sgd only")
+    beta1: float = Field(0.9, ge=0, lt=1, description="adam/adamw first-moment decay (GANs: 0.5)")
 
 
 class SchedulerParams(Strict):
-    name: Literal["none", "cosine", "step", "plateau"] = "cosine"
+    name: Literal["none", "cosine", "step", "plateau", "onecycle"] = "cosine"
     step_size: int = Field(10, ge=1, description="step: epochs between decays")
     gamma: float = Field(0.5, gt=0, le=1, description="step/plateau: decay factor")
     patience: int = Field(5, ge=0, description="plateau: epochs without improvement")
+    warmup_epochs: int = Field(0, ge=0, description="linear warmup before cosine/step")
+
+    @model_validator(mode="after")
+    def _warmup_fits(self):
+        if self.warmup_epochs and self.name in ("plateau", "onecycle"):
+            raise ValueError(f"warmup_epochs does not combine with {self.name!r}")
+        return self
 
 
 class EarlyStoppingParams(Strict):
-    metric: Literal["val/loss", "val/accuracy"] = "val/loss"
+    metric: str = Field("val/loss", pattern=r"^val/", description="a val/... metric of the task")
     patience: int = Field(10, ge=0, description="epochs without improvement; 0 disables")
+    restore_best: bool = Field(True, description="end with the weights of the best epoch")
+
+
+class AdversarialParams(Strict):
+    """GAN training: discriminator steps per generator step, smoothing, collapse detection."""
+
+    d_steps: int = Field(1, ge=1)
+    d_lr: float | None = Field(None, gt=0, description="discriminator lr; null: optimizer.lr")
+    real_label: float = Field(0.9, gt=0.5, le=1, description="one-sided label smoothing")
+    collapse_steps: int = Field(300, ge=1, description="steps of near-zero D loss = collapse")
+    collapse_loss: float = Field(0.01, gt=0)
+    min_diversity: float = Field(0.1, ge=0, description="sample spread / real spread floor")
 
 
 class TrainParams(Strict):
@@ -100,6 +202,9 @@ class TrainParams(Strict):
     early_stopping: EarlyStoppingParams = EarlyStoppingParams()
     grad_clip: float | None = Field(1.0, gt=0, description="max gradient norm; null disables")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    l1: float = Field(0.0, ge=0, description="L1 penalty on weights")
+    class_weights: Literal["none", "balanced"] = "none"
+    adversarial: AdversarialParams = AdversarialParams()
 
 
 class EvaluateParams(Strict):
@@ -181,11 +286,25 @@ def load_params(path: str | Path = "params.yaml") -> Params:
             problems.append(
                 f"{where}.dataset: {dataset!r} is not a declared dataset; declared: {declared}"
             )
+        elif exp is not None and datasets.get(exp.dataset) is not None:
+            problems += _compatibility(where, exp, datasets[exp.dataset])
         experiments[name] = exp
     if problems:
         # a bad default shows up once per experiment too; say it once
         raise ParamsError(path, list(dict.fromkeys(problems)))
     return Params(datasets=datasets, defaults=defaults, experiments=experiments)
+
+
+def _compatibility(where: str, exp: ExperimentParams, dataset) -> list[str]:
+    task = DATASET_TASK[dataset.source]
+    able = MODEL_TASKS[exp.model.name]
+    if task in able:
+        return []
+    fits = ", ".join(m for m, tasks in MODEL_TASKS.items() if task in tasks)
+    return [
+        f"{where}.model.name: {exp.model.name!r} cannot learn dataset {exp.dataset!r} ({task}); "
+        f"models for {task}: {fits}"
+    ]
 
 
 def merge_overrides(base: dict, overrides: dict) -> dict:
@@ -241,14 +360,14 @@ def _mapping(raw: dict, key: str, problems: list[str], *, required: bool) -> dic
     return value
 
 
-def _validate(cls: type[BaseModel], data: Any, where, problems: list[str]):
+def _validate(cls, data: Any, where, problems: list[str]):
     """Validate `data`; on failure append one line per error and return None.
 
     `where(keys)` gives the user-facing prefix of an error at `keys` (experiments report
     errors against the section the bad value came from).
     """
     try:
-        return cls.model_validate(data)
+        return TypeAdapter(cls).validate_python(data)
     except ValidationError as exc:
         for err in exc.errors():
             keys, allowed = _walk(cls, err["loc"])
@@ -261,11 +380,13 @@ def _describe(err: dict, path: str, allowed: tuple[str, ...]) -> str:
     kind, value, ctx = err["type"], err.get("input"), err.get("ctx") or {}
     if kind == "extra_forbidden":
         return _unknown_key(path, path.rsplit(".", 1)[-1], allowed)
-    if kind == "union_tag_invalid":
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        key = ctx["discriminator"].strip("'")
+        if kind == "union_tag_not_found":
+            return f"{path}.{key}: missing required key"
         known = ", ".join(sorted(t.strip("'") for t in ctx["expected_tags"].split(", ")))
-        return f"{path}.name: {ctx['tag']!r} is not a known model; known models: {known}"
-    if kind == "union_tag_not_found":
-        return f"{path}.name: missing; a model section names its family (name: mlp, cnn, ...)"
+        what = "model" if key == "name" else key
+        return f"{path}.{key}: {ctx['tag']!r} is not a known {what}; known {what}s: {known}"
     if kind == "missing":
         return f"{path}: missing required key"
     if kind == "literal_error":
@@ -311,7 +432,12 @@ def _walk(cls: type[BaseModel], loc: tuple) -> tuple[list[str], tuple[str, ...]]
 
 
 def _tag(model: type[BaseModel]) -> str:
-    return get_args(model.model_fields["name"].annotation)[0]
+    """The discriminator value of a union member (its `name` or `source`)."""
+    for key in ("name", "source"):
+        field = model.model_fields.get(key)
+        if field is not None and get_origin(field.annotation) is Literal:
+            return get_args(field.annotation)[0]
+    return ""
 
 
 def _unwrap(tp):

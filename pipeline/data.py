@@ -27,7 +27,31 @@ def ingest(name: str, cfg: DatasetParams) -> Path:
     return paths.raw_dir(name)
 
 
+# statsmodels dataset -> (time column, value column, unit)
+SERIES = {
+    "sunspots": ("YEAR", "SUNACTIVITY", "yearly sunspot activity"),
+    "nile": ("year", "volume", "Nile flow, 1e8 m^3 per year"),
+}
+
+
 def _load_source(cfg: DatasetParams) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(x, y, meta): images and labels, or for a series x = values and y = timestamps."""
+    if cfg.source == "statsmodels":
+        import statsmodels.api as sm
+
+        time_col, value_col, unit = SERIES[cfg.name]
+        frame = getattr(sm.datasets, cfg.name).load_pandas().data
+        values = frame[value_col].to_numpy(np.float32)
+        if not np.isfinite(values).all():
+            raise PipelineError(f"statsmodels dataset {cfg.name!r} has missing values")
+        meta = {
+            "source": cfg.source,
+            "name": cfg.name,
+            "task": "forecasting",
+            "unit": unit,
+            "time": time_col,
+        }
+        return values, frame[time_col].to_numpy(np.float64), meta
     if cfg.source == "sklearn_digits":
         from sklearn.datasets import load_digits
 
@@ -45,7 +69,9 @@ def _load_source(cfg: DatasetParams) -> tuple[np.ndarray, np.ndarray, dict]:
 
 
 def preprocess(name: str, cfg: DatasetParams) -> Path:
-    """Split data/raw/<name> (stratified, seeded), normalise with train stats, write schema.json."""
+    """Split data/raw/<name>, scale with train statistics only, write splits + schema.json."""
+    if cfg.source == "statsmodels":
+        return _preprocess_series(name, cfg)
     x, y, meta = read_raw(name)
     splits = stratified_split(y, cfg.split.val, cfg.split.test, cfg.split.seed)
     x = x / np.float32(meta["value_range"][1])  # to [0, 1]
@@ -72,10 +98,60 @@ def preprocess(name: str, cfg: DatasetParams) -> Path:
         "normalization": {"mean": mean.tolist(), "std": std.tolist(), "fitted_on": "train"},
         "split": cfg.split.model_dump(),
     }
+    _write_processed(name, {s: {"x": x[i], "y": y[i]} for s, i in splits.items()}, schema)
+    return paths.processed_dir(name)
+
+
+def _write_processed(name: str, splits: dict[str, dict[str, np.ndarray]], schema: dict) -> None:
     with atomic.atomic_dir(paths.processed_dir(name)) as tmp:
-        for split, idx in splits.items():
-            np.savez(tmp / paths.split_file(name, split).name, x=x[idx], y=y[idx])
+        for split, arrays in splits.items():
+            np.savez(tmp / paths.split_file(name, split).name, **arrays)
         (tmp / paths.schema_file(name).name).write_text(json.dumps(schema, indent=2) + "\n")
+
+
+def _preprocess_series(name: str, cfg) -> Path:
+    """Sliding windows, split by time (a window belongs to the part holding all its targets).
+
+    The scaler is fitted on the train part only; inputs of a val/test window may reach back
+    into earlier parts, which is the past and so no leak.
+    """
+    values, times, meta = read_raw(name)
+    n = len(values)
+    n_test, n_val = round(n * cfg.split.test), round(n * cfg.split.val)
+    train_end, val_end = n - n_test - n_val, n - n_test
+    mean, std = float(values[:train_end].mean()), float(values[:train_end].std() or 1.0)
+    scaled = ((values - mean) / std).astype(np.float32)
+    lookback, horizon = cfg.lookback, cfg.horizon
+    parts = {"train": (lookback, train_end), "val": (train_end, val_end), "test": (val_end, n)}
+    splits = {}
+    for split, (lo, hi) in parts.items():
+        starts = np.arange(max(lo, lookback), hi - horizon + 1)  # index of the first target
+        if len(starts) == 0:
+            raise PipelineError(
+                f"datasets.{name}: the {split} part ({hi - lo} steps) is too short for "
+                f"lookback={lookback} + horizon={horizon}; lower them or enlarge split.{split}"
+            )
+        splits[split] = {
+            "x": np.stack([scaled[s - lookback : s] for s in starts])[:, :, None],
+            "y": np.stack([scaled[s : s + horizon] for s in starts]),
+            "t": times[starts],
+            "last_input": values[starts - 1],  # for the persistence baseline, original units
+        }
+    splits["train"]["series"] = values[:train_end]  # for classical baselines (AR) in evaluate
+    schema = {
+        "dataset": name,
+        "source": meta["source"],
+        "series": meta["name"],
+        "unit": meta["unit"],
+        "task": "forecasting",
+        "input_shape": [lookback, 1],
+        "horizon": horizon,
+        "counts": {s: len(a["y"]) for s, a in splits.items()},
+        "time_range": {s: [float(a["t"][0]), float(a["t"][-1])] for s, a in splits.items()},
+        "scaler": {"mean": mean, "std": std, "fitted_on": "train", "train_steps": train_end},
+        "split": cfg.split.model_dump(),
+    }
+    _write_processed(name, splits, schema)
     return paths.processed_dir(name)
 
 
@@ -106,10 +182,17 @@ def load_schema(name: str) -> dict:
 
 
 def load_split(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs and targets of one split."""
+    arrays = load_arrays(name, split)
+    return arrays["x"], arrays["y"]
+
+
+def load_arrays(name: str, split: str) -> dict[str, np.ndarray]:
+    """Every array saved for one split (series also keep timestamps and last inputs)."""
     path = paths.split_file(name, split)
     _require(path, f"preprocess@{name}")
     with np.load(path, allow_pickle=False) as f:
-        return f["x"], f["y"]
+        return {key: f[key] for key in f.files}
 
 
 def _require(path: Path, stage: str) -> None:

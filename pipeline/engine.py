@@ -14,10 +14,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import nn
+from torch.optim import lr_scheduler
 
 from pipeline import atomic
 from pipeline.config import OptimizerParams, SchedulerParams, TrainParams
@@ -67,57 +69,89 @@ class Batches:
             yield self.x[idx], self.y[idx]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimizerParams) -> torch.optim.Optimizer:
-    params = model.parameters()
+class Task(Protocol):
+    """How one kind of model learns; pipeline/tasks.py has one per task. The loop is shared."""
+
+    val_metrics: tuple[str, ...]
+
+    def optimizers(self, model: nn.Module) -> dict[str, torch.optim.Optimizer]: ...
+
+    def train_step(self, model, xb, yb, optimizers) -> dict[str, torch.Tensor]: ...
+
+    def validate(self, model, batches: Batches) -> dict[str, float]: ...
+
+
+def build_optimizer(parameters, cfg: OptimizerParams, lr: float | None = None):
+    lr = cfg.lr if lr is None else lr
+    wd = cfg.weight_decay
     if cfg.name == "sgd":
         return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            parameters, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=wd
         )
+    if cfg.name == "rmsprop":
+        return torch.optim.RMSprop(parameters, lr=lr, momentum=cfg.momentum, weight_decay=wd)
+    betas = (cfg.beta1, 0.999)
     if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(parameters, lr=lr, betas=betas, weight_decay=wd)
+    return torch.optim.AdamW(parameters, lr=lr, betas=betas, weight_decay=wd)
 
 
-def build_scheduler(optimizer, cfg: SchedulerParams, epochs: int, mode: str):
+def build_scheduler(optimizer, cfg: SchedulerParams, epochs: int, mode: str, steps_per_epoch: int):
+    """An LR schedule; `onecycle` steps per batch, the others per epoch (after warmup)."""
     sched = torch.optim.lr_scheduler
-    if cfg.name == "cosine":
-        return sched.CosineAnnealingLR(optimizer, T_max=epochs)
-    if cfg.name == "step":
-        return sched.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    if cfg.name == "onecycle":
+        lr = optimizer.param_groups[0]["lr"]
+        return sched.OneCycleLR(
+            optimizer, max_lr=lr, epochs=epochs, steps_per_epoch=steps_per_epoch
+        )
     if cfg.name == "plateau":
         return sched.ReduceLROnPlateau(
             optimizer, mode=mode, factor=cfg.gamma, patience=cfg.patience
         )
-    return None
+    main = None
+    if cfg.name == "cosine":
+        main = sched.CosineAnnealingLR(optimizer, T_max=max(epochs - cfg.warmup_epochs, 1))
+    elif cfg.name == "step":
+        main = sched.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    if cfg.warmup_epochs == 0:
+        return main
+    warmup = sched.LinearLR(optimizer, start_factor=0.1, total_iters=cfg.warmup_epochs)
+    if main is None:
+        return warmup
+    return sched.SequentialLR(optimizer, [warmup, main], milestones=[cfg.warmup_epochs])
 
 
-def train_one_epoch(model, batches: Batches, optimizer, loss_fn, grad_clip: float | None) -> float:
-    """One pass over `batches`; returns the mean training loss (one host sync)."""
+def optimizer_step(loss, optimizer, parameters, grad_clip: float | None) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        nn.utils.clip_grad_norm_(parameters, grad_clip)
+    optimizer.step()
+
+
+def train_one_epoch(model, batches: Batches, task: Task, optimizers, step_schedulers) -> dict:
+    """One pass over `batches`; returns mean `train/<loss>` values (one host sync)."""
     model.train()
-    total = torch.zeros((), device=batches.x.device)
+    sums: dict[str, torch.Tensor] = {}
     for xb, yb in batches:
-        loss = loss_fn(model(xb), yb)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
-        total += loss.detach() * len(yb)
-    return (total / len(batches.y)).item()
+        for key, value in task.train_step(model, xb, yb, optimizers).items():
+            sums[key] = sums.get(key, 0) + value * len(xb)
+        for scheduler in step_schedulers:
+            scheduler.step()
+    means = (torch.stack(list(sums.values())) / len(batches.y)).tolist()
+    return {f"train/{key}": value for key, value in zip(sums, means, strict=True)}
 
 
 @torch.no_grad()
 def predict(model: nn.Module, batches: Batches) -> torch.Tensor:
-    """Logits for every sample, in order."""
+    """Model outputs for every sample, in order."""
     model.eval()
     return torch.cat([model(xb) for xb, _ in batches])
 
 
-def evaluate_split(model: nn.Module, batches: Batches, loss_fn) -> dict[str, float]:
-    logits = predict(model, batches)
-    loss = loss_fn(logits, batches.y)
-    accuracy = (logits.argmax(1) == batches.y).float().mean()
-    return {"loss": loss.item(), "accuracy": accuracy.item()}
+def monitor_mode(metric: str) -> str:
+    """Whether a bigger value of `metric` is better."""
+    return "max" if metric.rsplit("/", 1)[-1] in ("accuracy", "f1", "r2", "diversity") else "min"
 
 
 @dataclass
@@ -141,6 +175,7 @@ def fit(
     train: Batches,
     val: Batches,
     cfg: TrainParams,
+    task: Task,
     *,
     checkpoint_path: Path | None = None,
     run_key: str = "",
@@ -155,11 +190,20 @@ def fit(
     from tqdm.auto import tqdm
 
     metric = cfg.early_stopping.metric
-    mode = "min" if metric.endswith("loss") else "max"
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    plain_loss = nn.CrossEntropyLoss()
-    optimizer = build_optimizer(model, cfg.optimizer)
-    scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.epochs, mode)
+    if metric not in task.val_metrics:
+        raise PipelineError(
+            f"train.early_stopping.metric: {metric!r} is not reported by this task; "
+            f"choose from {', '.join(task.val_metrics)}"
+        )
+    mode = monitor_mode(metric)
+    optimizers = task.optimizers(model)
+    schedulers = {
+        name: build_scheduler(opt, cfg.scheduler, cfg.epochs, mode, len(train))
+        for name, opt in optimizers.items()
+    }
+    schedulers = {name: s for name, s in schedulers.items() if s is not None}
+    per_step = [s for s in schedulers.values() if isinstance(s, lr_scheduler.OneCycleLR)]
+    per_epoch = [s for s in schedulers.values() if s not in per_step]
     state = {"epoch": 0, "history": [], "best_score": None, "best_epoch": 0, "bad_epochs": 0}
     best_weights = _cpu_copy(model.state_dict())
     result = FitResult()
@@ -168,9 +212,10 @@ def fit(
         ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
         if ckpt.get("run_key") == run_key and not ckpt.get("finished"):
             model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            if scheduler is not None:
-                scheduler.load_state_dict(ckpt["scheduler"])
+            for name, opt in optimizers.items():
+                opt.load_state_dict(ckpt["optimizers"][name])
+            for name, sched in schedulers.items():
+                sched.load_state_dict(ckpt["schedulers"][name])
             torch.set_rng_state(ckpt["rng"]["torch"])
             if torch.cuda.is_available() and ckpt["rng"]["cuda"]:
                 torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
@@ -189,20 +234,15 @@ def fit(
         disable=not sys.stderr.isatty(),
     )
     for epoch in bar:
-        train_loss = train_one_epoch(model, train, optimizer, loss_fn, cfg.grad_clip)
-        if not np.isfinite(train_loss):
+        row = {"epoch": epoch + 1}
+        row.update(train_one_epoch(model, train, task, optimizers, per_step))
+        if not np.isfinite(row["train/loss"]):
             raise PipelineError(
-                f"training diverged: train loss is {train_loss} at epoch {epoch + 1}; "
+                f"training diverged: train loss is {row['train/loss']} at epoch {epoch + 1}; "
                 "lower train.optimizer.lr or set train.grad_clip"
             )
-        val_metrics = evaluate_split(model, val, plain_loss)
-        row = {
-            "epoch": epoch + 1,
-            "train/loss": train_loss,
-            "val/loss": val_metrics["loss"],
-            "val/accuracy": val_metrics["accuracy"],
-            "lr": optimizer.param_groups[0]["lr"],
-        }
+        row.update(task.validate(model, val))
+        row["lr"] = next(iter(optimizers.values())).param_groups[0]["lr"]
         state["history"].append(row)
         score = row[metric]
         best = state["best_score"]
@@ -211,25 +251,26 @@ def fit(
             best_weights = _cpu_copy(model.state_dict())
         else:
             state["bad_epochs"] += 1
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(score)
-        elif scheduler is not None:
-            scheduler.step()
+        for sched in per_epoch:
+            if isinstance(sched, lr_scheduler.ReduceLROnPlateau):
+                sched.step(score)
+            else:
+                sched.step()
         state["epoch"] = epoch + 1
         stop = 0 < cfg.early_stopping.patience <= state["bad_epochs"]
         if checkpoint_path is not None:
             _save_checkpoint(
                 checkpoint_path,
                 model,
-                optimizer,
-                scheduler,
+                optimizers,
+                schedulers,
                 train,
                 best_weights,
                 state,
                 run_key,
                 finished=stop or epoch + 1 == cfg.epochs,
             )
-        bar.set_postfix({"loss": f"{train_loss:.4f}", metric: f"{score:.4f}"})
+        bar.set_postfix({"loss": f"{row['train/loss']:.4f}", metric: f"{score:.4f}"})
         if on_epoch is not None:
             on_epoch(epoch + 1, row)
         if stop:
@@ -239,7 +280,8 @@ def fit(
     result.seconds = time.perf_counter() - start
     epochs_run = state["epoch"] - result.resumed_from_epoch
     result.samples_per_second = epochs_run * len(train.y) / max(result.seconds, 1e-9)
-    model.load_state_dict(best_weights)
+    if cfg.early_stopping.restore_best:
+        model.load_state_dict(best_weights)
     result.history = state["history"]
     result.best_epoch = state["best_epoch"]
     result.best_score = state["best_score"]
@@ -251,14 +293,14 @@ def _cpu_copy(state_dict: dict) -> dict:
 
 
 def _save_checkpoint(
-    path, model, optimizer, scheduler, train, best_weights, state, run_key, finished
+    path, model, optimizers, schedulers, train, best_weights, state, run_key, finished
 ):
     ckpt = {
         "run_key": run_key,
         "finished": finished,
         "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+        "schedulers": {name: sched.state_dict() for name, sched in schedulers.items()},
         "rng": {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],

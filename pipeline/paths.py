@@ -69,21 +69,22 @@ def summary_file(experiment: str) -> Path:
     return report_dir(experiment) / "summary.json"
 
 
-def per_class_file(experiment: str) -> Path:
-    return report_dir(experiment) / "per_class.json"
+def details_file(experiment: str) -> Path:
+    """Per-class metrics, baseline errors and other detail beyond metrics.json."""
+    return report_dir(experiment) / "details.json"
 
 
 def plots_dir(experiment: str) -> Path:
+    """PNG figures of one experiment (curves, confusion, forecasts, sample grids)."""
     return report_dir(experiment) / "plots"
 
 
 def confusion_csv(experiment: str) -> Path:
-    return plots_dir(experiment) / "confusion.csv"
+    """(actual, predicted) per test sample for DVC's confusion template; header only when the
+    task has no classes."""
+    return report_dir(experiment) / "confusion.csv"
 
 
-def confusion_png(experiment: str) -> Path:
-    return plots_dir(experiment) / "confusion.png"
-
-
-def curves_png(experiment: str) -> Path:
-    return plots_dir(experiment) / "curves.png"
+def judge_dir(dataset: str) -> Path:
+    """The classifier that scores generated images of `dataset` (see stages/judge.py)."""
+    return ARTIFACTS / "judges" / dataset

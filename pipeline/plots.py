@@ -37,16 +37,61 @@ def confusion_figure(matrix: np.ndarray, classes: list[str], title: str):
 
 
 def curves_figure(history: list[dict], title: str):
-    """Loss (left) and validation accuracy (right) per epoch."""
+    """Losses per epoch (left) and the task's other validation metrics (right)."""
     plt = _pyplot()
     epochs = [row["epoch"] for row in history]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5), dpi=100)
-    for key in ("train/loss", "val/loss"):
-        left.plot(epochs, [row[key] for row in history], label=key)
-    left.set(xlabel="epoch", ylabel="loss", title=f"{title}: loss")
-    left.legend()
-    right.plot(epochs, [row["val/accuracy"] for row in history], color="tab:green")
-    right.set(xlabel="epoch", ylabel="val/accuracy", title=f"{title}: validation accuracy")
+    keys = [k for k in history[0] if k not in ("epoch", "lr")]
+    losses = [k for k in keys if k.endswith("loss")]
+    others = [k for k in keys if k.startswith("val/") and k not in losses]
+    fig, axes = plt.subplots(
+        1, 2 if others else 1, figsize=(9 if others else 5, 3.5), dpi=100, squeeze=False
+    )
+    for key in losses:
+        axes[0, 0].plot(epochs, [row[key] for row in history], label=key)
+    axes[0, 0].set(xlabel="epoch", ylabel="loss", title=f"{title}: losses")
+    axes[0, 0].legend(fontsize=8)
+    if others:
+        for key in others:
+            axes[0, 1].plot(epochs, [row[key] for row in history], label=key)
+        axes[0, 1].set(xlabel="epoch", title=f"{title}: validation")
+        axes[0, 1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def forecast_figure(times, series: dict[str, np.ndarray], title: str, unit: str):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 3.5), dpi=100)
+    for i, (name, values) in enumerate(series.items()):
+        style = (
+            {"color": "black", "linewidth": 2} if i == 0 else {"linestyle": "--" if i > 1 else "-"}
+        )
+        ax.plot(times, values, label=name, **style)
+    ax.set(xlabel="time", ylabel=unit, title=title)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def image_grid(images: np.ndarray, title: str, ncols: int = 10, labels=None):
+    """images: (N, C, H, W) in [0, 1]; one grey or RGB tile each."""
+    plt = _pyplot()
+    n = len(images)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(ncols * 0.8, nrows * 0.8 + 0.4), dpi=100, squeeze=False
+    )
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            img = np.clip(images[i], 0, 1)
+            if img.shape[0] == 1:
+                ax.imshow(img[0], cmap="gray_r", vmin=0, vmax=1)
+            else:
+                ax.imshow(img.transpose(1, 2, 0))
+            if labels is not None:
+                ax.set_title(str(labels[i]), fontsize=7)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -57,7 +57,10 @@ class StageRun:
 
         model.eval()
         with torch.no_grad():
-            output = model(torch.as_tensor(input_example)).cpu().numpy()
+            output = model(torch.as_tensor(input_example))
+        if isinstance(output, tuple):  # e.g. a VAE's (reconstruction logits, mu, logvar)
+            model, output = _FirstOutput(model), output[0]  # pyfunc serves one tensor
+        output = output.cpu().numpy()
         self._mlflow.pytorch.log_model(
             model,
             name="model",
@@ -66,6 +69,21 @@ class StageRun:
             # naming the requirement skips MLflow's slow import-based inference
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         )
+
+
+def _FirstOutput(model):
+    """Wrap a model whose forward returns a tuple so the logged model returns its first item."""
+    from torch import nn
+
+    class FirstOutput(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x)[0]
+
+    return FirstOutput(model).eval()
 
 
 @contextmanager

@@ -26,7 +26,14 @@ def shrink(raw: dict, epochs: int = 2) -> dict:
     raw = copy.deepcopy(raw)
     raw["defaults"]["device"] = "cpu"
     raw["defaults"]["train"]["epochs"] = epochs
-    tiny = {"mlp": {"hidden_sizes": [16]}, "cnn": {"channels": [4], "hidden_size": 8}}
+    tiny = {
+        "mlp": {"hidden_sizes": [16]},
+        "cnn": {"channels": [4], "hidden_size": 8},
+        "rnn": {"hidden_size": 8},
+        "vae": {"latent_dim": 2, "channels": [4, 4], "hidden_size": 8},
+        "gan": {"latent_dim": 4, "channels": 4, "hidden_size": 8},
+        "diffusion": {"timesteps": 10, "channels": [8, 8], "time_dim": 8},
+    }
     for exp in raw["experiments"].values():
         exp.setdefault("train", {})["epochs"] = epochs
         exp["model"].update(tiny.get(exp["model"]["name"], {}))

@@ -57,23 +57,24 @@ def test_unknown_model_lists_known_models(tmp_path):
         tmp_path, lambda r: r["experiments"]["mlp_digits"]["model"].update(name="resnet")
     )
     assert problems == [
-        "experiments.mlp_digits.model.name: 'resnet' is not a known model; known models: cnn, mlp"
+        "experiments.mlp_digits.model.name: 'resnet' is not a known model; "
+        "known models: cnn, diffusion, gan, mlp, rnn, vae"
     ]
 
 
 def test_unknown_dataset_and_bad_choice(tmp_path):
     def mutate(raw):
         raw["experiments"]["mlp_digits"]["dataset"] = "mnist"
-        raw["defaults"]["train"]["optimizer"]["name"] = "rmsprop"
+        raw["defaults"]["train"]["optimizer"]["name"] = "lbfgs"
 
     problems = problems_for(tmp_path, mutate)
     assert (
-        "experiments.mlp_digits.dataset: 'mnist' is not a declared dataset; declared: digits"
-        in problems
+        "experiments.mlp_digits.dataset: 'mnist' is not a declared dataset; "
+        "declared: digits, sunspots" in problems
     )
     assert (
-        "defaults.train.optimizer.name: 'rmsprop' is not allowed; expected 'sgd', 'adam' or 'adamw'"
-        in problems
+        "defaults.train.optimizer.name: 'lbfgs' is not allowed; "
+        "expected 'sgd', 'adam', 'adamw' or 'rmsprop'" in problems
     )
     assert len(problems) == 2  # a bad default is reported once, not once per experiment
 
@@ -86,6 +87,24 @@ def test_unknown_section_and_bad_split(tmp_path):
     problems = problems_for(tmp_path, mutate)
     assert "experimets: unknown key; did you mean 'experiments'?" in problems
     assert any(p.startswith("datasets.digits.split: val + test = 0.95") for p in problems)
+
+
+def test_model_must_fit_the_dataset_task(tmp_path):
+    problems = problems_for(
+        tmp_path, lambda r: r["experiments"]["gru_sunspots"].update(model={"name": "cnn"})
+    )
+    assert problems == [
+        "experiments.gru_sunspots.model.name: 'cnn' cannot learn dataset 'sunspots' "
+        "(forecasting); models for forecasting: mlp, rnn"
+    ]
+
+
+def test_unknown_dataset_source_lists_known_sources(tmp_path):
+    problems = problems_for(tmp_path, lambda r: r["datasets"]["sunspots"].update(source="csv"))
+    assert problems[0] == (
+        "datasets.sunspots.source: 'csv' is not a known source; "
+        "known sources: sklearn_digits, statsmodels"
+    )
 
 
 def test_invalid_yaml_and_missing_file(tmp_path):
@@ -125,7 +144,7 @@ def run_check(cwd, *args):
 def test_check_prints_the_plan():
     proc = run_check(ROOT, "--no-status")
     assert proc.returncode == 0, proc.stderr
-    for stage in ("ingest@digits", "preprocess@digits", "train@mlp_digits", "evaluate@cnn_digits"):
+    for stage in ("ingest@digits", "judge@digits", "train@gru_sunspots", "evaluate@vae_digits"):
         assert stage in proc.stdout
     assert "report" in proc.stdout
 
@@ -137,8 +156,19 @@ def test_stages_downstream_of_a_change_will_run():
         "evaluate@cnn_digits",
         "report",
     }
+    # a new judge re-scores every experiment on its dataset
+    assert {f"evaluate@{e}" for e in ("gan_digits", "vae_digits", "mlp_digits")} <= stages_to_run(
+        params, {"judge@digits"}
+    )
+    sunspots_only = {
+        "ingest@sunspots",
+        "preprocess@sunspots",
+        "judge@sunspots",
+        "train@gru_sunspots",
+        "evaluate@gru_sunspots",
+    }
     everything = {stage for stage, _ in plan(params)}
-    assert stages_to_run(params, {"ingest@digits"}) == everything
+    assert stages_to_run(params, {"ingest@digits"}) == everything - sunspots_only
     assert stages_to_run(params, set()) == set()
 
 

@@ -7,10 +7,10 @@ import pytest
 
 from pipeline import data, paths
 from pipeline.atomic import atomic_dir
-from pipeline.config import DatasetParams
+from pipeline.config import DigitsDataset, SeriesDataset
 from pipeline.errors import PipelineError
 
-CFG = DatasetParams.model_validate(
+CFG = DigitsDataset.model_validate(
     {"source": "sklearn_digits", "split": {"val": 0.15, "test": 0.2}}
 )
 
@@ -73,3 +73,46 @@ def test_failed_write_leaves_the_previous_output_untouched(tmp_path):
         raise RuntimeError("killed mid-write")
     assert [p.name for p in target.iterdir()] == ["old.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temp dir left behind
+
+
+SERIES = SeriesDataset.model_validate(
+    {
+        "source": "statsmodels",
+        "name": "sunspots",
+        "lookback": 12,
+        "horizon": 3,
+        "split": {"val": 0.15, "test": 0.15},
+    }
+)
+
+
+def test_series_split_is_chronological_and_scaled_on_train_only(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data.ingest("sun", SERIES)
+    data.preprocess("sun", SERIES)
+    schema = data.load_schema("sun")
+    parts = {s: data.load_arrays("sun", s) for s in paths.SPLITS}
+    # every target of a split lies after every target of the split before it
+    last_train = parts["train"]["t"].max() + SERIES.horizon - 1
+    assert last_train < parts["val"]["t"].min()
+    assert parts["val"]["t"].max() + SERIES.horizon - 1 < parts["test"]["t"].min()
+    assert np.all(np.diff(parts["test"]["t"]) > 0)  # kept in time order
+    values, years, _ = data.read_raw("sun")
+    train_steps = schema["scaler"]["train_steps"]
+    assert years[train_steps - 1] <= last_train < years[train_steps]
+    assert schema["scaler"]["mean"] == pytest.approx(values[:train_steps].mean(), rel=1e-5)
+    assert schema["scaler"]["mean"] != pytest.approx(values.mean(), rel=1e-3)
+    assert parts["train"]["x"].shape[1:] == (12, 1) and parts["test"]["y"].shape[1] == 3
+    # a target window is the scaled series itself
+    mean, std = schema["scaler"]["mean"], schema["scaler"]["std"]
+    first = int(np.searchsorted(years, parts["test"]["t"][0]))
+    assert parts["test"]["y"][0] * std + mean == pytest.approx(values[first : first + 3], rel=1e-4)
+
+
+def test_series_too_short_for_the_window_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    long = SERIES.model_copy(update={"lookback": 250})
+    data.ingest("sun", long)
+    with pytest.raises(PipelineError, match="too short for lookback=250"):
+        data.preprocess("sun", long)
+    assert not paths.processed_dir("sun").exists()

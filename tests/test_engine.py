@@ -8,6 +8,9 @@ from models import DataSpec, build_model
 from pipeline import engine
 from pipeline.config import TrainParams
 from pipeline.errors import PipelineError
+from pipeline.tasks import Classification
+
+SCHEMA = {"task": "classification", "class_counts": {"train": [60, 60, 60]}}
 
 
 def blobs(n=240, seed=0):
@@ -29,25 +32,31 @@ def setup(seed=0, **train):
     return model, tr, va, cfg
 
 
+def fit(model, tr, va, cfg, **kw):
+    return engine.fit(model, tr, va, cfg, Classification(cfg, SCHEMA), **kw)
+
+
+def val_accuracy(model, va, cfg):
+    return Classification(cfg, SCHEMA).validate(model, va)["val/accuracy"]
+
+
 def test_fit_learns_and_records_history():
     model, tr, va, cfg = setup()
-    result = engine.fit(model, tr, va, cfg)
+    result = fit(model, tr, va, cfg)
     assert len(result.history) == cfg.epochs
     assert [row["epoch"] for row in result.history] == list(range(1, cfg.epochs + 1))
     assert result.history[-1]["train/loss"] < result.history[0]["train/loss"]
-    acc = engine.evaluate_split(model, va, torch.nn.CrossEntropyLoss())["accuracy"]
-    assert acc > 0.9
+    assert val_accuracy(model, va, cfg) > 0.9
     assert result.samples_per_second > 0
 
 
 def test_early_stopping_restores_the_best_epoch():
     model, tr, va, cfg = setup(epochs=40, early_stopping={"metric": "val/accuracy", "patience": 2})
-    result = engine.fit(model, tr, va, cfg)
+    result = fit(model, tr, va, cfg)
     assert result.stopped_early and len(result.history) < 40
     best = max(row["val/accuracy"] for row in result.history)
     assert result.best_score == best
-    acc = engine.evaluate_split(model, va, torch.nn.CrossEntropyLoss())["accuracy"]
-    assert acc == pytest.approx(best)
+    assert val_accuracy(model, va, cfg) == pytest.approx(best)
 
 
 class Crash(Exception):
@@ -56,7 +65,7 @@ class Crash(Exception):
 
 def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
     model, tr, va, cfg = setup()
-    engine.fit(model, tr, va, cfg)
+    fit(model, tr, va, cfg)
     expected = {k: v.clone() for k, v in model.state_dict().items()}
 
     ckpt = tmp_path / "checkpoint.pt"
@@ -67,13 +76,13 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
 
     model, tr, va, cfg = setup()
     with pytest.raises(Crash):
-        engine.fit(model, tr, va, cfg, checkpoint_path=ckpt, run_key="k", on_epoch=crash_after_3)
+        fit(model, tr, va, cfg, checkpoint_path=ckpt, run_key="k", on_epoch=crash_after_3)
     assert ckpt.is_file()
 
     # a new process would rebuild everything from scratch with other RNG draws in between
     model, tr, va, cfg = setup(seed=123)
     tr.generator.manual_seed(0)
-    result = engine.fit(model, tr, va, cfg, checkpoint_path=ckpt, run_key="k")
+    result = fit(model, tr, va, cfg, checkpoint_path=ckpt, run_key="k")
     assert result.resumed_from_epoch == 3
     assert len(result.history) == cfg.epochs
     for key, value in model.state_dict().items():
@@ -83,11 +92,9 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
 def test_checkpoint_of_another_config_is_not_resumed(tmp_path):
     ckpt = tmp_path / "checkpoint.pt"
     model, tr, va, cfg = setup()
-    engine.fit(
-        model, tr, va, cfg.model_copy(update={"epochs": 2}), checkpoint_path=ckpt, run_key="a"
-    )
+    fit(model, tr, va, cfg.model_copy(update={"epochs": 2}), checkpoint_path=ckpt, run_key="a")
     model, tr, va, cfg = setup()
-    result = engine.fit(model, tr, va, cfg, checkpoint_path=ckpt, run_key="b")
+    result = fit(model, tr, va, cfg, checkpoint_path=ckpt, run_key="b")
     assert result.resumed_from_epoch == 0
 
 
@@ -95,7 +102,24 @@ def test_nan_loss_stops_with_a_clear_error():
     model, tr, va, cfg = setup()
     tr.x[0, 0] = float("nan")
     with pytest.raises(PipelineError, match="training diverged: train loss is nan at epoch 1"):
-        engine.fit(model, tr, va, cfg)
+        fit(model, tr, va, cfg)
+
+
+def test_regularisers_and_class_weights_train():
+    model, tr, va, cfg = setup(
+        l1=1e-4,
+        class_weights="balanced",
+        label_smoothing=0.1,
+        optimizer={"name": "sgd", "lr": 0.05, "nesterov": True},
+    )
+    result = fit(model, tr, va, cfg)
+    assert result.history[-1]["train/loss"] < result.history[0]["train/loss"]
+
+
+def test_unknown_early_stopping_metric_is_named():
+    model, tr, va, cfg = setup(early_stopping={"metric": "val/rmse"})
+    with pytest.raises(PipelineError, match="'val/rmse' is not reported by this task; choose"):
+        fit(model, tr, va, cfg)
 
 
 def test_device_auto_falls_back_to_cpu():
@@ -107,11 +131,11 @@ def test_device_auto_falls_back_to_cpu():
             engine.select_device("cuda")
 
 
-@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
-@pytest.mark.parametrize("scheduler", ["none", "cosine", "step", "plateau"])
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "rmsprop"])
+@pytest.mark.parametrize("scheduler", ["none", "cosine", "step", "plateau", "onecycle", "warmup"])
 def test_optimizers_and_schedulers_train(name, scheduler):
-    model, tr, va, cfg = setup(
-        epochs=3, optimizer={"name": name, "lr": 0.01}, scheduler={"name": scheduler}
-    )
-    result = engine.fit(model, tr, va, cfg)
+    sched = {"name": "cosine", "warmup_epochs": 1} if scheduler == "warmup" else {"name": scheduler}
+    lr = 0.001 if name == "rmsprop" else 0.01
+    model, tr, va, cfg = setup(epochs=3, optimizer={"name": name, "lr": lr}, scheduler=sched)
+    result = fit(model, tr, va, cfg)
     assert result.history[-1]["train/loss"] < result.history[0]["train/loss"]

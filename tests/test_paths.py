@@ -29,10 +29,12 @@ def _outs(name: str) -> set[str]:
     return _paths(stage.get("outs")) | _paths(stage.get("metrics")) | _paths(stage.get("plots"))
 
 
-def test_ingest_and_preprocess():
+def test_ingest_preprocess_and_judge():
     assert _outs("ingest") == {str(paths.raw_dir(EXP))}
     assert _outs("preprocess") == {str(paths.processed_dir(EXP))}
     assert str(paths.raw_dir(EXP)) in _paths(_stage("preprocess")["deps"])
+    assert _outs("judge") == {str(paths.judge_dir(EXP))}
+    assert str(paths.processed_dir(EXP)) in _paths(_stage("judge")["deps"])
 
 
 def test_train():
@@ -55,9 +57,8 @@ def test_evaluate():
         for p in (
             paths.metrics_file,
             paths.summary_file,
-            paths.per_class_file,
-            paths.confusion_png,
-            paths.curves_png,
+            paths.details_file,
+            paths.plots_dir,
             paths.confusion_csv,
         )
     }
@@ -65,6 +66,7 @@ def test_evaluate():
     for p in (paths.model_file, paths.history_file, paths.train_summary_file):
         assert str(p(EXP)) in deps
     assert str(paths.processed_dir(DS)) in deps
+    assert str(paths.judge_dir(DS)) in deps
 
 
 def test_report():
@@ -75,7 +77,7 @@ def test_report():
 
 
 def test_every_stage_module_a_stage_runs_is_a_dependency():
-    for name in ("ingest", "preprocess", "train", "evaluate", "report"):
+    for name in ("ingest", "preprocess", "judge", "train", "evaluate", "report"):
         stage = _stage(name)
         module = stage["cmd"].split()[2]
         assert module.replace(".", "/") + ".py" in _paths(stage["deps"]), name

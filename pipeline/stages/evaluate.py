@@ -1,56 +1,51 @@
-"""evaluate@<experiment>: test-split metrics, per-class metrics, confusion matrix, curves."""
+"""evaluate@<experiment>: test-split metrics beside baselines, figures, details, summary."""
 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import sys
 
 from pipeline import atomic, data, paths, plots, tracking
 from pipeline.config import Params
-from pipeline.errors import PipelineError
-from pipeline.metrics import classification_metrics
 from pipeline.stages import stage_main
+from pipeline.stages.train import load_trained_model
 
 
 def run(params: Params, experiment: str) -> dict[str, float]:
-    import torch
-    from torch import nn
-
-    from models import DataSpec, build_model
-    from pipeline import engine
+    from pipeline import engine, evaluation, tasks
 
     exp = params.experiments[experiment]
-    model_path = paths.model_file(experiment)
-    if not model_path.is_file():
-        raise PipelineError(f"{model_path} not found; run `dvc repro train@{experiment}` first")
-    saved = torch.load(model_path, map_location="cpu", weights_only=True)
-    spec = DataSpec(tuple(saved["input_shape"]), saved["num_classes"])
-    model_cfg = {k: v for k, v in saved["model"].items() if k != "name"}
-    model = build_model(saved["model"]["name"], model_cfg, spec)
-    model.load_state_dict(saved["state_dict"])
-    device = engine.select_device(exp.device)
-    model.to(device)
-
     schema = data.load_schema(exp.dataset)
-    x, y = data.load_split(exp.dataset, "test")
-    batches = engine.Batches(x, y, exp.evaluate.batch_size, device=device, shuffle=False)
-    logits = engine.predict(model, batches)
-    loss = nn.functional.cross_entropy(logits, batches.y).item()
-    y_pred = logits.argmax(1).cpu().numpy()
-    summary, per_class, confusion = classification_metrics(y, y_pred, schema["classes"])
-    summary["test/loss"] = loss
-    summary["test/samples"] = len(y)
+    device = engine.select_device(exp.device)
+    model = load_trained_model(experiment).to(device)
+    arrays = data.load_arrays(exp.dataset, "test")
+    batches = engine.Batches(
+        arrays["x"], arrays["y"], exp.evaluate.batch_size, device=device, shuffle=False
+    )
+    kind = tasks.task_kind(exp.model.name, schema)
+    if kind == "classification":
+        result = evaluation.classification(model, batches, schema, experiment)
+    elif kind == "forecasting":
+        train_series = data.load_arrays(exp.dataset, "train")["series"]
+        result = evaluation.forecasting(model, batches, arrays, train_series, schema, experiment)
+    else:
+        from pipeline import generative
+        from pipeline.stages.judge import load_judge
+
+        judge = load_judge(exp.dataset).to(device)
+        result = generative.evaluate(kind, model, batches, judge, schema, exp, experiment)
 
     train_info = json.loads(paths.train_summary_file(experiment).read_text())
-    history = list(csv.DictReader(paths.history_file(experiment).open()))
-    history = [{k: float(v) for k, v in row.items()} for row in history]
+    with paths.history_file(experiment).open() as f:
+        history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    result.figures["curves"] = plots.curves_figure(history, experiment)
     tags = {
         "stage": "evaluate",
         "experiment": experiment,
         "dataset": exp.dataset,
         "model": exp.model.name,
+        "task": kind,
         "dvc.data_hash": tracking.dvc_data_hash(exp.dataset),
     }
     with tracking.stage_run(
@@ -59,43 +54,30 @@ def run(params: Params, experiment: str) -> dict[str, float]:
         tags=tags,
         parent_run_id=train_info.get("mlflow_run_id"),
     ) as run:
-        run.log_metrics(summary)
-        run.log_dict(per_class, "per_class.json")
-        confusion_fig = plots.confusion_figure(
-            confusion, schema["classes"], f"{experiment}: test confusion matrix"
-        )
-        run.log_figure(confusion_fig, "confusion_matrix.png")
-        plots.save(confusion_fig, paths.confusion_png(experiment))
-        plots.save(plots.curves_figure(history, experiment), paths.curves_png(experiment))
-        atomic.write_text(
-            paths.confusion_csv(experiment), confusion_csv(y, y_pred, schema["classes"])
-        )
-        atomic.write_json(paths.per_class_file(experiment), per_class)
-        atomic.write_json(
-            paths.summary_file(experiment),
-            {
-                "experiment": experiment,
-                "dataset": exp.dataset,
-                "model": exp.model.name,
-                "metrics": summary,
-                "train": train_info,
-                "evaluate_run_id": run.run_id,
-                "data": {"dvc_hash": tags["dvc.data_hash"], "counts": schema["counts"]},
-                "params": exp.model_dump(mode="json"),
-            },
-        )
+        run.log_metrics(result.metrics)
+        run.log_dict(result.details, "details.json")
+        with atomic.atomic_dir(paths.plots_dir(experiment)) as tmp:
+            for name, fig in result.figures.items():
+                run.log_figure(fig, f"plots/{name}.png")
+                plots.save(fig, tmp / f"{name}.png")
+        atomic.write_text(paths.confusion_csv(experiment), result.confusion_csv)
+        atomic.write_json(paths.details_file(experiment), result.details)
+        summary = {
+            "experiment": experiment,
+            "dataset": exp.dataset,
+            "model": exp.model.name,
+            "task": kind,
+            "metrics": result.metrics,
+            "figures": sorted(result.figures),
+            "train": train_info,
+            "evaluate_run_id": run.run_id,
+            "data": {"dvc_hash": tags["dvc.data_hash"], "counts": schema["counts"]},
+            "params": exp.model_dump(mode="json"),
+        }
+        atomic.write_json(paths.summary_file(experiment), summary)
         # written last: DVC treats metrics.json as the stage's result
-        atomic.write_json(paths.metrics_file(experiment), summary)
-    return summary
-
-
-def confusion_csv(y_true, y_pred, classes: list[str]) -> str:
-    """One row per test sample, the layout DVC's confusion template reads."""
-    buf = io.StringIO()
-    buf.write("actual,predicted\n")
-    for t, p in zip(y_true, y_pred, strict=True):
-        buf.write(f"{classes[t]},{classes[p]}\n")
-    return buf.getvalue()
+        atomic.write_json(paths.metrics_file(experiment), result.metrics)
+    return result.metrics
 
 
 def main(argv=None) -> int:

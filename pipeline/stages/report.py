@@ -14,15 +14,25 @@ from pipeline.config import Params
 from pipeline.errors import PipelineError
 from pipeline.stages import stage_main
 
-MAIN_METRIC = "test/accuracy"
+# the headline number of each task, whether higher is better, and its baseline ratio if any
+MAIN_METRIC = {
+    "classification": ("test/accuracy", True, None),
+    "forecasting": ("test/rmse", False, "test/rmse_ratio_persistence"),
+    "vae": ("test/elbo", True, None),
+    "gan": ("test/frechet_distance", False, None),
+    "diffusion": ("test/frechet_distance", False, None),
+}
+TASK_ORDER = list(MAIN_METRIC)
 COLUMNS = (
     "experiment",
+    "task",
     "model",
     "dataset",
-    MAIN_METRIC,
-    "test/f1_macro",
+    "main metric",
+    "value",
+    "vs baseline",
     "parameters",
-    "train seconds",
+    "train s",
     "samples/s",
     "device",
 )
@@ -35,7 +45,7 @@ def run(params: Params, _name=None) -> list[dict]:
         if not path.is_file():
             raise PipelineError(f"{path} not found; run `dvc repro evaluate@{experiment}` first")
         summaries.append(json.loads(path.read_text()))
-    summaries.sort(key=lambda s: -s["metrics"].get(MAIN_METRIC, 0.0))
+    summaries.sort(key=_rank)
     with tracking.stage_run(
         params.defaults.tracking, name="report", tags={"stage": "report"}
     ) as run:
@@ -43,22 +53,38 @@ def run(params: Params, _name=None) -> list[dict]:
         atomic.write_text(paths.REPORT_HTML, render_html(summaries))
         run.log_artifact(paths.REPORT_HTML)
         run.log_metrics(
-            {f"{s['experiment']}/{MAIN_METRIC}": s["metrics"][MAIN_METRIC] for s in summaries}
+            {f"{s['experiment']}/{main_metric(s)[0]}": main_metric(s)[1] for s in summaries}
         )
     return summaries
+
+
+def main_metric(summary: dict) -> tuple[str, float]:
+    name = MAIN_METRIC[summary["task"]][0]
+    return name, summary["metrics"][name]
+
+
+def _rank(summary: dict):
+    _, higher_better, _ = MAIN_METRIC[summary["task"]]
+    value = main_metric(summary)[1]
+    return TASK_ORDER.index(summary["task"]), -value if higher_better else value
 
 
 def leaderboard_rows(summaries: list[dict]) -> list[list[str]]:
     rows = []
     for s in summaries:
-        m, t = s["metrics"], s["train"]
+        t = s["train"]
+        name, value = main_metric(s)
+        ratio_key = MAIN_METRIC[s["task"]][2]
+        ratio = f"{s['metrics'][ratio_key]:.3f}x" if ratio_key else ""
         rows.append(
             [
                 s["experiment"],
+                s["task"],
                 s["model"],
                 s["dataset"],
-                f"{m[MAIN_METRIC]:.4f}",
-                f"{m['test/f1_macro']:.4f}",
+                name,
+                f"{value:.4f}",
+                ratio,
                 f"{t['parameters']:,}",
                 f"{t['train_seconds']:.1f}",
                 f"{t['samples_per_second']:,.0f}",
@@ -68,11 +94,22 @@ def leaderboard_rows(summaries: list[dict]) -> list[list[str]]:
     return rows
 
 
+def _facts(s: dict) -> list[str]:
+    t = s["train"]
+    return [
+        f"MLflow runs: train `{t['mlflow_run_id']}`, evaluate `{s['evaluate_run_id']}`",
+        f"data: `{s['dataset']}`, DVC hash `{s['data']['dvc_hash']}`, "
+        f"split sizes {s['data']['counts']}",
+        f"best epoch {t['best_epoch']} of {t['epochs_run']}"
+        + (" (stopped early)" if t["stopped_early"] else ""),
+    ]
+
+
 def render_markdown(summaries: list[dict]) -> str:
     lines = [
         "# Experiment report",
         "",
-        f"{len(summaries)} experiments, best first by {MAIN_METRIC} (test split).",
+        f"{len(summaries)} experiments on the test split, grouped by task, best first.",
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
@@ -80,30 +117,24 @@ def render_markdown(summaries: list[dict]) -> str:
     lines += ["| " + " | ".join(row) + " |" for row in leaderboard_rows(summaries)]
     for s in summaries:
         exp = s["experiment"]
-        lines += [
-            "",
-            f"## {exp}",
-            "",
-            f"![curves](experiments/{exp}/plots/curves.png)",
-            f"![confusion](experiments/{exp}/plots/confusion.png)",
-            "",
-            f"- MLflow runs: train `{s['train']['mlflow_run_id']}`, "
-            f"evaluate `{s['evaluate_run_id']}`",
-            f"- data: `{s['dataset']}` dvc hash `{s['data']['dvc_hash']}`, "
-            f"split sizes {s['data']['counts']}",
-            f"- best epoch {s['train']['best_epoch']} of {s['train']['epochs_run']}"
-            + (" (stopped early)" if s["train"]["stopped_early"] else ""),
-            "",
-            "```yaml",
-            yaml.safe_dump(s["params"], sort_keys=False).rstrip(),
-            "```",
-        ]
+        lines += ["", f"## {exp}", ""]
+        lines += [f"![{f}](experiments/{exp}/plots/{f}.png)" for f in s["figures"]]
+        lines += [""] + [f"- {fact}" for fact in _facts(s)]
+        lines += ["", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" for k, v in s["metrics"].items()]
+        lines += ["", "```yaml", yaml.safe_dump(s["params"], sort_keys=False).rstrip(), "```"]
     return "\n".join(lines) + "\n"
 
 
 def _img(path) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+
+
+def _code(text: str) -> str:
+    """Markdown `code` spans to HTML."""
+    parts = html.escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
 
 def render_html(summaries: list[dict]) -> str:
@@ -117,19 +148,15 @@ def render_html(summaries: list[dict]) -> str:
     sections = []
     for s in summaries:
         exp = s["experiment"]
+        figures = "".join(_img(paths.plots_dir(exp) / f"{f}.png") for f in s["figures"])
         metrics = "".join(
             f"<tr><td>{esc(k)}</td><td>{v:.4f}</td></tr>" for k, v in s["metrics"].items()
         )
+        facts = "".join(f"<li>{_code(f)}</li>" for f in _facts(s))
+        params = esc(yaml.safe_dump(s["params"], sort_keys=False))
         sections.append(
-            f"<section><h2>{esc(exp)}</h2>"
-            f"{_img(paths.curves_png(exp))}{_img(paths.confusion_png(exp))}"
-            f"<table>{metrics}</table>"
-            f"<p>MLflow runs: train <code>{esc(s['train']['mlflow_run_id'])}</code>, "
-            f"evaluate <code>{esc(s['evaluate_run_id'])}</code>. Data: <code>{esc(s['dataset'])}"
-            f"</code>, DVC hash <code>{esc(s['data']['dvc_hash'])}</code>, "
-            f"split sizes {esc(str(s['data']['counts']))}.</p>"
-            f"<details><summary>resolved params</summary><pre>"
-            f"{esc(yaml.safe_dump(s['params'], sort_keys=False))}</pre></details></section>"
+            f"<section><h2>{esc(exp)}</h2>{figures}<table>{metrics}</table><ul>{facts}</ul>"
+            f"<details><summary>resolved params</summary><pre>{params}</pre></details></section>"
         )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Experiment report</title>
@@ -139,7 +166,7 @@ table{{border-collapse:collapse;margin:1em 0}} td,th{{border:1px solid #ccc;padd
 th{{background:#f3f3f3}} img{{max-width:100%;margin:4px}} section{{margin-top:2em}}
 </style></head><body>
 <h1>Experiment report</h1>
-<p>{len(summaries)} experiments, best first by {MAIN_METRIC} (test split).</p>
+<p>{len(summaries)} experiments on the test split, grouped by task, best first.</p>
 <table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 {"".join(sections)}
 </body></html>

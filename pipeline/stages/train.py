@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import sys
 
@@ -10,21 +11,23 @@ import yaml
 
 from pipeline import atomic, data, paths, tracking
 from pipeline.config import Params, flatten
+from pipeline.errors import PipelineError
 from pipeline.stages import stage_main
 
 
 def run(params: Params, experiment: str):
     import torch
 
-    from models import DataSpec, build_model
-    from pipeline import engine
+    from models import build_model
+    from pipeline import engine, tasks
 
     exp = params.experiments[experiment]
     schema = data.load_schema(exp.dataset)
     config = exp.model_dump(mode="json")
     device = engine.select_device(exp.device)
     engine.seed_everything(exp.seed)
-    spec = DataSpec(tuple(schema["input_shape"]), schema["num_classes"])
+    spec = data_spec(schema)
+    task = tasks.make_task(tasks.task_kind(exp.model.name, schema), exp.train, schema)
     model = build_model(exp.model.name, exp.model.model_dump(exclude={"name"}), spec).to(device)
     train_x, train_y = data.load_split(exp.dataset, "train")
     val_x, val_y = data.load_split(exp.dataset, "val")
@@ -48,6 +51,7 @@ def run(params: Params, experiment: str):
             train,
             val,
             exp.train,
+            task,
             checkpoint_path=paths.checkpoint_file(experiment),
             run_key=engine.config_key(config),
             on_epoch=lambda epoch, row: run.log_metrics(
@@ -82,8 +86,7 @@ def run(params: Params, experiment: str):
             torch.save(
                 {
                     "model": exp.model.model_dump(mode="json"),
-                    "input_shape": spec.input_shape,
-                    "num_classes": spec.num_classes,
+                    "spec": dataclasses.asdict(spec),
                     "state_dict": model.state_dict(),
                 },
                 tmp,
@@ -94,6 +97,36 @@ def run(params: Params, experiment: str):
         )
         atomic.write_json(paths.train_summary_file(experiment), summary)
     return summary
+
+
+def data_spec(schema: dict):
+    """What the model needs to know about the processed dataset."""
+    from models import DataSpec
+
+    return DataSpec(
+        input_shape=tuple(schema["input_shape"]),
+        num_classes=schema.get("num_classes", 0),
+        horizon=schema.get("horizon", 0),
+        vocab_size=schema.get("vocab_size", 0),
+    )
+
+
+def load_trained_model(experiment: str):
+    """The model train@<experiment> saved, rebuilt from its own config (CPU, eval mode)."""
+    import torch
+
+    from models import DataSpec, build_model
+
+    path = paths.model_file(experiment)
+    if not path.is_file():
+        raise PipelineError(f"{path} not found; run `dvc repro train@{experiment}` first")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    spec = saved["spec"]
+    spec = DataSpec(**{**spec, "input_shape": tuple(spec["input_shape"])})
+    config = {k: v for k, v in saved["model"].items() if k != "name"}
+    model = build_model(saved["model"]["name"], config, spec)
+    model.load_state_dict(saved["state_dict"])
+    return model.eval()
 
 
 def history_csv(history: list[dict]) -> str:

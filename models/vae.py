@@ -1,0 +1,115 @@
+"""Variational autoencoder (conv or MLP) with a Bernoulli decoder on [0, 1] intensities.
+
+loss = reconstruction (nats per image) + beta * KL(q(z|x) || N(0, I)); with beta = 1 the loss
+is the negative ELBO in nats per image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from models.layers import activation
+from models.registry import DataSpec, register_model
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    variant: str = "conv"  # conv | mlp
+    latent_dim: int = 16
+    channels: tuple[int, ...] = (32, 64)  # conv variant
+    hidden_size: int = 256  # mlp variant
+    activation: str = "relu"
+    beta: float = 1.0
+
+    @classmethod
+    def tiny(cls) -> VAEConfig:
+        return cls(variant="mlp", latent_dim=2, hidden_size=16)
+
+
+class VAE(nn.Module):
+    def __init__(self, config: VAEConfig, spec: DataSpec):
+        super().__init__()
+        self.config = config
+        self.shape = tuple(spec.input_shape)
+        act = config.activation
+        if config.variant == "conv":
+            c, h, w = self.shape
+            c1, c2 = config.channels[0], config.channels[-1]
+            self.grid = (c2, h // 2, w // 2)
+            flat = math.prod(self.grid)
+            self.encoder = nn.Sequential(
+                nn.Conv2d(c, c1, 3, padding=1),
+                activation(act),
+                nn.Conv2d(c1, c2, 4, stride=2, padding=1),
+                activation(act),  # -> (c2, H/2, W/2)
+                nn.Flatten(),
+            )
+            self.decoder = nn.Sequential(
+                nn.Linear(config.latent_dim, flat),
+                activation(act),
+                nn.Unflatten(1, self.grid),
+                nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1),
+                activation(act),  # -> (c1, H, W)
+                nn.Conv2d(c1, c, 3, padding=1),
+            )
+        elif config.variant == "mlp":
+            flat = math.prod(self.shape)
+            self.encoder = nn.Sequential(
+                nn.Flatten(), nn.Linear(flat, config.hidden_size), activation(act)
+            )
+            flat = config.hidden_size
+            self.decoder = nn.Sequential(
+                nn.Linear(config.latent_dim, config.hidden_size),
+                activation(act),
+                nn.Linear(config.hidden_size, math.prod(self.shape)),
+                nn.Unflatten(1, self.shape),
+            )
+        else:
+            raise ValueError(f"unknown vae variant {config.variant!r}; choose conv or mlp")
+        self.to_latent = nn.Linear(flat, 2 * config.latent_dim)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.to_latent(self.encoder(x)).chunk(2, dim=1)  # (B, Z) each
+        return mu, logvar.clamp(-10, 10)
+
+    def forward(self, x: torch.Tensor):
+        """x in [0, 1] -> (decoder logits like x, mu, logvar)."""
+        mu, logvar = self.encode(x)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()  # reparameterisation
+        return self.decoder(z), mu, logvar
+
+    def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-image means of reconstruction NLL, KL and their beta-weighted sum."""
+        logits, mu, logvar = self(x)
+        recon = F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
+        return {
+            "loss": (recon + self.config.beta * kl).mean(),
+            "recon": recon.mean(),
+            "kl": kl.mean(),
+        }
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.decoder(self.encode(x)[0]))
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.decoder(z))
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n images in [0, 1] decoded from the prior."""
+        device = next(self.parameters()).device
+        z = torch.randn(n, self.config.latent_dim, generator=generator).to(device)
+        return self.decode(z)
+
+
+@register_model("vae", VAEConfig)
+def build_vae(*, config: VAEConfig, spec: DataSpec) -> VAE:
+    return VAE(config, spec)

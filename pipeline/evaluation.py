@@ -1,0 +1,145 @@
+"""Test-split evaluation, one function per task, each beside a classical baseline where one fits.
+
+Every function returns an `Evaluation`: `split/metric` numbers for DVC, MLflow and the report,
+details for JSON, and figures saved as PNG.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from pipeline import plots
+from pipeline.engine import Batches, predict
+from pipeline.metrics import classification_metrics
+
+CONFUSION_HEADER = "actual,predicted\n"
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    details: dict = field(default_factory=dict)
+    figures: dict = field(default_factory=dict)  # file stem -> matplotlib figure
+    confusion_csv: str = CONFUSION_HEADER  # rows only for classification
+
+
+def classification(model, batches: Batches, schema: dict, title: str) -> Evaluation:
+    logits = predict(model, batches)
+    y_true = batches.y.cpu().numpy()
+    y_pred = logits.argmax(1).cpu().numpy()
+    metrics, per_class, confusion = classification_metrics(y_true, y_pred, schema["classes"])
+    metrics["test/loss"] = F.cross_entropy(logits, batches.y).item()
+    metrics["test/samples"] = len(y_true)
+    classes = schema["classes"]
+    rows = "".join(f"{classes[t]},{classes[p]}\n" for t, p in zip(y_true, y_pred, strict=True))
+    fig = plots.confusion_figure(confusion, classes, f"{title}: test confusion matrix")
+    return Evaluation(
+        metrics, {"per_class": per_class}, {"confusion": fig}, CONFUSION_HEADER + rows
+    )
+
+
+def forecasting(
+    model, batches: Batches, arrays: dict, train_series, schema: dict, title: str
+) -> Evaluation:
+    """Errors in original units beside naive persistence and an AR model fitted on train."""
+    mean, std = schema["scaler"]["mean"], schema["scaler"]["std"]
+    pred = predict(model, batches).cpu().numpy() * std + mean  # (N, horizon)
+    actual = arrays["y"] * std + mean
+    inputs = arrays["x"][:, :, 0] * std + mean  # (N, lookback), original units
+    persistence = np.repeat(arrays["last_input"][:, None], actual.shape[1], axis=1)
+    ar, lags = ar_forecasts(train_series, inputs, actual.shape[1])
+    metrics = {f"test/{k}": v for k, v in regression_errors(actual, pred).items()}
+    baselines = {
+        "persistence": regression_errors(actual, persistence),
+        "ar": {**regression_errors(actual, ar), "lags": lags},
+    }
+    metrics["test/rmse_ratio_persistence"] = metrics["test/rmse"] / baselines["persistence"]["rmse"]
+    metrics["test/rmse_ratio_ar"] = metrics["test/rmse"] / baselines["ar"]["rmse"]
+    metrics["test/samples"] = len(actual)
+    fig = plots.forecast_figure(
+        arrays["t"],
+        {
+            "actual": actual[:, 0],
+            "model": pred[:, 0],
+            "persistence": persistence[:, 0],
+            f"AR({lags})": ar[:, 0],
+        },
+        f"{title}: test forecasts (first step ahead)",
+        schema.get("unit", "value"),
+    )
+    return Evaluation(metrics, {"baselines": baselines}, {"forecast": fig})
+
+
+def regression_errors(actual: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    err = pred - actual
+    mse = float(np.mean(err**2))
+    ss_tot = float(np.sum((actual - actual.mean()) ** 2))
+    return {
+        "mse": mse,
+        "rmse": mse**0.5,
+        "mae": float(np.mean(np.abs(err))),
+        "r2": 1.0 - float(np.sum(err**2)) / ss_tot if ss_tot else float("nan"),
+    }
+
+
+def ar_forecasts(train_series, inputs: np.ndarray, horizon: int) -> tuple[np.ndarray, int]:
+    """Iterated forecasts of an AutoReg model (order chosen by AIC on the train part)."""
+    from statsmodels.tsa.ar_model import AutoReg, ar_select_order
+
+    maxlag = min(inputs.shape[1], len(train_series) // 4)
+    lags = ar_select_order(train_series, maxlag=maxlag, ic="aic").ar_lags
+    lags = max(lags) if lags else 1
+    params = AutoReg(train_series, lags=lags).fit().params  # const, lag 1 .. lag p
+    history = inputs[:, -lags:].astype(np.float64)
+    out = np.empty((len(inputs), horizon))
+    for step in range(horizon):
+        nxt = params[0] + history[:, ::-1] @ params[1:]
+        out[:, step] = nxt
+        history = np.concatenate([history[:, 1:], nxt[:, None]], axis=1)
+    return out, lags
+
+
+@torch.no_grad()
+def judge_features(judge, images: torch.Tensor, batch_size: int = 512):
+    """Penultimate-layer features and class probabilities of the judge classifier."""
+    judge.eval()
+    feats, probs = [], []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        h = judge.features(chunk)
+        h = judge.head[:-1](h)  # everything but the last Linear: the feature space
+        feats.append(h)
+        probs.append(judge.head[-1](h).softmax(1))
+    return torch.cat(feats).double().cpu().numpy(), torch.cat(probs).cpu().numpy()
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets (the FID formula)."""
+    from scipy import linalg
+
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    # a small ridge keeps the product well-conditioned (ReLU features are often rank-deficient)
+    ridge = 1e-6 * np.eye(a.shape[1])
+    cov_a, cov_b = np.cov(a, rowvar=False) + ridge, np.cov(b, rowvar=False) + ridge
+    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    covmean = covmean.real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean))
+
+
+def sample_quality(judge, real: torch.Tensor, fake: torch.Tensor, num_classes: int) -> dict:
+    """Offline sample quality: Frechet distance in the judge's feature space, its confidence
+    on the samples and how many classes it sees among them."""
+    real_feats, _ = judge_features(judge, real)
+    fake_feats, probs = judge_features(judge, fake)
+    predicted = probs.argmax(1)
+    counts = np.bincount(predicted, minlength=num_classes)
+    return {
+        "test/frechet_distance": frechet_distance(real_feats, fake_feats),
+        "test/judge_confidence": float(probs.max(1).mean()),
+        "test/class_coverage": int((counts > 0).sum()),
+        "test/samples": len(fake),
+    }

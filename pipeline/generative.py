@@ -1,0 +1,233 @@
+"""Generative tasks (VAE, GAN, diffusion): their training steps and their test evaluation.
+
+Processed images are standardised; these tasks map them back to [0, 1] (VAE) or [-1, 1]
+(GAN, diffusion) with the saved train statistics, and map samples forward again for the judge.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from pipeline import plots
+from pipeline.config import ExperimentParams, TrainParams
+from pipeline.engine import Batches, build_optimizer, optimizer_step
+from pipeline.errors import PipelineError
+from pipeline.evaluation import Evaluation, sample_quality
+from pipeline.tasks import SupervisedTask
+
+SAMPLE_SEED = 1234  # fixed: evaluation samples are the same on every run
+
+
+class ImageScale:
+    """Between standardised pixels (what preprocess saved) and [0, 1] intensities."""
+
+    def __init__(self, schema: dict):
+        norm = schema["normalization"]
+        self.mean = torch.tensor(norm["mean"]).view(1, -1, 1, 1)
+        self.std = torch.tensor(norm["std"]).view(1, -1, 1, 1)
+
+    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * self.std.to(x.device) + self.mean.to(x.device)).clamp(0, 1)
+
+    def from_unit(self, u: torch.Tensor) -> torch.Tensor:
+        return (u - self.mean.to(u.device)) / self.std.to(u.device)
+
+
+class VAETask(SupervisedTask):
+    val_metrics = ("val/loss", "val/recon", "val/kl")
+
+    def __init__(self, cfg: TrainParams, schema: dict):
+        super().__init__(cfg, schema)
+        self.scale = ImageScale(schema)
+
+    def loss(self, model, xb, yb):
+        return model.loss(self.scale.to_unit(xb))["loss"]
+
+    def train_step(self, model, xb, yb, optimizers):
+        out = model.loss(self.scale.to_unit(xb))
+        optimizer_step(out["loss"], optimizers["model"], model.parameters(), self.cfg.grad_clip)
+        return {k: v.detach() for k, v in out.items()}
+
+    @torch.no_grad()
+    def validate(self, model, batches: Batches) -> dict[str, float]:
+        model.eval()
+        sums = torch.zeros(3, device=batches.x.device)
+        for xb, _ in batches:
+            out = model.loss(self.scale.to_unit(xb))
+            sums += torch.stack([out["loss"], out["recon"], out["kl"]]) * len(xb)
+        loss, recon, kl = (sums / len(batches.y)).tolist()
+        return {"val/loss": loss, "val/recon": recon, "val/kl": kl}
+
+
+class DiffusionTask(SupervisedTask):
+    val_metrics = ("val/loss",)
+
+    def __init__(self, cfg: TrainParams, schema: dict):
+        super().__init__(cfg, schema)
+        self.scale = ImageScale(schema)
+
+    def loss(self, model, xb, yb):
+        return model.loss(self.scale.to_unit(xb) * 2 - 1)
+
+    @torch.no_grad()
+    def validate(self, model, batches: Batches) -> dict[str, float]:
+        model.eval()
+        g = torch.Generator().manual_seed(SAMPLE_SEED)  # same noise every epoch: comparable
+        total = torch.zeros((), device=batches.x.device)
+        for xb, _ in batches:
+            total += model.loss(self.scale.to_unit(xb) * 2 - 1, generator=g) * len(xb)
+        return {"val/loss": (total / len(batches.y)).item()}
+
+
+class GANTask:
+    """Adversarial training: `d_steps` discriminator steps per generator step, one-sided
+    label smoothing, separate optimizers, and a collapse detector."""
+
+    val_metrics = ("val/loss", "val/d_loss", "val/diversity")
+
+    def __init__(self, cfg: TrainParams, schema: dict):
+        self.cfg, self.adv = cfg, cfg.adversarial
+        self.scale = ImageScale(schema)
+        self.low_run = self.longest_low_run = None  # consecutive near-zero D-loss steps
+
+    def optimizers(self, model):
+        return {
+            "generator": build_optimizer(model.generator.parameters(), self.cfg.optimizer),
+            "discriminator": build_optimizer(
+                model.discriminator.parameters(), self.cfg.optimizer, lr=self.adv.d_lr
+            ),
+        }
+
+    def d_loss(self, model, real, fake, labels):
+        d_real, d_fake = model.discriminate(real, labels), model.discriminate(fake, labels)
+        return F.binary_cross_entropy_with_logits(
+            d_real, torch.full_like(d_real, self.adv.real_label)
+        ) + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
+
+    def g_loss(self, model, fake, labels):
+        d_fake = model.discriminate(fake, labels)
+        return F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake))
+
+    def train_step(self, model, xb, yb, optimizers):
+        real = self.scale.to_unit(xb) * 2 - 1
+        labels = yb if model.num_classes else None
+        z_dim = model.config.latent_dim
+        for _ in range(self.adv.d_steps):
+            fake = model.generate(torch.randn(len(xb), z_dim, device=xb.device), labels).detach()
+            d_loss = self.d_loss(model, real, fake, labels)
+            optimizer_step(
+                d_loss,
+                optimizers["discriminator"],
+                model.discriminator.parameters(),
+                self.cfg.grad_clip,
+            )
+        fake = model.generate(torch.randn(len(xb), z_dim, device=xb.device), labels)
+        g_loss = self.g_loss(model, fake, labels)
+        optimizer_step(
+            g_loss, optimizers["generator"], model.generator.parameters(), self.cfg.grad_clip
+        )
+        # counted on the device: no host sync per step; checked once per epoch in validate
+        low = (d_loss.detach() < self.adv.collapse_loss).long()
+        if self.low_run is None:
+            self.low_run = self.longest_low_run = torch.zeros(
+                (), dtype=torch.long, device=xb.device
+            )
+        self.low_run = (self.low_run + 1) * low
+        self.longest_low_run = torch.maximum(self.longest_low_run, self.low_run)
+        return {"loss": g_loss.detach(), "d_loss": d_loss.detach()}
+
+    @torch.no_grad()
+    def validate(self, model, batches: Batches) -> dict[str, float]:
+        model.eval()
+        if (
+            self.longest_low_run is not None
+            and self.longest_low_run.item() >= self.adv.collapse_steps
+        ):
+            raise PipelineError(
+                f"GAN collapsed: discriminator loss stayed below {self.adv.collapse_loss} for "
+                f"{self.longest_low_run.item()} steps, so the generator gets no signal; lower "
+                "train.adversarial.d_lr or train.adversarial.d_steps"
+            )
+        real = self.scale.to_unit(batches.x) * 2 - 1
+        labels = batches.y if model.num_classes else None
+        g = torch.Generator().manual_seed(SAMPLE_SEED)
+        z = torch.randn(len(real), model.config.latent_dim, generator=g).to(real.device)
+        fake = model.generate(z, labels)
+        diversity = spread(fake) / spread(real)
+        if diversity < self.adv.min_diversity:
+            raise PipelineError(
+                f"GAN collapsed: samples are near-identical (spread {diversity:.3f} of the real "
+                f"images', below train.adversarial.min_diversity={self.adv.min_diversity})"
+            )
+        d_loss, g_loss = self.d_loss(model, real, fake, labels), self.g_loss(model, fake, labels)
+        return {"val/loss": g_loss.item(), "val/d_loss": d_loss.item(), "val/diversity": diversity}
+
+
+def spread(images: torch.Tensor) -> float:
+    """Mean pairwise Euclidean distance between images (0 when all are the same)."""
+    flat = images.flatten(1)[:256].double()
+    return torch.cdist(flat, flat).mean().item()
+
+
+TASKS = {"vae": VAETask, "gan": GANTask, "diffusion": DiffusionTask}
+
+
+@torch.no_grad()
+def evaluate(
+    kind: str, model, batches: Batches, judge, schema: dict, exp: ExperimentParams, title: str
+) -> Evaluation:
+    """Test-split scores of a generative model, judged by the dataset's own classifier."""
+    model.eval()
+    scale = ImageScale(schema)
+    real = batches.x
+    g = torch.Generator().manual_seed(SAMPLE_SEED)
+    n = len(real)
+    if kind == "vae":
+        samples = model.sample(n, generator=g)  # [0, 1]
+    else:
+        samples = (model.sample(n, generator=g) + 1) / 2
+    metrics = sample_quality(judge, real, scale.from_unit(samples), schema["num_classes"])
+    figures = {
+        "samples": plots.image_grid(samples[:100].cpu().numpy(), f"{title}: samples", ncols=10)
+    }
+    if kind == "vae":
+        metrics.update(vae_scores(model, judge, batches, scale))
+        figures.update(vae_figures(model, batches, scale, title))
+    return Evaluation(metrics, {"judge": "CNN classifier of judge@" + exp.dataset}, figures)
+
+
+def vae_scores(model, judge, batches: Batches, scale: ImageScale) -> dict[str, float]:
+    """ELBO (beta = 1, one latent sample per image, seeded) and the judge's accuracy on
+    reconstructions of the test set."""
+    torch.manual_seed(SAMPLE_SEED)
+    unit = scale.to_unit(batches.x)
+    logits, mu, logvar = model(unit)
+    recon = F.binary_cross_entropy_with_logits(logits, unit, reduction="none").flatten(1).sum(1)
+    kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
+    rebuilt = model.reconstruct(unit)
+    judged = judge(scale.from_unit(rebuilt)).argmax(1)
+    return {
+        "test/elbo": -(recon + kl).mean().item(),
+        "test/recon_nll": recon.mean().item(),
+        "test/kl": kl.mean().item(),
+        "test/recon_mse": F.mse_loss(rebuilt, unit).item(),
+        "test/judge_accuracy_on_reconstructions": (judged == batches.y).float().mean().item(),
+    }
+
+
+def vae_figures(model, batches: Batches, scale: ImageScale, title: str) -> dict:
+    unit = scale.to_unit(batches.x[:20])
+    pairs = torch.stack([unit, model.reconstruct(unit)], 1).flatten(0, 1)  # original, recon
+    mu = model.encode(scale.to_unit(batches.x[:10]))[0]
+    steps = torch.linspace(0, 1, 10, device=mu.device)[None, :, None]
+    starts, ends = mu[0::2][:, None], mu[1::2][:, None]  # 5 pairs of test images
+    path = (starts * (1 - steps) + ends * steps).flatten(0, 1)  # (5 * 10, Z)
+    return {
+        "reconstructions": plots.image_grid(
+            pairs.cpu().numpy(), f"{title}: test image, reconstruction", ncols=10
+        ),
+        "interpolation": plots.image_grid(
+            model.decode(path).cpu().numpy(), f"{title}: latent interpolation", ncols=10
+        ),
+    }

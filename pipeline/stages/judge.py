@@ -1,0 +1,109 @@
+"""judge@<dataset>: the project's own CNN classifier, trained to score generated images.
+
+Generative experiments are scored in its feature space (a Frechet distance, like FID but with
+no Inception download) and by its confidence and class coverage on samples. It trains with
+`defaults.train`. For datasets that are not labelled images the stage records that no judge
+applies.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from pipeline import atomic, data, paths, tracking
+from pipeline.config import EarlyStoppingParams, Params
+from pipeline.errors import PipelineError
+from pipeline.stages import stage_main
+
+MODEL_FILE, INFO_FILE = "model.pt", "judge.json"
+JUDGE_MODEL = {"channels": (32, 64), "hidden_size": 128, "dropout": 0.2}
+
+
+def applies(schema: dict) -> bool:
+    return schema["task"] == "classification" and len(schema["input_shape"]) == 3
+
+
+def run(params: Params, dataset: str) -> dict:
+    import torch
+
+    from models import build_model
+    from pipeline import engine, evaluation
+    from pipeline.stages.train import data_spec
+    from pipeline.tasks import Classification
+
+    schema = data.load_schema(dataset)
+    with tracking.stage_run(
+        params.defaults.tracking,
+        name=f"{dataset}/judge",
+        tags={"stage": "judge", "dataset": dataset},
+    ) as run:
+        if not applies(schema):
+            info = {"applicable": False, "reason": f"{schema['task']} data has no image classes"}
+            with atomic.atomic_dir(paths.judge_dir(dataset)) as tmp:
+                atomic.write_json(tmp / INFO_FILE, info)
+            return info
+        engine.seed_everything(params.defaults.seed)
+        device = engine.select_device(params.defaults.device)
+        model = build_model("cnn", JUDGE_MODEL, data_spec(schema)).to(device)
+        cfg = params.defaults.train  # the shared recipe, early-stopped on val/loss
+        if cfg.early_stopping.metric != "val/loss":
+            cfg = cfg.model_copy(update={"early_stopping": EarlyStoppingParams()})
+        split = {s: data.load_split(dataset, s) for s in ("train", "val", "test")}
+        batches = {
+            s: engine.Batches(
+                *xy,
+                64 if s == "train" else 512,
+                device=device,
+                shuffle=s == "train",
+                seed=params.defaults.seed,
+            )
+            for s, xy in split.items()
+        }
+        engine.fit(
+            model,
+            batches["train"],
+            batches["val"],
+            cfg,
+            Classification(cfg, schema),
+            desc=f"judge {dataset}",
+        )
+        scored = evaluation.classification(model, batches["test"], schema, dataset)
+        info = {
+            "applicable": True,
+            "model": JUDGE_MODEL,
+            "test/accuracy": scored.metrics["test/accuracy"],
+        }
+        run.log_metrics({"test/accuracy": info["test/accuracy"]})
+        with atomic.atomic_dir(paths.judge_dir(dataset)) as tmp:
+            torch.save(model.cpu().state_dict(), tmp / MODEL_FILE)
+            atomic.write_json(tmp / INFO_FILE, info)
+    return info
+
+
+def load_judge(dataset: str):
+    """The trained judge of `dataset` (CPU, eval mode); a clear error when there is none."""
+    import json
+
+    import torch
+
+    from models import build_model
+    from pipeline.stages.train import data_spec
+
+    info_path = paths.judge_dir(dataset) / INFO_FILE
+    if not info_path.is_file():
+        raise PipelineError(f"{info_path} not found; run `dvc repro judge@{dataset}` first")
+    info = json.loads(info_path.read_text())
+    if not info["applicable"]:
+        raise PipelineError(f"dataset {dataset!r} has no judge: {info['reason']}")
+    model = build_model("cnn", info["model"], data_spec(data.load_schema(dataset)))
+    state = torch.load(paths.judge_dir(dataset) / MODEL_FILE, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def main(argv=None) -> int:
+    return stage_main("judge", run, argv, target="dataset")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""One small class per task: how a model of that task takes a training step and is validated.
+
+The epoch loop, checkpoints and early stopping live in the engine and are shared by all.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pipeline.config import TrainParams
+from pipeline.engine import Batches, build_optimizer, optimizer_step, predict
+from pipeline.errors import PipelineError
+
+GENERATIVE = {"vae": "vae", "gan": "gan", "diffusion": "diffusion"}
+
+
+def task_kind(model_name: str, schema: dict) -> str:
+    """Generative families have their own objective; predictive ones learn the dataset's task."""
+    return GENERATIVE.get(model_name, schema["task"])
+
+
+def make_task(kind: str, cfg: TrainParams, schema: dict):
+    if kind in GENERATIVE:
+        from pipeline import generative
+
+        return generative.TASKS[kind](cfg, schema)
+    return {"classification": Classification, "forecasting": Forecasting}[kind](cfg, schema)
+
+
+class SupervisedTask(ABC):
+    """One optimizer, one loss to minimise (plus an optional L1 penalty on weights)."""
+
+    val_metrics: tuple[str, ...] = ("val/loss",)
+
+    def __init__(self, cfg: TrainParams, schema: dict):
+        self.cfg = cfg
+        self.schema = schema
+
+    def optimizers(self, model: nn.Module) -> dict[str, torch.optim.Optimizer]:
+        return {"model": build_optimizer(model.parameters(), self.cfg.optimizer)}
+
+    @abstractmethod
+    def loss(self, model, xb, yb) -> torch.Tensor:
+        """The objective of one batch."""
+
+    def train_step(self, model, xb, yb, optimizers) -> dict[str, torch.Tensor]:
+        loss = self.loss(model, xb, yb)
+        total = loss + self.cfg.l1 * l1_penalty(model) if self.cfg.l1 else loss
+        optimizer_step(total, optimizers["model"], model.parameters(), self.cfg.grad_clip)
+        return {"loss": loss.detach()}
+
+
+def l1_penalty(model: nn.Module) -> torch.Tensor:
+    """Sum of |w| over weight matrices and kernels (biases and norms are not penalised)."""
+    return sum(p.abs().sum() for p in model.parameters() if p.dim() > 1)
+
+
+class Classification(SupervisedTask):
+    val_metrics = ("val/loss", "val/accuracy")
+
+    def __init__(self, cfg: TrainParams, schema: dict):
+        super().__init__(cfg, schema)
+        self.weight = None
+        if cfg.class_weights == "balanced":
+            counts = torch.tensor(schema["class_counts"]["train"], dtype=torch.float32)
+            if (counts == 0).any():
+                raise PipelineError("train.class_weights: a class has no training samples")
+            self.weight = counts.sum() / (len(counts) * counts)
+
+    def loss(self, model, xb, yb):
+        weight = None if self.weight is None else self.weight.to(xb.device)
+        return F.cross_entropy(
+            model(xb), yb, weight=weight, label_smoothing=self.cfg.label_smoothing
+        )
+
+    def validate(self, model, batches: Batches) -> dict[str, float]:
+        logits = predict(model, batches)
+        loss = F.cross_entropy(logits, batches.y)
+        accuracy = (logits.argmax(1) == batches.y).float().mean()
+        loss, accuracy = torch.stack([loss, accuracy]).tolist()
+        return {"val/loss": loss, "val/accuracy": accuracy}
+
+
+class Forecasting(SupervisedTask):
+    """Predict the next `horizon` values of a scaled series; loss is MSE."""
+
+    val_metrics = ("val/loss", "val/rmse")
+
+    def loss(self, model, xb, yb):
+        return F.mse_loss(model(xb), yb)
+
+    def validate(self, model, batches: Batches) -> dict[str, float]:
+        mse = F.mse_loss(predict(model, batches), batches.y).item()
+        return {"val/loss": mse, "val/rmse": mse**0.5}
