@@ -21,6 +21,7 @@ class DataSpec:
     num_classes: int = 0  # classification
     horizon: int = 0  # forecasting: values predicted per sample
     vocab_size: int = 0  # token inputs
+    per_step: bool = False  # one output per sequence step (language models)
 
     @property
     def outputs(self) -> int:

@@ -56,6 +56,7 @@ class RNN(nn.Module):
         directions = 2 if config.bidirectional else 1
         self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.hidden_size * directions, spec.outputs)
+        self.per_step = spec.per_step
         for name, param in self.rnn.named_parameters():
             if name.startswith("weight_hh"):
                 nn.init.orthogonal_(param)  # keeps recurrent gradients well-conditioned
@@ -66,6 +67,8 @@ class RNN(nn.Module):
         elif x.dim() == 4:
             x = x.permute(0, 2, 1, 3).flatten(2)  # (B, C, H, W) -> (B, H, C*W)
         out, _ = self.rnn(x)  # (B, T, F) -> (B, T, H * directions)
+        if self.per_step:
+            return self.head(self.dropout(out))  # (B, T, outputs): e.g. next-token logits
         return self.head(self.dropout(out[:, -1]))  # last step -> (B, outputs)
 
 

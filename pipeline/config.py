@@ -70,8 +70,37 @@ class SeriesDataset(Strict):
     split: SeriesSplit = SeriesSplit()
 
 
-DatasetParams = Annotated[Union[DigitsDataset, SeriesDataset], Field(discriminator="source")]  # noqa: UP007
-DATASET_TASK = {"sklearn_digits": "classification", "statsmodels": "forecasting"}
+class TextCorpusDataset(Strict):
+    """Docstrings of Python standard-library modules: an offline corpus for character-level
+    language models. Split by position (the end of the text is val, then test)."""
+
+    source: Literal["python_docstrings"]
+    modules: tuple[str, ...] = (
+        "json",
+        "collections",
+        "functools",
+        "itertools",
+        "pathlib",
+        "argparse",
+        "textwrap",
+        "string",
+        "statistics",
+        "inspect",
+    )
+    max_chars: int = Field(120_000, ge=1_000)
+    seq_len: int = Field(64, ge=2, description="characters per training sequence")
+    split: SeriesSplit = SeriesSplit(val=0.1, test=0.1)
+
+
+DatasetParams = Annotated[
+    Union[DigitsDataset, SeriesDataset, TextCorpusDataset],  # noqa: UP007
+    Field(discriminator="source"),
+]
+DATASET_TASK = {
+    "sklearn_digits": "classification",
+    "statsmodels": "forecasting",
+    "python_docstrings": "language_model",
+}
 
 
 # ---- models: one class per registered family (tests/test_models.py keeps them in step) ------
@@ -135,15 +164,26 @@ class DiffusionParams(Strict):
     beta_end: float = Field(0.02, gt=0, lt=1)
 
 
+class PretrainedParams(Strict):
+    name: Literal["pretrained"]
+    backbone: Literal["resnet18", "mobilenet_v3_small"] = "mobilenet_v3_small"
+    weights: str | None = Field(None, description="state_dict file, 'imagenet' (cache) or null")
+    freeze_backbone: bool = False
+    input_size: int = Field(32, ge=16)
+
+
 ModelParams = Annotated[
-    Union[MLPParams, CNNParams, RNNParams, VAEParams, GANParams, DiffusionParams],  # noqa: UP007
+    Union[  # noqa: UP007
+        MLPParams, CNNParams, RNNParams, VAEParams, GANParams, DiffusionParams, PretrainedParams
+    ],
     Field(discriminator="name"),
 ]
 # which dataset tasks each family can learn (generative families model images)
 MODEL_TASKS = {
     "mlp": ("classification", "forecasting"),
     "cnn": ("classification",),
-    "rnn": ("classification", "forecasting"),
+    "rnn": ("classification", "forecasting", "language_model"),
+    "pretrained": ("classification",),
     # generative families model labelled images (their judge is a classifier of them)
     "vae": ("classification",),
     "gan": ("classification",),
@@ -204,6 +244,10 @@ class TrainParams(Strict):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     l1: float = Field(0.0, ge=0, description="L1 penalty on weights")
     class_weights: Literal["none", "balanced"] = "none"
+    sampler: Literal["shuffle", "weighted"] = Field(
+        "shuffle", description="weighted: draw classes equally often (imbalanced data)"
+    )
+    init: Literal["default", "kaiming", "xavier", "orthogonal"] = "default"
     adversarial: AdversarialParams = AdversarialParams()
 
 

@@ -35,7 +35,12 @@ SERIES = {
 
 
 def _load_source(cfg: DatasetParams) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(x, y, meta): images and labels, or for a series x = values and y = timestamps."""
+    """(x, y, meta): images and labels; for a series x = values and y = timestamps; for text
+    x = the code points of the corpus and y is empty."""
+    if cfg.source == "python_docstrings":
+        text = docstring_corpus(cfg.modules)[: cfg.max_chars]
+        meta = {"source": cfg.source, "task": "language_model", "modules": list(cfg.modules)}
+        return np.array([ord(c) for c in text], np.int32), np.zeros(0, np.int64), meta
     if cfg.source == "statsmodels":
         import statsmodels.api as sm
 
@@ -68,10 +73,33 @@ def _load_source(cfg: DatasetParams) -> tuple[np.ndarray, np.ndarray, dict]:
     raise PipelineError(f"source {cfg.source!r} has no loader")  # the schema prevents this
 
 
+def docstring_corpus(modules) -> str:
+    """The docstrings of the modules and of their public classes, functions and methods."""
+    import importlib
+    import inspect
+
+    docs = []
+    for module_name in modules:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            raise PipelineError(f"modules: cannot import {module_name!r}") from None
+        seen = [module]
+        for _, member in inspect.getmembers(module):
+            if getattr(member, "__module__", None) == module_name:
+                seen.append(member)
+                if inspect.isclass(member):
+                    seen += [m for k, m in vars(member).items() if not k.startswith("_")]
+        docs += [doc for obj in seen if (doc := inspect.getdoc(obj))]
+    return "\n\n".join(dict.fromkeys(docs))  # each docstring once, in a stable order
+
+
 def preprocess(name: str, cfg: DatasetParams) -> Path:
     """Split data/raw/<name>, scale with train statistics only, write splits + schema.json."""
     if cfg.source == "statsmodels":
         return _preprocess_series(name, cfg)
+    if cfg.source == "python_docstrings":
+        return _preprocess_text(name, cfg)
     x, y, meta = read_raw(name)
     splits = stratified_split(y, cfg.split.val, cfg.split.test, cfg.split.seed)
     x = x / np.float32(meta["value_range"][1])  # to [0, 1]
@@ -149,6 +177,44 @@ def _preprocess_series(name: str, cfg) -> Path:
         "counts": {s: len(a["y"]) for s, a in splits.items()},
         "time_range": {s: [float(a["t"][0]), float(a["t"][-1])] for s, a in splits.items()},
         "scaler": {"mean": mean, "std": std, "fitted_on": "train", "train_steps": train_end},
+        "split": cfg.split.model_dump(),
+    }
+    _write_processed(name, splits, schema)
+    return paths.processed_dir(name)
+
+
+def _preprocess_text(name: str, cfg) -> Path:
+    """Characters -> indices (vocabulary from the train part; 0 = unknown), cut into sequences
+    whose targets are the inputs shifted by one character."""
+    codes = read_raw(name)[0]
+    text = "".join(map(chr, codes))
+    n = len(text)
+    train_end = n - round(n * cfg.split.test) - round(n * cfg.split.val)
+    val_end = n - round(n * cfg.split.test)
+    vocab = ["<unk>", *sorted(set(text[:train_end]))]
+    index = {c: i for i, c in enumerate(vocab)}
+    ids = np.array([index.get(c, 0) for c in text], np.int64)
+    parts = {"train": (0, train_end), "val": (train_end, val_end), "test": (val_end, n)}
+    splits = {}
+    for split, (lo, hi) in parts.items():
+        stride = cfg.seq_len // 2 if split == "train" else cfg.seq_len  # overlap only in train
+        starts = np.arange(lo, hi - cfg.seq_len - 1, stride)
+        if len(starts) == 0:
+            raise PipelineError(f"datasets.{name}: the {split} part is shorter than seq_len")
+        splits[split] = {
+            "x": np.stack([ids[s : s + cfg.seq_len] for s in starts]),
+            "y": np.stack([ids[s + 1 : s + cfg.seq_len + 1] for s in starts]),
+        }
+    splits["train"]["char_counts"] = np.bincount(ids[:train_end], minlength=len(vocab))
+    schema = {
+        "dataset": name,
+        "source": cfg.source,
+        "task": "language_model",
+        "input_shape": [cfg.seq_len],
+        "vocab_size": len(vocab),
+        "vocab": vocab,
+        "counts": {s: len(a["y"]) for s, a in splits.items()},
+        "chars": {s: hi - lo for s, (lo, hi) in parts.items()},
         "split": cfg.split.model_dump(),
     }
     _write_processed(name, splits, schema)

@@ -48,19 +48,26 @@ class Batches:
     For data that fits in memory this beats a DataLoader: no workers, no per-batch collation.
     """
 
-    def __init__(self, x, y, batch_size: int, *, device, shuffle: bool, seed: int = 0):
+    def __init__(
+        self, x, y, batch_size: int, *, device, shuffle: bool, seed: int = 0, weights=None
+    ):
         self.x = torch.as_tensor(x).to(device)
         self.y = torch.as_tensor(y).to(device)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.generator = torch.Generator().manual_seed(seed)
+        # per-sample draw weights: each epoch draws len(y) samples with replacement
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float)
 
     def __len__(self) -> int:
         return -(-len(self.y) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.y)
-        if self.shuffle:
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, n, replacement=True, generator=self.generator)
+            order = order.to(self.x.device)
+        elif self.shuffle:
             order = torch.randperm(n, generator=self.generator).to(self.x.device)
         else:
             order = torch.arange(n, device=self.x.device)

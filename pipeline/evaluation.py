@@ -74,6 +74,54 @@ def forecasting(
     return Evaluation(metrics, {"baselines": baselines}, {"forecast": fig})
 
 
+def language_model(model, batches: Batches, char_counts, schema: dict, title: str) -> Evaluation:
+    """Perplexity per character beside a unigram baseline, and a generated sample."""
+    logits = predict(model, batches)  # (N, T, V)
+    targets = batches.y.flatten()
+    loss = F.cross_entropy(logits.flatten(0, 1), targets).item()
+    unigram = (torch.as_tensor(char_counts, dtype=torch.float64) + 1).log()
+    unigram = unigram - unigram.logsumexp(0)  # add-one smoothed log-probabilities
+    unigram_loss = -unigram[targets.cpu()].mean().item()
+    metrics = {
+        "test/loss": loss,
+        "test/perplexity": float(np.exp(loss)),
+        "test/bits_per_char": loss / np.log(2),
+        "test/perplexity_unigram": float(np.exp(unigram_loss)),
+        "test/perplexity_ratio_unigram": float(np.exp(loss - unigram_loss)),
+        "test/samples": len(batches.y),
+    }
+    vocab = schema["vocab"]
+    prompt = batches.x[0]
+    generated = generate(model, prompt, 300, temperature=0.8)
+    text = {
+        "prompt": "".join(vocab[i] for i in prompt.tolist()),
+        "generated": "".join(vocab[i] for i in generated),
+    }
+    fig = plots.text_figure(
+        f"{text['prompt']}[...]{text['generated']}",
+        f"{title}: sample (temperature 0.8) after a test prompt",
+    )
+    return Evaluation(metrics, {"sample": text}, {"sample": fig})
+
+
+@torch.no_grad()
+def generate(model, prompt: torch.Tensor, n: int, temperature: float, seed: int = 0) -> list[int]:
+    """Sample n tokens after `prompt` (seeded); index 0 (unknown) is never drawn."""
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    ids = prompt.tolist()
+    window = len(ids)
+    out = []
+    for _ in range(n):
+        context = torch.tensor(ids[-window:], device=prompt.device)[None]
+        logits = model(context)[0, -1].float().cpu() / temperature
+        logits[0] = float("-inf")
+        nxt = int(torch.multinomial(logits.softmax(0), 1, generator=g))
+        ids.append(nxt)
+        out.append(nxt)
+    return out
+
+
 def regression_errors(actual: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     err = pred - actual
     mse = float(np.mean(err**2))
@@ -101,6 +149,29 @@ def ar_forecasts(train_series, inputs: np.ndarray, horizon: int) -> tuple[np.nda
         out[:, step] = nxt
         history = np.concatenate([history[:, 1:], nxt[:, None]], axis=1)
     return out, lags
+
+
+@torch.no_grad()
+def cnn_insight(model, sample: torch.Tensor, title: str) -> dict:
+    """First-layer filters and the first block's feature maps of one test image."""
+    first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    filters = first_conv.weight.detach()[:, :1].cpu()  # (C_out, 1, k, k): first input channel
+    maps = model.features[0](sample[:1])[0][:, None].cpu()  # (C_out, 1, h, w)
+    return {
+        "filters": plots.image_grid(
+            _unit_range(filters).numpy(), f"{title}: first-layer filters", ncols=8
+        ),
+        "feature_maps": plots.image_grid(
+            _unit_range(maps).numpy(), f"{title}: block-1 feature maps of a test image", ncols=8
+        ),
+    }
+
+
+def _unit_range(t: torch.Tensor) -> torch.Tensor:
+    """Scale each image to [0, 1] for display."""
+    lo = t.flatten(1).min(1).values.view(-1, 1, 1, 1)
+    hi = t.flatten(1).max(1).values.view(-1, 1, 1, 1)
+    return (t - lo) / (hi - lo).clamp_min(1e-8)
 
 
 @torch.no_grad()

@@ -96,6 +96,19 @@ def image_grid(images: np.ndarray, title: str, ncols: int = 10, labels=None):
     return fig
 
 
+def text_figure(text: str, title: str, width: int = 90):
+    """A block of (generated) text as an image, so it sits with the other figures."""
+    import textwrap
+
+    plt = _pyplot()
+    lines = [ln for para in text.splitlines() for ln in (textwrap.wrap(para, width) or [""])]
+    lines = lines[:30]
+    fig = plt.figure(figsize=(9, 0.5 + 0.2 * len(lines)), dpi=100)
+    fig.text(0.01, 0.98, title, fontsize=9, va="top", weight="bold")
+    fig.text(0.01, 0.92, "\n".join(lines), fontsize=8, va="top", family="monospace")
+    return fig
+
+
 def save(fig, path) -> None:
     """Write a figure atomically and free it."""
     from pipeline import atomic

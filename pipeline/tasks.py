@@ -28,7 +28,12 @@ def make_task(kind: str, cfg: TrainParams, schema: dict):
         from pipeline import generative
 
         return generative.TASKS[kind](cfg, schema)
-    return {"classification": Classification, "forecasting": Forecasting}[kind](cfg, schema)
+    known = {
+        "classification": Classification,
+        "forecasting": Forecasting,
+        "language_model": LanguageModel,
+    }
+    return known[kind](cfg, schema)
 
 
 class SupervisedTask(ABC):
@@ -96,3 +101,17 @@ class Forecasting(SupervisedTask):
     def validate(self, model, batches: Batches) -> dict[str, float]:
         mse = F.mse_loss(predict(model, batches), batches.y).item()
         return {"val/loss": mse, "val/rmse": mse**0.5}
+
+
+class LanguageModel(SupervisedTask):
+    """Next-token prediction at every step; perplexity = exp(mean loss per token)."""
+
+    val_metrics = ("val/loss", "val/perplexity")
+
+    def loss(self, model, xb, yb):
+        return F.cross_entropy(model(xb).flatten(0, 1), yb.flatten())
+
+    def validate(self, model, batches: Batches) -> dict[str, float]:
+        logits = predict(model, batches)
+        loss = F.cross_entropy(logits.flatten(0, 1), batches.y.flatten()).item()
+        return {"val/loss": loss, "val/perplexity": float(torch.tensor(loss).exp())}

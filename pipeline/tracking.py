@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,14 +62,17 @@ class StageRun:
         if isinstance(output, tuple):  # e.g. a VAE's (reconstruction logits, mu, logvar)
             model, output = _FirstOutput(model), output[0]  # pyfunc serves one tensor
         output = output.cpu().numpy()
-        self._mlflow.pytorch.log_model(
-            model,
-            name="model",
-            signature=infer_signature(input_example, output),
-            input_example=input_example,
-            # naming the requirement skips MLflow's slow import-based inference
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-        )
+        with warnings.catch_warnings():
+            # torch.export's note on RNN weight views is noise for the user
+            warnings.filterwarnings("ignore", message="The tensor attributes")
+            self._mlflow.pytorch.log_model(
+                model,
+                name="model",
+                signature=infer_signature(input_example, output),
+                input_example=input_example,
+                # naming the requirement skips MLflow's slow import-based inference
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            )
 
 
 def _FirstOutput(model):

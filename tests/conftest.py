@@ -33,6 +33,7 @@ def shrink(raw: dict, epochs: int = 2) -> dict:
         "vae": {"latent_dim": 2, "channels": [4, 4], "hidden_size": 8},
         "gan": {"latent_dim": 4, "channels": 4, "hidden_size": 8},
         "diffusion": {"timesteps": 10, "channels": [8, 8], "time_dim": 8},
+        "pretrained": {"backbone": "mobilenet_v3_small"},
     }
     for exp in raw["experiments"].values():
         exp.setdefault("train", {})["epochs"] = epochs

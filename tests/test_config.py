@@ -58,7 +58,7 @@ def test_unknown_model_lists_known_models(tmp_path):
     )
     assert problems == [
         "experiments.mlp_digits.model.name: 'resnet' is not a known model; "
-        "known models: cnn, diffusion, gan, mlp, rnn, vae"
+        "known models: cnn, diffusion, gan, mlp, pretrained, rnn, vae"
     ]
 
 
@@ -70,7 +70,7 @@ def test_unknown_dataset_and_bad_choice(tmp_path):
     problems = problems_for(tmp_path, mutate)
     assert (
         "experiments.mlp_digits.dataset: 'mnist' is not a declared dataset; "
-        "declared: digits, sunspots" in problems
+        "declared: digits, docs, sunspots" in problems
     )
     assert (
         "defaults.train.optimizer.name: 'lbfgs' is not allowed; "
@@ -103,7 +103,7 @@ def test_unknown_dataset_source_lists_known_sources(tmp_path):
     problems = problems_for(tmp_path, lambda r: r["datasets"]["sunspots"].update(source="csv"))
     assert problems[0] == (
         "datasets.sunspots.source: 'csv' is not a known source; "
-        "known sources: sklearn_digits, statsmodels"
+        "known sources: python_docstrings, sklearn_digits, statsmodels"
     )
 
 
@@ -160,15 +160,15 @@ def test_stages_downstream_of_a_change_will_run():
     assert {f"evaluate@{e}" for e in ("gan_digits", "vae_digits", "mlp_digits")} <= stages_to_run(
         params, {"judge@digits"}
     )
-    sunspots_only = {
-        "ingest@sunspots",
-        "preprocess@sunspots",
-        "judge@sunspots",
-        "train@gru_sunspots",
-        "evaluate@gru_sunspots",
+    on_digits = {f"{s}@digits" for s in ("ingest", "preprocess", "judge")} | {"report"}
+    on_digits |= {
+        f"{s}@{name}"
+        for name, exp in params.experiments.items()
+        if exp.dataset == "digits"
+        for s in ("train", "evaluate")
     }
-    everything = {stage for stage, _ in plan(params)}
-    assert stages_to_run(params, {"ingest@digits"}) == everything - sunspots_only
+    assert stages_to_run(params, {"ingest@digits"}) == on_digits
+    assert on_digits < {stage for stage, _ in plan(params)}
     assert stages_to_run(params, set()) == set()
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from pipeline import data, paths
 from pipeline.atomic import atomic_dir
-from pipeline.config import DigitsDataset, SeriesDataset
+from pipeline.config import DigitsDataset, SeriesDataset, TextCorpusDataset
 from pipeline.errors import PipelineError
 
 CFG = DigitsDataset.model_validate(
@@ -116,3 +116,31 @@ def test_series_too_short_for_the_window_is_a_clear_error(tmp_path, monkeypatch)
     with pytest.raises(PipelineError, match="too short for lookback=250"):
         data.preprocess("sun", long)
     assert not paths.processed_dir("sun").exists()
+
+
+DOCS = TextCorpusDataset.model_validate(
+    {
+        "source": "python_docstrings",
+        "modules": ["json", "textwrap"],
+        "seq_len": 16,
+        "split": {"val": 0.1, "test": 0.1},
+    }
+)
+
+
+def test_text_corpus_targets_are_shifted_inputs_and_vocab_comes_from_train(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    data.ingest("docs", DOCS)
+    data.preprocess("docs", DOCS)
+    schema = data.load_schema("docs")
+    assert schema["task"] == "language_model" and schema["input_shape"] == [16]
+    codes = data.read_raw("docs")[0]
+    text = "".join(map(chr, codes))
+    assert "JSON" in text  # json's own module docstring
+    train_chars = set(text[: schema["chars"]["train"]])
+    assert set(schema["vocab"][1:]) == train_chars
+    train = data.load_arrays("docs", "train")
+    assert np.array_equal(train["x"][0, 1:], train["y"][0, :-1])  # next-character targets
+    vocab = schema["vocab"]
+    assert "".join(vocab[i] for i in train["x"][0]) == text[:16]
+    assert train["char_counts"].sum() == schema["chars"]["train"]

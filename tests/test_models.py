@@ -90,3 +90,68 @@ def test_registry_rejects_duplicates_and_names_known_models():
         build_model("resnet", {}, SPEC)
     with pytest.raises(TypeError):
         make_config("mlp", {"no_such_field": 1})
+
+
+def test_pretrained_loads_local_weights_and_freezes_the_backbone(tmp_path):
+    import torchvision.models as tvm
+
+    source = tvm.mobilenet_v3_small(weights=None)
+    weights = tmp_path / "mobilenet.pth"
+    torch.save(source.state_dict(), weights)
+    cfg = {"backbone": "mobilenet_v3_small", "weights": str(weights), "freeze_backbone": True}
+    model = build_model("pretrained", cfg, SPEC)
+    first = next(iter(source.state_dict()))
+    torch.testing.assert_close(model.backbone.state_dict()[first], source.state_dict()[first])
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"backbone.classifier.3.weight", "backbone.classifier.3.bias"}
+    assert model.eval()(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_pretrained_without_weights_says_where_to_put_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"not found at .*hub/checkpoints/resnet18-"):
+        build_model("pretrained", {"backbone": "resnet18", "weights": "imagenet"}, SPEC)
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded at run time"):
+        build_model("pretrained", {"weights": str(tmp_path / "missing.pth")}, SPEC)
+
+
+def test_weight_init_schemes():
+    from models.layers import init_weights
+
+    for scheme in ("kaiming", "xavier", "orthogonal"):
+        model = build_model("mlp", {"hidden_sizes": (16,), "batch_norm": False}, SPEC)
+        init_weights(model, scheme)
+        linear = model.net[1]
+        assert torch.count_nonzero(linear.bias) == 0 and linear.weight.std() > 0
+    with pytest.raises(ValueError, match="unknown init 'zeros'"):
+        init_weights(model, "zeros")
+
+
+def test_mlp_learns_xor():
+    """The sanity check everyone knows: 4 points, not linearly separable, learned to 100 %."""
+    from pipeline import engine
+    from pipeline.config import TrainParams
+    from pipeline.tasks import Classification
+
+    torch.manual_seed(0)
+    x = torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    y = torch.tensor([0, 1, 1, 0])
+    model = build_model(
+        "mlp",
+        {"hidden_sizes": (8,), "activation": "tanh", "dropout": 0.0, "batch_norm": False},
+        DataSpec((2,), 2),
+    )
+    cfg = TrainParams.model_validate(
+        {
+            "epochs": 300,
+            "batch_size": 4,
+            "optimizer": {"lr": 0.05},
+            "scheduler": {"name": "none"},
+            "grad_clip": None,
+            "early_stopping": {"patience": 0},
+        }
+    )
+    batches = engine.Batches(x, y, 4, device="cpu", shuffle=True)
+    task = Classification(cfg, {"class_counts": {"train": [2, 2]}})
+    engine.fit(model, batches, batches, cfg, task)
+    assert (model.eval()(x).argmax(1) == y).all()

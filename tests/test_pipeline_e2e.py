@@ -34,6 +34,7 @@ TASK_METRICS = {
         "test/rmse_ratio_persistence",
         "test/rmse_ratio_ar",
     },
+    "language_model": {"test/perplexity", "test/bits_per_char", "test/perplexity_ratio_unigram"},
     "vae": {
         "test/elbo",
         "test/kl",
@@ -43,9 +44,11 @@ TASK_METRICS = {
     "gan": {"test/frechet_distance", "test/judge_confidence", "test/class_coverage"},
     "diffusion": {"test/frechet_distance", "test/judge_confidence", "test/class_coverage"},
 }
+CNN_FIGURES = {"cnn_digits": {"filters", "feature_maps"}}
 FIGURES = {
     "classification": {"confusion", "curves"},
     "forecasting": {"forecast", "curves"},
+    "language_model": {"sample", "curves"},
     "vae": {"samples", "reconstructions", "interpolation", "curves"},
     "gan": {"samples", "curves"},
     "diffusion": {"samples", "curves"},
@@ -80,7 +83,7 @@ def test_repro_runs_every_stage_and_writes_metrics(repro_project):
         assert TASK_METRICS[task] <= set(metrics), exp
         assert all(isinstance(v, (int, float)) for v in metrics.values())
         figures = {p.stem for p in (repro_project / paths.plots_dir(exp)).glob("*.png")}
-        assert figures == FIGURES[task], exp
+        assert figures == FIGURES[task] | CNN_FIGURES.get(exp, set()), exp
         confusion = (repro_project / paths.confusion_csv(exp)).read_text().splitlines()
         assert confusion[0] == "actual,predicted"
         assert len(confusion) == (361 if task == "classification" else 1)
@@ -95,7 +98,7 @@ def test_repro_runs_every_stage_and_writes_metrics(repro_project):
     report = (repro_project / paths.REPORT_HTML).read_text()
     assert all(exp in report for exp in EXPERIMENTS)
     assert report.count("data:image/png;base64,") == sum(
-        len(FIGURES[summary(repro_project, e)["task"]]) for e in EXPERIMENTS
+        len(summary(repro_project, e)["figures"]) for e in EXPERIMENTS
     )
 
 

@@ -9,6 +9,7 @@ from models.registry import get_entry
 from pipeline import engine, generative
 from pipeline.config import TrainParams
 from pipeline.errors import PipelineError
+from pipeline.stages.train import data_spec
 from pipeline.tasks import make_task
 
 IMAGE_SCHEMA = {
@@ -19,6 +20,7 @@ IMAGE_SCHEMA = {
     "normalization": {"mean": [0.3], "std": [0.35]},
 }
 SERIES_SCHEMA = {"task": "forecasting", "input_shape": [12, 1], "horizon": 2}
+TEXT_SCHEMA = {"task": "language_model", "input_shape": [10], "vocab_size": 5}
 
 
 def digits_batch(n=40):
@@ -37,7 +39,15 @@ def series_batch(n=40):
     return torch.tensor(x), torch.tensor(y)
 
 
+def text_batch(n=20):
+    ids = torch.tensor([1, 2, 3, 4] * 10)  # a periodic "text": fully predictable
+    x = torch.stack([ids[i : i + 10] for i in range(n)])
+    y = torch.stack([ids[i + 1 : i + 11] for i in range(n)])
+    return x, y
+
+
 CASES = {  # kind: (model, schema, batch)
+    "language_model": ("rnn", TEXT_SCHEMA, text_batch),
     "classification": ("rnn", IMAGE_SCHEMA, digits_batch),
     "forecasting": ("rnn", SERIES_SCHEMA, series_batch),
     "vae": ("vae", IMAGE_SCHEMA, digits_batch),
@@ -50,10 +60,7 @@ CASES = {  # kind: (model, schema, batch)
 def test_step_function_learns_a_fixed_batch(kind):
     torch.manual_seed(0)
     name, schema, batch = CASES[kind]
-    spec = DataSpec(
-        tuple(schema["input_shape"]), schema.get("num_classes", 0), schema.get("horizon", 0)
-    )
-    model = build_model(name, get_entry(name).config_cls.tiny(), spec)
+    model = build_model(name, get_entry(name).config_cls.tiny(), data_spec(schema))
     train = {"optimizer": {"lr": 0.01}}
     if kind == "gan":  # adversarial losses need not fall; with G frozen, D must learn
         train = {"optimizer": {"lr": 1e-12}, "adversarial": {"d_lr": 0.01}}

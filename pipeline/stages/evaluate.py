@@ -26,6 +26,11 @@ def run(params: Params, experiment: str) -> dict[str, float]:
     kind = tasks.task_kind(exp.model.name, schema)
     if kind == "classification":
         result = evaluation.classification(model, batches, schema, experiment)
+        if exp.model.name == "cnn":
+            result.figures.update(evaluation.cnn_insight(model, batches.x, experiment))
+    elif kind == "language_model":
+        counts = data.load_arrays(exp.dataset, "train")["char_counts"]
+        result = evaluation.language_model(model, batches, counts, schema, experiment)
     elif kind == "forecasting":
         train_series = data.load_arrays(exp.dataset, "train")["series"]
         result = evaluation.forecasting(model, batches, arrays, train_series, schema, experiment)

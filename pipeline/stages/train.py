@@ -7,6 +7,7 @@ import dataclasses
 import io
 import sys
 
+import numpy as np
 import yaml
 
 from pipeline import atomic, data, paths, tracking
@@ -19,6 +20,7 @@ def run(params: Params, experiment: str):
     import torch
 
     from models import build_model
+    from models.layers import init_weights
     from pipeline import engine, tasks
 
     exp = params.experiments[experiment]
@@ -28,11 +30,29 @@ def run(params: Params, experiment: str):
     engine.seed_everything(exp.seed)
     spec = data_spec(schema)
     task = tasks.make_task(tasks.task_kind(exp.model.name, schema), exp.train, schema)
-    model = build_model(exp.model.name, exp.model.model_dump(exclude={"name"}), spec).to(device)
+    try:
+        model = build_model(exp.model.name, exp.model.model_dump(exclude={"name"}), spec)
+        init_weights(model, exp.train.init)
+    except (ValueError, FileNotFoundError) as err:
+        raise PipelineError(f"experiments.{experiment}.model: {err}") from None
+    model.to(device)
     train_x, train_y = data.load_split(exp.dataset, "train")
     val_x, val_y = data.load_split(exp.dataset, "val")
-    batch = exp.train.batch_size
-    train = engine.Batches(train_x, train_y, batch, device=device, shuffle=True, seed=exp.seed)
+    weights = None
+    if exp.train.sampler == "weighted":
+        if schema["task"] != "classification":
+            raise PipelineError("train.sampler: 'weighted' needs a classification dataset")
+        counts = np.bincount(train_y, minlength=schema["num_classes"])
+        weights = 1.0 / counts[train_y]
+    train = engine.Batches(
+        train_x,
+        train_y,
+        exp.train.batch_size,
+        device=device,
+        shuffle=True,
+        seed=exp.seed,
+        weights=weights,
+    )
     val = engine.Batches(val_x, val_y, exp.evaluate.batch_size, device=device, shuffle=False)
 
     tags = {
@@ -103,11 +123,13 @@ def data_spec(schema: dict):
     """What the model needs to know about the processed dataset."""
     from models import DataSpec
 
+    language_model = schema["task"] == "language_model"
     return DataSpec(
         input_shape=tuple(schema["input_shape"]),
-        num_classes=schema.get("num_classes", 0),
+        num_classes=schema["vocab_size"] if language_model else schema.get("num_classes", 0),
         horizon=schema.get("horizon", 0),
         vocab_size=schema.get("vocab_size", 0),
+        per_step=language_model,
     )
 
 
