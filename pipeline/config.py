@@ -7,15 +7,14 @@ An experiment resolves as `defaults` deep-merged with `experiments.<name>`.
 
 from __future__ import annotations
 
-import difflib
-import types
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.errors import ParamsError
+from pipeline.schema_errors import has_path, unknown_key, validate
 
 Activation = Literal["relu", "leaky_relu", "gelu", "tanh", "sigmoid"]
 
@@ -27,16 +26,24 @@ class Strict(BaseModel):
 # ---- datasets -------------------------------------------------------------------------------
 
 
-class SplitParams(Strict):
-    val: float = Field(0.15, gt=0, lt=1, description="fraction of samples for validation")
-    test: float = Field(0.2, gt=0, lt=1, description="fraction of samples for the test split")
-    seed: int = 0
+class SeriesSplit(Strict):
+    """By position: the last `test` fraction of the data is the test part, `val` before it."""
+
+    val: float = Field(0.15, gt=0, lt=1, description="fraction for validation")
+    test: float = Field(0.15, gt=0, lt=1, description="fraction for the test split")
 
     @model_validator(mode="after")
     def _leaves_training_data(self):
         if self.val + self.test >= 0.9:
             raise ValueError(f"val + test = {self.val + self.test:g} leaves too little to train on")
         return self
+
+
+class SplitParams(SeriesSplit):
+    """Stratified by class and seeded."""
+
+    test: float = Field(0.2, gt=0, lt=1, description="fraction for the test split")
+    seed: int = 0
 
 
 class DigitsDataset(Strict):
@@ -45,19 +52,6 @@ class DigitsDataset(Strict):
     source: Literal["sklearn_digits"]
     split: SplitParams = SplitParams()
     normalize: bool = True
-
-
-class SeriesSplit(Strict):
-    """Chronological: the last `test` fraction of time is the test part, `val` before it."""
-
-    val: float = Field(0.15, gt=0, lt=1)
-    test: float = Field(0.15, gt=0, lt=1)
-
-    @model_validator(mode="after")
-    def _leaves_training_data(self):
-        if self.val + self.test >= 0.9:
-            raise ValueError(f"val + test = {self.val + self.test:g} leaves too little to train on")
-        return self
 
 
 class SeriesDataset(Strict):
@@ -297,15 +291,15 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     problems: list[str] = []
     for key in raw:
         if key not in SECTIONS:
-            problems.append(_unknown_key(key, key, SECTIONS))
+            problems.append(unknown_key(key, key, SECTIONS))
     datasets_raw = _mapping(raw, "datasets", problems, required=True)
     defaults_raw = _mapping(raw, "defaults", problems, required=False)
     experiments_raw = _mapping(raw, "experiments", problems, required=True)
 
     datasets = {}
     for name, spec in datasets_raw.items():
-        datasets[name] = _validate(DatasetParams, spec, lambda _, n=name: f"datasets.{n}", problems)
-    defaults = _validate(Defaults, defaults_raw, lambda _: "defaults", problems)
+        datasets[name] = validate(DatasetParams, spec, lambda _, n=name: f"datasets.{n}", problems)
+    defaults = validate(Defaults, defaults_raw, lambda _: "defaults", problems)
 
     experiments = {}
     for name, overrides in experiments_raw.items():
@@ -316,11 +310,11 @@ def load_params(path: str | Path = "params.yaml") -> Params:
             )
             continue
         merged = merge_overrides(defaults_raw, overrides)
-        exp = _validate(
+        exp = validate(
             ExperimentParams,
             merged,
             lambda keys, o=overrides, w=where: (
-                w if _has_path(o, keys) or not _has_path(defaults_raw, keys) else "defaults"
+                w if has_path(o, keys) or not has_path(defaults_raw, keys) else "defaults"
             ),
             problems,
         )
@@ -402,104 +396,3 @@ def _mapping(raw: dict, key: str, problems: list[str], *, required: bool) -> dic
         problems.append(f"{key}: expected a mapping, got {value!r}")
         return {}
     return value
-
-
-def _validate(cls, data: Any, where, problems: list[str]):
-    """Validate `data`; on failure append one line per error and return None.
-
-    `where(keys)` gives the user-facing prefix of an error at `keys` (experiments report
-    errors against the section the bad value came from).
-    """
-    try:
-        return TypeAdapter(cls).validate_python(data)
-    except ValidationError as exc:
-        for err in exc.errors():
-            keys, allowed = _walk(cls, err["loc"])
-            path = ".".join([where(keys), *keys])
-            problems.append(_describe(err, path, allowed))
-        return None
-
-
-def _describe(err: dict, path: str, allowed: tuple[str, ...]) -> str:
-    kind, value, ctx = err["type"], err.get("input"), err.get("ctx") or {}
-    if kind == "extra_forbidden":
-        return _unknown_key(path, path.rsplit(".", 1)[-1], allowed)
-    if kind in ("union_tag_invalid", "union_tag_not_found"):
-        key = ctx["discriminator"].strip("'")
-        if kind == "union_tag_not_found":
-            return f"{path}.{key}: missing required key"
-        known = ", ".join(sorted(t.strip("'") for t in ctx["expected_tags"].split(", ")))
-        what = "model" if key == "name" else key
-        return f"{path}.{key}: {ctx['tag']!r} is not a known {what}; known {what}s: {known}"
-    if kind == "missing":
-        return f"{path}: missing required key"
-    if kind == "literal_error":
-        return f"{path}: {value!r} is not allowed; expected {ctx['expected']}"
-    msg = err["msg"].removeprefix("Value error, ")
-    if kind == "value_error":
-        return f"{path}: {msg}"
-    return f"{path}: {value!r} is invalid: {msg}"
-
-
-def _unknown_key(path: str, key: str, allowed) -> str:
-    close = difflib.get_close_matches(str(key), list(allowed), n=1, cutoff=0.6)
-    if close:
-        return f"{path}: unknown key; did you mean {close[0]!r}?"
-    return f"{path}: unknown key; allowed keys: {', '.join(allowed)}"
-
-
-def _walk(cls: type[BaseModel], loc: tuple) -> tuple[list[str], tuple[str, ...]]:
-    """Follow a pydantic error location through the schema.
-
-    Returns the user-facing key path (discriminator tags removed) and the keys allowed where
-    the path ends (for 'did you mean').
-    """
-    keys: list[str] = []
-    node: Any = cls
-    allowed: tuple[str, ...] = ()
-    for part in loc:
-        node = _unwrap(node)
-        if isinstance(node, tuple):  # discriminated union: this loc part is the tag
-            node = next((m for m in node if _tag(m) == part), None)
-            if node is None:
-                break
-            continue
-        keys.append(str(part))
-        if isinstance(node, type) and issubclass(node, BaseModel):
-            allowed = tuple(node.model_fields)
-            field = node.model_fields.get(part)
-            node = field.annotation if field else None
-        else:
-            args = get_args(node)
-            node = args[-1] if args else None
-    return keys, allowed
-
-
-def _tag(model: type[BaseModel]) -> str:
-    """The discriminator value of a union member (its `name` or `source`)."""
-    for key in ("name", "source"):
-        field = model.model_fields.get(key)
-        if field is not None and get_origin(field.annotation) is Literal:
-            return get_args(field.annotation)[0]
-    return ""
-
-
-def _unwrap(tp):
-    """Strip Annotated/Optional; a union of models becomes a tuple of its members."""
-    while get_origin(tp) is Annotated:
-        tp = get_args(tp)[0]
-    if get_origin(tp) in (Union, types.UnionType):
-        members = [a for a in get_args(tp) if a is not type(None)]
-        models = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
-        if len(models) > 1:
-            return tuple(models)
-        return _unwrap(members[0])
-    return tp
-
-
-def _has_path(data: Any, keys: list[str]) -> bool:
-    for key in keys:
-        if not isinstance(data, dict) or key not in data:
-            return False
-        data = data[key]
-    return True
