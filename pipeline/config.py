@@ -86,14 +86,29 @@ class TextCorpusDataset(Strict):
     split: SeriesSplit = SeriesSplit(val=0.1, test=0.1)
 
 
+class TableDataset(Strict):
+    """A CSV or Parquet file: one row per sample, a target column and feature columns."""
+
+    source: Literal["table"]
+    path: str
+    target: str
+    features: tuple[str, ...] | None = Field(None, description="default: every other column")
+    task: Literal["auto", "classification", "regression"] = "auto"
+    nan: Literal["fail", "drop", "impute_mean", "impute_median"] = "fail"
+    group: str | None = Field(None, description="rows sharing a group stay in one split")
+    split: SplitParams = SplitParams()
+    normalize: bool = True
+
+
 DatasetParams = Annotated[
-    Union[DigitsDataset, SeriesDataset, TextCorpusDataset],  # noqa: UP007
+    Union[DigitsDataset, SeriesDataset, TextCorpusDataset, TableDataset],  # noqa: UP007
     Field(discriminator="source"),
 ]
 DATASET_TASK = {
     "sklearn_digits": "classification",
     "statsmodels": "forecasting",
     "python_docstrings": "language_model",
+    "table": None,  # its own `task`, or inferred from the target column
 }
 
 
@@ -174,7 +189,7 @@ ModelParams = Annotated[
 ]
 # which dataset tasks each family can learn (generative families model images)
 MODEL_TASKS = {
-    "mlp": ("classification", "forecasting"),
+    "mlp": ("classification", "forecasting", "regression"),
     "cnn": ("classification",),
     "rnn": ("classification", "forecasting", "language_model"),
     "pretrained": ("classification",),
@@ -334,9 +349,9 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 
 
 def _compatibility(where: str, exp: ExperimentParams, dataset) -> list[str]:
-    task = DATASET_TASK[dataset.source]
+    task = DATASET_TASK[dataset.source] or getattr(dataset, "task", "auto")
     able = MODEL_TASKS[exp.model.name]
-    if task in able:
+    if task in able or (task == "auto" and {"classification", "regression"} & set(able)):
         return []
     fits = ", ".join(m for m, tasks in MODEL_TASKS.items() if task in tasks)
     return [

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import atomic, paths
+from pipeline import atomic, data_table, paths
 from pipeline.config import DatasetParams
 from pipeline.errors import PipelineError
 
@@ -20,7 +20,10 @@ RAW_META = "meta.json"
 
 def ingest(name: str, cfg: DatasetParams) -> Path:
     """Fetch the source into data/raw/<name>/ (x, y arrays + meta.json)."""
+    if cfg.source == "table":
+        return data_table.ingest(name, cfg)
     x, y, meta = _load_source(cfg)
+    meta["samples"] = len(x)
     with atomic.atomic_dir(paths.raw_dir(name)) as tmp:
         np.savez(tmp / RAW_FILE, x=x, y=y)
         (tmp / RAW_META).write_text(json.dumps(meta, indent=2) + "\n")
@@ -100,6 +103,10 @@ def preprocess(name: str, cfg: DatasetParams) -> Path:
         return _preprocess_series(name, cfg)
     if cfg.source == "python_docstrings":
         return _preprocess_text(name, cfg)
+    if cfg.source == "table":
+        splits, schema = data_table.preprocess(name, cfg)
+        _write_processed(name, splits, schema)
+        return paths.processed_dir(name)
     x, y, meta = read_raw(name)
     splits = stratified_split(y, cfg.split.val, cfg.split.test, cfg.split.seed)
     x = x / np.float32(meta["value_range"][1])  # to [0, 1]
@@ -131,6 +138,7 @@ def preprocess(name: str, cfg: DatasetParams) -> Path:
 
 
 def _write_processed(name: str, splits: dict[str, dict[str, np.ndarray]], schema: dict) -> None:
+    schema["content_hash"] = content_hash(splits)
     with atomic.atomic_dir(paths.processed_dir(name)) as tmp:
         for split, arrays in splits.items():
             np.savez(tmp / paths.split_file(name, split).name, **arrays)
@@ -221,6 +229,19 @@ def _preprocess_text(name: str, cfg) -> Path:
     return paths.processed_dir(name)
 
 
+def content_hash(splits: dict[str, dict[str, np.ndarray]]) -> str:
+    """sha256 of every array of every split: equal hashes mean equal data."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for split in sorted(splits):
+        for key in sorted(splits[split]):
+            array = np.ascontiguousarray(splits[split][key])
+            digest.update(f"{split}/{key}/{array.dtype}/{array.shape}".encode())
+            digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
 def stratified_split(y: np.ndarray, val: float, test: float, seed: int) -> dict[str, np.ndarray]:
     """Indices of train/val/test, each with the class proportions of `y`."""
     from sklearn.model_selection import train_test_split
@@ -231,6 +252,12 @@ def stratified_split(y: np.ndarray, val: float, test: float, seed: int) -> dict[
         rest, test_size=val / (1 - test), stratify=y[rest], random_state=seed
     )
     return {"train": np.sort(train_idx), "val": np.sort(val_idx), "test": np.sort(test_idx)}
+
+
+def raw_meta(name: str) -> dict:
+    path = paths.raw_dir(name) / RAW_META
+    _require(path, f"ingest@{name}")
+    return json.loads(path.read_text())
 
 
 def read_raw(name: str) -> tuple[np.ndarray, np.ndarray, dict]:

@@ -74,6 +74,19 @@ def forecasting(
     return Evaluation(metrics, {"baselines": baselines}, {"forecast": fig})
 
 
+def regression(model, batches: Batches, schema: dict, title: str) -> Evaluation:
+    """Errors in the target's units beside predicting the train mean for every row."""
+    mean, std = schema["scaler"]["mean"], schema["scaler"]["std"]
+    pred = predict(model, batches).cpu().numpy()[:, 0] * std + mean
+    actual = batches.y.cpu().numpy()[:, 0] * std + mean
+    metrics = {f"test/{k}": v for k, v in regression_errors(actual, pred).items()}
+    baseline = regression_errors(actual, np.full_like(actual, mean))
+    metrics["test/rmse_ratio_mean"] = metrics["test/rmse"] / baseline["rmse"]
+    metrics["test/samples"] = len(actual)
+    fig = plots.scatter_figure(actual, pred, f"{title}: test predictions")
+    return Evaluation(metrics, {"baselines": {"train_mean": baseline}}, {"predictions": fig})
+
+
 def language_model(model, batches: Batches, char_counts, schema: dict, title: str) -> Evaluation:
     """Perplexity per character beside a unigram baseline, and a generated sample."""
     logits = predict(model, batches)  # (N, T, V)

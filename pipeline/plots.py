@@ -73,6 +73,17 @@ def forecast_figure(times, series: dict[str, np.ndarray], title: str, unit: str)
     return fig
 
 
+def scatter_figure(actual: np.ndarray, predicted: np.ndarray, title: str):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
+    ax.scatter(actual, predicted, s=8, alpha=0.6)
+    lo, hi = float(min(actual.min(), predicted.min())), float(max(actual.max(), predicted.max()))
+    ax.plot([lo, hi], [lo, hi], color="black", linewidth=1)  # perfect predictions
+    ax.set(xlabel="actual", ylabel="predicted", title=title)
+    fig.tight_layout()
+    return fig
+
+
 def image_grid(images: np.ndarray, title: str, ncols: int = 10, labels=None):
     """images: (N, C, H, W) in [0, 1]; one grey or RGB tile each."""
     plt = _pyplot()

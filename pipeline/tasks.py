@@ -31,6 +31,7 @@ def make_task(kind: str, cfg: TrainParams, schema: dict):
     known = {
         "classification": Classification,
         "forecasting": Forecasting,
+        "regression": Forecasting,  # one value per sample: the same MSE objective
         "language_model": LanguageModel,
     }
     return known[kind](cfg, schema)

@@ -7,6 +7,7 @@ the data. Evaluate runs nest under their experiment's train run, so the two sit 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -50,6 +51,26 @@ class StageRun:
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         self._mlflow.log_artifact(str(path), folder)
+
+    def log_dataset(self, schema: dict, split: str, x, y, context: str) -> None:
+        """Record which data a run used (MLflow's dataset lineage): name, content hash, split
+        sizes and the DVC hash of the processed data, visible in the run's Datasets panel."""
+        import mlflow.data
+
+        dataset = mlflow.data.from_numpy(
+            x,
+            targets=y,
+            source=str(paths.processed_dir(schema["dataset"])),
+            name=f"{schema['dataset']}/{split}",
+            digest=schema["content_hash"][:16],
+        )
+        tags = {
+            "content_hash": schema["content_hash"],
+            "dvc_hash": dvc_data_hash(schema["dataset"]),
+            "task": schema["task"],
+            "split_sizes": json.dumps(schema["counts"]),
+        }
+        self._mlflow.log_input(dataset, context=context, tags=tags)
 
     def log_torch_model(self, model, input_example) -> None:
         """The model with a signature and input example (numpy), loadable by mlflow.pytorch."""

@@ -49,11 +49,14 @@ def test_normalisation_uses_train_statistics_only(digits):
 
 def test_split_is_seeded(digits):
     first = data.load_split("digits", "test")[1]
+    first_hash = data.load_schema("digits")["content_hash"]
     data.preprocess("digits", CFG)
     assert np.array_equal(first, data.load_split("digits", "test")[1])
+    assert data.load_schema("digits")["content_hash"] == first_hash
     other = CFG.model_copy(update={"split": CFG.split.model_copy(update={"seed": 7})})
     data.preprocess("digits", other)
     assert not np.array_equal(first, data.load_split("digits", "test")[1])
+    assert data.load_schema("digits")["content_hash"] != first_hash
 
 
 def test_missing_input_names_the_stage_to_run(tmp_path, monkeypatch):

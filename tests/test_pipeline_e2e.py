@@ -129,6 +129,14 @@ def test_every_stage_is_an_mlflow_run_grouped_by_experiment(repro_project):
         assert train.data.params["train.epochs"] == "2"
         # one point per epoch, logged as a batch per epoch
         assert [m.step for m in client.get_metric_history(train.info.run_id, "val/loss")] == [1, 2]
+        # lineage: the data each run used, with its content hash
+        schema = json.loads((repro_project / paths.schema_file(dataset)).read_text())
+        inputs = {d.dataset.name: d for d in train.inputs.dataset_inputs}
+        assert set(inputs) == {f"{dataset}/train", f"{dataset}/val"}
+        assert inputs[f"{dataset}/train"].dataset.digest == schema["content_hash"][:16]
+        tags = {t.key: t.value for t in inputs[f"{dataset}/train"].tags}
+        assert tags["dvc_hash"] == data_hash and tags["mlflow.data.context"] == "training"
+        assert [d.dataset.name for d in evaluate.inputs.dataset_inputs] == [f"{dataset}/test"]
         on_disk = json.loads((repro_project / paths.metrics_file(exp)).read_text())
         assert evaluate.data.metrics == pytest.approx(on_disk)  # the same dict in both places
 

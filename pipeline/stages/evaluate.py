@@ -28,6 +28,8 @@ def run(params: Params, experiment: str) -> dict[str, float]:
         result = evaluation.classification(model, batches, schema, experiment)
         if exp.model.name == "cnn":
             result.figures.update(evaluation.cnn_insight(model, batches.x, experiment))
+    elif kind == "regression":
+        result = evaluation.regression(model, batches, schema, experiment)
     elif kind == "language_model":
         counts = data.load_arrays(exp.dataset, "train")["char_counts"]
         result = evaluation.language_model(model, batches, counts, schema, experiment)
@@ -59,6 +61,7 @@ def run(params: Params, experiment: str) -> dict[str, float]:
         tags=tags,
         parent_run_id=train_info.get("mlflow_run_id"),
     ) as run:
+        run.log_dataset(schema, "test", arrays["x"], arrays["y"], context="testing")
         run.log_metrics(result.metrics)
         run.log_dict(result.details, "details.json")
         with atomic.atomic_dir(paths.plots_dir(experiment)) as tmp:

@@ -16,7 +16,7 @@ def run(params: Params, dataset: str):
     ) as run:
         run.log_params(flatten(cfg))
         out = data.ingest(dataset, cfg)
-        run.log_metrics({"samples": len(data.read_raw(dataset)[1])})
+        run.log_metrics({"samples": data.raw_meta(dataset)["samples"]})
     return out
 
 

@@ -18,6 +18,7 @@ from pipeline.stages import stage_main
 MAIN_METRIC = {
     "classification": ("test/accuracy", True, None),
     "forecasting": ("test/rmse", False, "test/rmse_ratio_persistence"),
+    "regression": ("test/rmse", False, "test/rmse_ratio_mean"),
     "language_model": ("test/perplexity", False, "test/perplexity_ratio_unigram"),
     "vae": ("test/elbo", True, None),
     "gan": ("test/frechet_distance", False, None),

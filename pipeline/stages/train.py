@@ -65,6 +65,8 @@ def run(params: Params, experiment: str):
     with tracking.stage_run(exp.tracking, name=f"{experiment}/train", tags=tags) as run:
         run.log_params(flatten(config))
         run.log_dict(config, "config.yaml")
+        run.log_dataset(schema, "train", train_x, train_y, context="training")
+        run.log_dataset(schema, "val", val_x, val_y, context="validation")
         n_params = sum(p.numel() for p in model.parameters())
         result = engine.fit(
             model,
