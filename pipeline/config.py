@@ -100,8 +100,19 @@ class TableDataset(Strict):
     normalize: bool = True
 
 
+class TorchvisionDataset(Strict):
+    """MNIST, Fashion-MNIST, KMNIST or CIFAR-10 from their standard files under `root`."""
+
+    source: Literal["mnist", "fashion_mnist", "kmnist", "cifar10"]
+    root: str = "data/external"
+    download: bool = Field(False, description="fetch missing files with torchvision")
+    limit: int | None = Field(None, ge=10, description="a seeded subset of this many images")
+    split: SplitParams = Field(SplitParams(), description="test: the official test set")
+    normalize: bool = True
+
+
 DatasetParams = Annotated[
-    Union[DigitsDataset, SeriesDataset, TextCorpusDataset, TableDataset],  # noqa: UP007
+    Union[DigitsDataset, SeriesDataset, TextCorpusDataset, TableDataset, TorchvisionDataset],  # noqa: UP007
     Field(discriminator="source"),
 ]
 DATASET_TASK = {
@@ -109,6 +120,7 @@ DATASET_TASK = {
     "statsmodels": "forecasting",
     "python_docstrings": "language_model",
     "table": None,  # its own `task`, or inferred from the target column
+    **{source: "classification" for source in ("mnist", "fashion_mnist", "kmnist", "cifar10")},
 }
 
 

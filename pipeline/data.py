@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import atomic, data_table, paths
+from pipeline import atomic, data_table, data_vision, paths
 from pipeline.config import DatasetParams
 from pipeline.errors import PipelineError
 
@@ -22,10 +22,14 @@ def ingest(name: str, cfg: DatasetParams) -> Path:
     """Fetch the source into data/raw/<name>/ (x, y arrays + meta.json)."""
     if cfg.source == "table":
         return data_table.ingest(name, cfg)
-    x, y, meta = _load_source(cfg)
+    if cfg.source in data_vision.SOURCES:
+        x, y, meta = data_vision.load(name, cfg)
+    else:
+        x, y, meta = _load_source(cfg)
+    extra = {"test_mask": meta.pop("test_mask")} if "test_mask" in meta else {}
     meta["samples"] = len(x)
     with atomic.atomic_dir(paths.raw_dir(name)) as tmp:
-        np.savez(tmp / RAW_FILE, x=x, y=y)
+        np.savez(tmp / RAW_FILE, x=x, y=y, **extra)
         (tmp / RAW_META).write_text(json.dumps(meta, indent=2) + "\n")
     return paths.raw_dir(name)
 
@@ -108,7 +112,18 @@ def preprocess(name: str, cfg: DatasetParams) -> Path:
         _write_processed(name, splits, schema)
         return paths.processed_dir(name)
     x, y, meta = read_raw(name)
-    splits = stratified_split(y, cfg.split.val, cfg.split.test, cfg.split.seed)
+    with np.load(paths.raw_dir(name) / RAW_FILE, allow_pickle=False) as f:
+        test_mask = f["test_mask"] if "test_mask" in f.files else None
+    if test_mask is None:
+        splits = stratified_split(y, cfg.split.val, cfg.split.test, cfg.split.seed)
+    else:  # the dataset's official test set; val is drawn from its train part
+        from sklearn.model_selection import train_test_split
+
+        rest = np.flatnonzero(~test_mask)
+        train, val = train_test_split(
+            rest, test_size=cfg.split.val, stratify=y[rest], random_state=cfg.split.seed
+        )
+        splits = {"train": np.sort(train), "val": np.sort(val), "test": np.flatnonzero(test_mask)}
     x = x / np.float32(meta["value_range"][1])  # to [0, 1]
     channel_axes = (0, *range(2, x.ndim))
     train_x = x[splits["train"]]

@@ -103,7 +103,8 @@ def test_unknown_dataset_source_lists_known_sources(tmp_path):
     problems = problems_for(tmp_path, lambda r: r["datasets"]["sunspots"].update(source="csv"))
     assert problems[0] == (
         "datasets.sunspots.source: 'csv' is not a known source; "
-        "known sources: python_docstrings, sklearn_digits, statsmodels, table"
+        "known sources: cifar10, fashion_mnist, kmnist, mnist, python_docstrings, "
+        "sklearn_digits, statsmodels, table"
     )
 
 

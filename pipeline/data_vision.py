@@ -1,0 +1,160 @@
+"""torchvision's image datasets (MNIST, Fashion-MNIST, KMNIST, CIFAR-10) read from their
+standard files under `root`, in torchvision's own layout.
+
+The files are parsed here (IDX for the MNIST family, the pickled CIFAR batches through an
+unpickler that only builds plain data and NumPy arrays); `download: true` fetches them with
+torchvision's downloader. The official test set stays the test split.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+
+MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+CIFAR_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
+# source -> (torchvision class, folder under root, files, class names)
+SOURCES = {
+    "mnist": ("MNIST", "MNIST/raw", MNIST_FILES, [str(d) for d in range(10)]),
+    "fashion_mnist": (
+        "FashionMNIST",
+        "FashionMNIST/raw",
+        MNIST_FILES,
+        [
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ],
+    ),
+    "kmnist": (
+        "KMNIST",
+        "KMNIST/raw",
+        MNIST_FILES,
+        ["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"],
+    ),
+    "cifar10": (
+        "CIFAR10",
+        "cifar-10-batches-py",
+        CIFAR_FILES,
+        ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
+    ),
+}
+
+
+def load(name: str, cfg) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(images (N, C, H, W) float32 in 0..255, labels, meta with a test mask)."""
+    tv_class, folder, files, classes = SOURCES[cfg.source]
+    folder = Path(cfg.root) / folder
+    missing = [f for f in files if not _find(folder, f)]
+    if missing and cfg.download:
+        _download(name, cfg, tv_class)
+        missing = [f for f in files if not _find(folder, f)]
+    if missing:
+        raise PipelineError(
+            f"datasets.{name}: {cfg.source} files missing under {folder}: {', '.join(missing)}; "
+            f"set datasets.{name}.download: true (needs network) or copy torchvision's "
+            f"{tv_class} files there"
+        )
+    if cfg.source == "cifar10":
+        parts = [_read_cifar(_find(folder, f), name) for f in files]
+        is_test = [f == "test_batch" for f in files]
+    else:
+        parts = [
+            (_read_idx(_find(folder, files[i]), name), _read_idx(_find(folder, files[i + 1]), name))
+            for i in (0, 2)
+        ]
+        parts = [(images[:, None], labels) for images, labels in parts]
+        is_test = [False, True]
+    x = np.concatenate([p[0] for p in parts]).astype(np.float32)
+    y = np.concatenate([p[1] for p in parts]).astype(np.int64)
+    test_mask = np.concatenate([np.full(len(p[1]), t) for p, t in zip(parts, is_test, strict=True)])
+    if len(x) != len(y):
+        raise PipelineError(f"datasets.{name}: {len(x)} images but {len(y)} labels in {folder}")
+    if cfg.limit:  # a seeded subset keeps CPU runs short
+        keep = np.sort(np.random.default_rng(0).permutation(len(y))[: cfg.limit])
+        x, y, test_mask = x[keep], y[keep], test_mask[keep]
+    meta = {
+        "source": cfg.source,
+        "task": "classification",
+        "classes": classes,
+        "value_range": [0.0, 255.0],
+        "files": str(folder),
+    }
+    return x, y, {**meta, "test_mask": test_mask}
+
+
+def _find(folder: Path, name: str) -> Path | None:
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _download(name: str, cfg, tv_class: str) -> None:
+    import torchvision.datasets as tvd
+
+    try:
+        for train in (True, False):
+            getattr(tvd, tv_class)(cfg.root, train=train, download=True)
+    except Exception as err:  # no network, a mirror down, ...
+        raise PipelineError(f"datasets.{name}: download of {cfg.source} failed: {err}") from None
+
+
+def _read_idx(path: Path, name: str) -> np.ndarray:
+    """The IDX format: zero bytes, a type code (0x08 = ubyte), the rank, then big-endian dims."""
+    raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08:
+        raise PipelineError(f"datasets.{name}: {path} is not an unsigned-byte IDX file")
+    rank = raw[3]
+    dims = np.frombuffer(raw[4 : 4 + 4 * rank], dtype=">u4").astype(int)
+    body = np.frombuffer(raw[4 + 4 * rank :], dtype=np.uint8)
+    if body.size != np.prod(dims):
+        raise PipelineError(
+            f"datasets.{name}: {path} is truncated ({body.size} of {int(np.prod(dims))} values)"
+        )
+    return body.reshape(dims)
+
+
+class _DataOnly(pickle.Unpickler):
+    """Builds dicts, lists, strings, numbers and NumPy arrays; refuses anything else."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _read_cifar(path: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as f:
+            batch = _DataOnly(f, encoding="bytes").load()
+        data, labels = batch[b"data"], batch[b"labels"]
+    except (pickle.UnpicklingError, KeyError, EOFError, TypeError) as err:
+        raise PipelineError(f"datasets.{name}: {path} is not a CIFAR-10 batch: {err}") from None
+    return np.asarray(data, np.uint8).reshape(-1, 3, 32, 32), np.asarray(labels)
