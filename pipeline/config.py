@@ -111,8 +111,27 @@ class TorchvisionDataset(Strict):
     normalize: bool = True
 
 
+class ImageFolderDataset(Strict):
+    """One sub-folder per class of PNG/JPEG files (torchvision's ImageFolder layout)."""
+
+    source: Literal["image_folder"]
+    path: str
+    size: tuple[Annotated[int, Field(ge=4)], Annotated[int, Field(ge=4)]] = (32, 32)
+    channels: Literal[1, 3] = 3
+    max_bad_fraction: float = Field(0.01, ge=0, lt=1, description="unreadable images allowed")
+    split: SplitParams = SplitParams()
+    normalize: bool = True
+
+
 DatasetParams = Annotated[
-    Union[DigitsDataset, SeriesDataset, TextCorpusDataset, TableDataset, TorchvisionDataset],  # noqa: UP007
+    Union[  # noqa: UP007
+        DigitsDataset,
+        SeriesDataset,
+        TextCorpusDataset,
+        TableDataset,
+        TorchvisionDataset,
+        ImageFolderDataset,
+    ],
     Field(discriminator="source"),
 ]
 DATASET_TASK = {
@@ -120,7 +139,9 @@ DATASET_TASK = {
     "statsmodels": "forecasting",
     "python_docstrings": "language_model",
     "table": None,  # its own `task`, or inferred from the target column
-    **{source: "classification" for source in ("mnist", "fashion_mnist", "kmnist", "cifar10")},
+    **{
+        s: "classification" for s in ("mnist", "fashion_mnist", "kmnist", "cifar10", "image_folder")
+    },
 }
 
 

@@ -24,6 +24,8 @@ def ingest(name: str, cfg: DatasetParams) -> Path:
         return data_table.ingest(name, cfg)
     if cfg.source in data_vision.SOURCES:
         x, y, meta = data_vision.load(name, cfg)
+    elif cfg.source == "image_folder":
+        x, y, meta = data_vision.load_folder(name, cfg)
     else:
         x, y, meta = _load_source(cfg)
     extra = {"test_mask": meta.pop("test_mask")} if "test_mask" in meta else {}
@@ -115,7 +117,9 @@ def preprocess(name: str, cfg: DatasetParams) -> Path:
     with np.load(paths.raw_dir(name) / RAW_FILE, allow_pickle=False) as f:
         test_mask = f["test_mask"] if "test_mask" in f.files else None
     if test_mask is None:
-        splits = stratified_split(y, cfg.split.val, cfg.split.test, cfg.split.seed)
+        splits = stratified_split(
+            y, cfg.split.val, cfg.split.test, cfg.split.seed, meta["classes"], name
+        )
     else:  # the dataset's official test set; val is drawn from its train part
         from sklearn.model_selection import train_test_split
 
@@ -257,10 +261,19 @@ def content_hash(splits: dict[str, dict[str, np.ndarray]]) -> str:
     return digest.hexdigest()
 
 
-def stratified_split(y: np.ndarray, val: float, test: float, seed: int) -> dict[str, np.ndarray]:
+def stratified_split(
+    y: np.ndarray, val: float, test: float, seed: int, classes: list[str], dataset: str
+) -> dict[str, np.ndarray]:
     """Indices of train/val/test, each with the class proportions of `y`."""
     from sklearn.model_selection import train_test_split
 
+    counts = np.bincount(y, minlength=len(classes))
+    few = [f"{classes[i]!r} ({c})" for i, c in enumerate(counts) if c < 3]
+    if few:
+        raise PipelineError(
+            f"datasets.{dataset}: class(es) {', '.join(few)} have fewer than 3 samples: too "
+            "few to stratify into train/val/test"
+        )
     idx = np.arange(len(y))
     rest, test_idx = train_test_split(idx, test_size=test, stratify=y, random_state=seed)
     train_idx, val_idx = train_test_split(

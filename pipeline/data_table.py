@@ -160,14 +160,7 @@ def split_rows(name: str, cfg, y, groups, classes) -> dict[str, np.ndarray]:
         train, val = next(inner.split(rest, groups=groups.iloc[rest]))
         splits = {"train": rest[train], "val": rest[val], "test": test}
     elif classes:
-        counts = np.bincount(y, minlength=len(classes))
-        few = [f"{classes[i]!r} ({c})" for i, c in enumerate(counts) if c < 3]
-        if few:
-            raise PipelineError(
-                f"datasets.{name}: class(es) {', '.join(few)} have fewer than 3 "
-                "samples: too few to stratify into train/val/test"
-            )
-        splits = stratified_split(y, cfg.split.val, cfg.split.test, cfg.split.seed)
+        splits = stratified_split(y, cfg.split.val, cfg.split.test, cfg.split.seed, classes, name)
     else:  # regression: a seeded random split
         order = np.random.default_rng(cfg.split.seed).permutation(n)
         n_test, n_val = round(n * cfg.split.test), round(n * cfg.split.val)

@@ -158,3 +158,50 @@ def _read_cifar(path: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     except (pickle.UnpicklingError, KeyError, EOFError, TypeError) as err:
         raise PipelineError(f"datasets.{name}: {path} is not a CIFAR-10 batch: {err}") from None
     return np.asarray(data, np.uint8).reshape(-1, 3, 32, 32), np.asarray(labels)
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+
+def load_folder(name: str, cfg) -> tuple[np.ndarray, np.ndarray, dict]:
+    """torchvision's ImageFolder layout: <path>/<class>/<image>.png|jpg, resized to `size`.
+
+    Unreadable images are skipped and counted; more than `max_bad_fraction` of them fails.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(cfg.path)
+    if not root.is_dir():
+        raise PipelineError(f"datasets.{name}.path: folder {root} not found")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise PipelineError(f"datasets.{name}.path: {root} has no class sub-folders")
+    mode = "L" if cfg.channels == 1 else "RGB"
+    images, labels, bad = [], [], []
+    for label, cls in enumerate(classes):
+        files = sorted(p for p in (root / cls).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise PipelineError(f"datasets.{name}: class folder {root / cls} has no PNG/JPEG files")
+        for file in files:
+            try:
+                with Image.open(file) as img:
+                    img = img.convert(mode).resize(tuple(reversed(cfg.size)), Image.BILINEAR)
+                    images.append(np.asarray(img, np.float32).reshape(*cfg.size, cfg.channels))
+                labels.append(label)
+            except (UnidentifiedImageError, OSError, ValueError):
+                bad.append(str(file))
+    total = len(images) + len(bad)
+    if len(bad) > cfg.max_bad_fraction * total:
+        raise PipelineError(
+            f"datasets.{name}: {len(bad)} of {total} images are unreadable (more than "
+            f"max_bad_fraction={cfg.max_bad_fraction}), e.g. {', '.join(bad[:3])}"
+        )
+    x = np.stack(images).transpose(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
+    meta = {
+        "source": "image_folder",
+        "task": "classification",
+        "classes": classes,
+        "value_range": [0.0, 255.0],
+        "skipped_unreadable": bad,
+    }
+    return x, np.asarray(labels, np.int64), meta

@@ -113,3 +113,66 @@ def test_limit_takes_a_seeded_subset(workdir):
     fake_mnist(workdir / "ext")
     data.ingest("m", cfg("mnist", limit=30))
     assert data.raw_meta("m")["samples"] == 30
+
+
+def image_folder(root, per_class=8, classes=("cat", "dog", "owl")):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i, cls in enumerate(classes):
+        (root / cls).mkdir(parents=True)
+        for j in range(per_class):
+            pixels = rng.integers(0, 256, (20, 24, 3)).astype(np.uint8)
+            suffix = ".jpg" if j % 2 else ".png"
+            Image.fromarray(pixels).save(root / cls / f"{i}_{j}{suffix}")
+
+
+def folder_cfg(**kw):
+    from pipeline.config import ImageFolderDataset
+
+    return ImageFolderDataset.model_validate(
+        {"source": "image_folder", "path": "imgs", "size": [16, 16], **kw}
+    )
+
+
+def test_image_folder_resizes_png_and_jpeg_per_class(workdir):
+    image_folder(workdir / "imgs")
+    data.ingest("f", folder_cfg())
+    data.preprocess("f", folder_cfg())
+    schema = data.load_schema("f")
+    assert schema["classes"] == ["cat", "dog", "owl"] and schema["input_shape"] == [3, 16, 16]
+    assert sum(schema["counts"].values()) == 24
+    grey = folder_cfg(channels=1)
+    data.ingest("g", grey)
+    assert data.read_raw("g")[0].shape == (24, 1, 16, 16)
+
+
+def test_unreadable_images_are_skipped_counted_or_fail_past_the_limit(workdir):
+    image_folder(workdir / "imgs")
+    (workdir / "imgs/dog/broken.png").write_bytes(b"\x89PNG but not really")
+    with pytest.raises(PipelineError, match=r"1 of 25 images are unreadable .*broken.png"):
+        data.ingest("f", folder_cfg())
+    assert not paths.raw_dir("f").exists()
+    data.ingest("f", folder_cfg(max_bad_fraction=0.1))
+    meta = data.raw_meta("f")
+    assert meta["samples"] == 24 and meta["skipped_unreadable"] == ["imgs/dog/broken.png"]
+
+
+def test_folder_errors_name_the_path_or_class(workdir):
+    with pytest.raises(PipelineError, match="folder imgs not found"):
+        data.ingest("f", folder_cfg())
+    (workdir / "imgs").mkdir()
+    with pytest.raises(PipelineError, match="imgs has no class sub-folders"):
+        data.ingest("f", folder_cfg())
+    (workdir / "imgs/empty").mkdir()
+    with pytest.raises(PipelineError, match="class folder imgs/empty has no PNG/JPEG files"):
+        data.ingest("f", folder_cfg())
+
+
+def test_a_class_too_small_to_stratify_is_named(workdir):
+    image_folder(workdir / "imgs")
+    image_folder(workdir / "imgs", per_class=2, classes=("rare",))
+    data.ingest("f", folder_cfg())
+    with pytest.raises(PipelineError, match=r"class\(es\) 'rare' \(2\) have fewer than 3"):
+        data.preprocess("f", folder_cfg())
+    assert not paths.processed_dir("f").exists()
