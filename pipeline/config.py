@@ -123,8 +123,24 @@ class ImageFolderDataset(Strict):
     normalize: bool = True
 
 
+class TextDataset(Strict):
+    """A CSV/Parquet file with a text column and a label column (text classification)."""
+
+    source: Literal["text"]
+    path: str
+    text_column: str = "text"
+    label_column: str = "label"
+    tokenizer: Literal["word", "char"] = "word"
+    lowercase: bool = True
+    min_freq: int = Field(1, ge=1, description="rarer train tokens become <unk>")
+    max_vocab: int = Field(20_000, ge=3)
+    max_length: int = Field(64, ge=1, description="tokens per text: truncated or padded")
+    split: SplitParams = SplitParams()
+
+
 DatasetParams = Annotated[
     Union[  # noqa: UP007
+        TextDataset,
         DigitsDataset,
         SeriesDataset,
         TextCorpusDataset,
@@ -139,6 +155,7 @@ DATASET_TASK = {
     "statsmodels": "forecasting",
     "python_docstrings": "language_model",
     "table": None,  # its own `task`, or inferred from the target column
+    "text": "text_classification",  # token ids: recurrent models only
     **{
         s: "classification" for s in ("mnist", "fashion_mnist", "kmnist", "cifar10", "image_folder")
     },
@@ -224,7 +241,7 @@ ModelParams = Annotated[
 MODEL_TASKS = {
     "mlp": ("classification", "forecasting", "regression"),
     "cnn": ("classification",),
-    "rnn": ("classification", "forecasting", "language_model"),
+    "rnn": ("classification", "forecasting", "language_model", "text_classification"),
     "pretrained": ("classification",),
     # generative families model labelled images (their judge is a classifier of them)
     "vae": ("classification",),

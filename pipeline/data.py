@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import atomic, data_table, data_vision, paths
+from pipeline import atomic, data_table, data_text, data_vision, paths
 from pipeline.config import DatasetParams
 from pipeline.errors import PipelineError
 
@@ -22,6 +22,8 @@ def ingest(name: str, cfg: DatasetParams) -> Path:
     """Fetch the source into data/raw/<name>/ (x, y arrays + meta.json)."""
     if cfg.source == "table":
         return data_table.ingest(name, cfg)
+    if cfg.source == "text":
+        return data_text.ingest(name, cfg)
     if cfg.source in data_vision.SOURCES:
         x, y, meta = data_vision.load(name, cfg)
     elif cfg.source == "image_folder":
@@ -109,8 +111,9 @@ def preprocess(name: str, cfg: DatasetParams) -> Path:
         return _preprocess_series(name, cfg)
     if cfg.source == "python_docstrings":
         return _preprocess_text(name, cfg)
-    if cfg.source == "table":
-        splits, schema = data_table.preprocess(name, cfg)
+    if cfg.source in ("table", "text"):
+        module = data_table if cfg.source == "table" else data_text
+        splits, schema = module.preprocess(name, cfg)
         _write_processed(name, splits, schema)
         return paths.processed_dir(name)
     x, y, meta = read_raw(name)

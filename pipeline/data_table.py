@@ -20,7 +20,9 @@ READERS = {".csv": "read_csv", ".parquet": "read_parquet", ".pq": "read_parquet"
 MAX_CLASSES = 20  # an integer target with at most this many values is a class label
 
 
-def ingest(name: str, cfg) -> Path:
+def ingest(name: str, cfg, columns: list[str] | None = None) -> Path:
+    """Copy the file at `cfg.path` to data/raw/<name>/table.parquet after checking that it
+    reads, has rows and holds `columns` (default: the table's target, features and group)."""
     import pandas as pd
 
     path = Path(cfg.path)
@@ -38,7 +40,8 @@ def ingest(name: str, cfg) -> Path:
         raise PipelineError(f"{where}: cannot read {path}: {err}") from None
     if frame.empty:
         raise PipelineError(f"{where}: {path} has no rows")
-    columns = [cfg.target, *(cfg.features or ()), *([cfg.group] if cfg.group else [])]
+    if columns is None:
+        columns = [cfg.target, *(cfg.features or ()), *([cfg.group] if cfg.group else [])]
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise PipelineError(
@@ -47,7 +50,7 @@ def ingest(name: str, cfg) -> Path:
         )
     with atomic.atomic_dir(paths.raw_dir(name)) as tmp:
         frame.to_parquet(tmp / RAW_TABLE, index=False)
-        meta = {"source": "table", "path": str(path), "samples": len(frame)}
+        meta = {"source": cfg.source, "path": str(path), "samples": len(frame)}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return paths.raw_dir(name)
 
