@@ -293,6 +293,22 @@ class AdversarialParams(Strict):
     min_diversity: float = Field(0.1, ge=0, description="sample spread / real spread floor")
 
 
+class AugmentStep(Strict):
+    """One torchvision.transforms.v2 transform by name, with its keyword arguments."""
+
+    name: Literal[
+        "random_rotation",
+        "random_affine",
+        "random_crop",
+        "random_horizontal_flip",
+        "random_vertical_flip",
+        "color_jitter",
+        "random_erasing",
+        "gaussian_noise",
+    ]
+    args: dict[str, Any] = {}
+
+
 class TrainParams(Strict):
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -308,6 +324,7 @@ class TrainParams(Strict):
     )
     init: Literal["default", "kaiming", "xavier", "orthogonal"] = "default"
     adversarial: AdversarialParams = AdversarialParams()
+    augment: tuple[AugmentStep, ...] = Field((), description="image transforms, training only")
 
 
 class EvaluateParams(Strict):

@@ -49,7 +49,16 @@ class Batches:
     """
 
     def __init__(
-        self, x, y, batch_size: int, *, device, shuffle: bool, seed: int = 0, weights=None
+        self,
+        x,
+        y,
+        batch_size: int,
+        *,
+        device,
+        shuffle: bool,
+        seed: int = 0,
+        weights=None,
+        transform=None,
     ):
         self.x = torch.as_tensor(x).to(device)
         self.y = torch.as_tensor(y).to(device)
@@ -58,6 +67,7 @@ class Batches:
         self.generator = torch.Generator().manual_seed(seed)
         # per-sample draw weights: each epoch draws len(y) samples with replacement
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float)
+        self.transform = transform  # applied to each yielded input batch (augmentation)
 
     def __len__(self) -> int:
         return -(-len(self.y) // self.batch_size)
@@ -73,7 +83,8 @@ class Batches:
             order = torch.arange(n, device=self.x.device)
         for start in range(0, n, self.batch_size):
             idx = order[start : start + self.batch_size]
-            yield self.x[idx], self.y[idx]
+            xb = self.x[idx]
+            yield (xb if self.transform is None else self.transform(xb)), self.y[idx]
 
 
 class Task(Protocol):

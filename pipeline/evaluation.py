@@ -172,15 +172,15 @@ def cnn_insight(model, sample: torch.Tensor, title: str) -> dict:
     maps = model.features[0](sample[:1])[0][:, None].cpu()  # (C_out, 1, h, w)
     return {
         "filters": plots.image_grid(
-            _unit_range(filters).numpy(), f"{title}: first-layer filters", ncols=8
+            unit_range(filters).numpy(), f"{title}: first-layer filters", ncols=8
         ),
         "feature_maps": plots.image_grid(
-            _unit_range(maps).numpy(), f"{title}: block-1 feature maps of a test image", ncols=8
+            unit_range(maps).numpy(), f"{title}: block-1 feature maps of a test image", ncols=8
         ),
     }
 
 
-def _unit_range(t: torch.Tensor) -> torch.Tensor:
+def unit_range(t: torch.Tensor) -> torch.Tensor:
     """Scale each image to [0, 1] for display."""
     lo = t.flatten(1).min(1).values.view(-1, 1, 1, 1)
     hi = t.flatten(1).max(1).values.view(-1, 1, 1, 1)

@@ -51,6 +51,11 @@ def resolved_config_file(experiment: str) -> Path:
     return artifact_dir(experiment) / "config.yaml"
 
 
+def augment_preview(experiment: str) -> Path:
+    """A grid of training images before and after the declared augmentation."""
+    return artifact_dir(experiment) / "augmentations.png"
+
+
 def train_summary_file(experiment: str) -> Path:
     """Training time, throughput, device and the MLflow run id that evaluate nests under."""
     return artifact_dir(experiment) / "train.json"

@@ -57,15 +57,17 @@ class StageRun:
         sizes and the DVC hash of the processed data, visible in the run's Datasets panel."""
         import mlflow.data
 
-        dataset = mlflow.data.from_numpy(
-            x,
-            targets=y,
-            source=str(paths.processed_dir(schema["dataset"])),
-            name=f"{schema['dataset']}/{split}",
-            digest=schema["content_hash"][:16],
-        )
+        with warnings.catch_warnings():  # a local folder matches two equivalent source types
+            warnings.filterwarnings("ignore", message="The specified dataset source")
+            dataset = mlflow.data.from_numpy(
+                x,
+                targets=y,
+                source=str(paths.processed_dir(schema["dataset"])),
+                name=f"{schema['dataset']}/{split}",
+                digest=schema.get("content_hash", "")[:16] or None,  # None: MLflow computes one
+            )
         tags = {
-            "content_hash": schema["content_hash"],
+            "content_hash": schema.get("content_hash", "unknown"),
             "dvc_hash": dvc_data_hash(schema["dataset"]),
             "task": schema["task"],
             "split_sizes": json.dumps(schema["counts"]),

@@ -46,6 +46,7 @@ def test_train():
             paths.train_summary_file,
             paths.checkpoint_file,
             paths.history_file,
+            paths.augment_preview,
         )
     }
     assert str(paths.processed_dir(DS)) in _paths(_stage("train")["deps"])

@@ -89,6 +89,7 @@ def test_repro_runs_every_stage_and_writes_metrics(repro_project):
         assert len(confusion) == (361 if task == "classification" else 1)
         history = (repro_project / paths.history_file(exp)).read_text().splitlines()
         assert history[0].startswith("epoch,train/loss,") and len(history) == 3
+        assert (repro_project / paths.augment_preview(exp)).stat().st_size > 0
         saved = yaml.safe_load((repro_project / paths.resolved_config_file(exp)).read_text())
         assert saved["train"]["epochs"] == 2
     mlp = json.loads((repro_project / paths.details_file("mlp_digits")).read_text())

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import yaml
 
-from pipeline import atomic, data, paths, tracking
+from pipeline import atomic, augment, data, paths, plots, tracking
 from pipeline.config import Params, flatten
 from pipeline.errors import PipelineError
 from pipeline.stages import stage_main
@@ -44,6 +44,9 @@ def run(params: Params, experiment: str):
             raise PipelineError("train.sampler: 'weighted' needs a classification dataset")
         counts = np.bincount(train_y, minlength=schema["num_classes"])
         weights = 1.0 / counts[train_y]
+    augment_fn = augment.build(
+        exp.train.augment, schema.get("normalization"), f"experiments.{experiment}.train.augment"
+    )
     train = engine.Batches(
         train_x,
         train_y,
@@ -52,6 +55,7 @@ def run(params: Params, experiment: str):
         shuffle=True,
         seed=exp.seed,
         weights=weights,
+        transform=augment_fn,
     )
     val = engine.Batches(val_x, val_y, exp.evaluate.batch_size, device=device, shuffle=False)
 
@@ -65,6 +69,9 @@ def run(params: Params, experiment: str):
     with tracking.stage_run(exp.tracking, name=f"{experiment}/train", tags=tags) as run:
         run.log_params(flatten(config))
         run.log_dict(config, "config.yaml")
+        preview = augmentation_preview(train.x[:8], augment_fn, experiment)
+        run.log_figure(preview, "augmentations.png")
+        plots.save(preview, paths.augment_preview(experiment))
         run.log_dataset(schema, "train", train_x, train_y, context="training")
         run.log_dataset(schema, "val", val_x, val_y, context="validation")
         n_params = sum(p.numel() for p in model.parameters())
@@ -119,6 +126,20 @@ def run(params: Params, experiment: str):
         )
         atomic.write_json(paths.train_summary_file(experiment), summary)
     return summary
+
+
+def augmentation_preview(images, augment_fn, experiment: str):
+    """Row 1: training images as stored; rows 2-4: three augmented draws of them."""
+    import torch
+
+    from pipeline.evaluation import unit_range
+
+    if images.dim() != 4:
+        return plots.text_figure("(not image data: nothing to augment)", f"{experiment}: inputs")
+    rows = [images] + [augment_fn(images) if augment_fn else images for _ in range(3)]
+    grid = unit_range(torch.cat(rows).cpu())
+    title = f"{experiment}: " + ("original, then augmented" if augment_fn else "no augmentation")
+    return plots.image_grid(grid.numpy(), title, ncols=len(images))
 
 
 def data_spec(schema: dict):
