@@ -60,7 +60,7 @@ def test_early_stopping_restores_the_best_epoch():
 
 
 class Crash(Exception):
-    pass
+    """Stands in for a process dying mid-training."""
 
 
 def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):

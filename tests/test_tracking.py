@@ -34,8 +34,8 @@ def test_run_states_and_tags(store):
         raise ValueError("bad")
     with pytest.raises(SystemExit), tracking.stage_run(cfg, name="killed", tags={}):
         raise SystemExit(143)
-    with tracking.stage_run(cfg, name="child", tags={}, parent_run_id=run.run_id):
-        pass
+    with tracking.stage_run(cfg, name="child", tags={}, parent_run_id=run.run_id) as child:
+        child.log_metrics({"test/accuracy": 0.5})
 
     ok = _only_run(client, "ok")
     assert ok.info.status == "FINISHED"
@@ -49,8 +49,8 @@ def test_run_states_and_tags(store):
 
 def test_unknown_parent_is_dropped_not_fatal(store):
     cfg, client = store
-    with tracking.stage_run(cfg, name="orphan", tags={}, parent_run_id="0" * 32):
-        pass
+    with tracking.stage_run(cfg, name="orphan", tags={}, parent_run_id="0" * 32) as orphan:
+        orphan.log_metrics({"test/accuracy": 0.5})
     assert "mlflow.parentRunId" not in _only_run(client, "orphan").data.tags
 
 
