@@ -161,6 +161,7 @@ def preprocess(name: str, cfg: DatasetParams) -> Path:
 
 def _write_processed(name: str, splits: dict[str, dict[str, np.ndarray]], schema: dict) -> None:
     schema["content_hash"] = content_hash(splits)
+    schema["dtypes"] = {key: str(array.dtype) for key, array in splits["train"].items()}
     with atomic.atomic_dir(paths.processed_dir(name)) as tmp:
         for split, arrays in splits.items():
             np.savez(tmp / paths.split_file(name, split).name, **arrays)

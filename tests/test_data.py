@@ -26,6 +26,7 @@ def digits(tmp_path, monkeypatch):
 def test_splits_are_disjoint_stratified_and_complete(digits):
     schema = data.load_schema("digits")
     assert schema["input_shape"] == [1, 8, 8]
+    assert schema["dtypes"] == {"x": "float32", "y": "int64"}
     assert schema["num_classes"] == 10
     counts = schema["counts"]
     assert sum(counts.values()) == 1797
