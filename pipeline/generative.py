@@ -140,13 +140,11 @@ class GANTask:
     @torch.no_grad()
     def validate(self, model, batches: Batches) -> dict[str, float]:
         model.eval()
-        if (
-            self.longest_low_run is not None
-            and self.longest_low_run.item() >= self.adv.collapse_steps
-        ):
+        low_steps = 0 if self.longest_low_run is None else self.longest_low_run.item()
+        if low_steps >= self.adv.collapse_steps:
             raise PipelineError(
                 f"GAN collapsed: discriminator loss stayed below {self.adv.collapse_loss} for "
-                f"{self.longest_low_run.item()} steps, so the generator gets no signal; lower "
+                f"{low_steps} steps, so the generator gets no signal; lower "
                 "train.adversarial.d_lr or train.adversarial.d_steps"
             )
         real = self.scale.to_unit(batches.x) * 2 - 1
