@@ -32,6 +32,16 @@ def plan(params: Params) -> list[tuple[str, str]]:
             (f"judge@{name}", f"classifier scoring generated images -> {paths.judge_dir(name)}")
         )
     for name, exp in params.experiments.items():
+        tune = exp.tune
+        stages.append(
+            (
+                f"tune@{name}",
+                f"{tune.n_trials} trials, {tune.sampler}/{tune.pruner}, {tune.workers} worker(s) "
+                f"-> {paths.tuned_file(name)}"
+                if tune.enabled
+                else f"tuning off -> empty {paths.tuned_file(name)}",
+            )
+        )
         stages.append(
             (
                 f"train@{name}",
@@ -54,10 +64,12 @@ def stages_to_run(params: Params, changed: set[str]) -> set[str]:
             out.add(f"judge@{name}")
     for name, exp in params.experiments.items():
         if f"preprocess@{exp.dataset}" in out:
+            out.add(f"tune@{name}")
+        if f"tune@{name}" in out or f"preprocess@{exp.dataset}" in out:
             out.add(f"train@{name}")
         if f"train@{name}" in out or f"judge@{exp.dataset}" in out:
             out.add(f"evaluate@{name}")
-        if f"evaluate@{name}" in out:
+        if f"evaluate@{name}" in out or f"tune@{name}" in out:
             out.add("report")
     return out
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipeline.errors import ParamsError
+from pipeline.errors import ParamsError, PipelineError
 from pipeline.schema_errors import has_path, unknown_key, validate
 
 Activation = Literal["relu", "leaky_relu", "gelu", "tanh", "sigmoid"]
@@ -339,6 +339,140 @@ class TrackingParams(Strict):
     log_model: bool = True
 
 
+# ---- tuning ---------------------------------------------------------------------------------
+
+Direction = Literal["minimize", "maximize"]
+# objectives that are not validation metrics: the model's size and its inference time
+EXTRA_OBJECTIVES = ("parameters", "latency_ms")
+PRIMITIVE = (str, int, float, bool, type(None))
+
+
+class _SpaceItem(Strict):
+    when: dict[str, Any] = Field(
+        {}, description="sample only when these dotted params have these values (or lists)"
+    )
+
+
+class FloatSpace(_SpaceItem):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _range(self):
+        _check_range(self)
+        return self
+
+
+class IntSpace(_SpaceItem):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+    step: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _range(self):
+        _check_range(self)
+        return self
+
+
+class CategoricalSpace(_SpaceItem):
+    type: Literal["categorical"]
+    choices: tuple[Any, ...] = Field(min_length=1)
+
+
+def _check_range(item) -> None:
+    if not item.low < item.high:
+        raise ValueError(f"empty range: low ({item.low}) must be below high ({item.high})")
+    if item.log and item.low <= 0:
+        raise ValueError(f"log: true needs low > 0, got {item.low}")
+    if item.log and item.step not in (None, 1):
+        raise ValueError("step does not combine with log: true")
+
+
+SpaceItem = Annotated[
+    Union[FloatSpace, IntSpace, CategoricalSpace],  # noqa: UP007
+    Field(discriminator="type"),
+]
+
+
+class TuneParams(Strict):
+    """An Optuna search over dotted params (model.*, train.*, seed) of one experiment."""
+
+    enabled: bool = False
+    use_tuned: bool = Field(True, description="train merges the best trial's params")
+    space: dict[str, SpaceItem] = {}
+    metric: str | tuple[str, ...] = Field(
+        "val/loss", description="a val/... metric, or several for multi-objective"
+    )
+    direction: Direction | tuple[Direction, ...] | None = Field(
+        None, description="per metric; null: maximize accuracy-like metrics, else minimize"
+    )
+    n_trials: int = Field(20, ge=1, description="finished trials in total, across resumes")
+    timeout: float | None = Field(None, gt=0, description="seconds; stop starting new trials")
+    seed: int = 0
+    sampler: Literal["tpe", "random", "cmaes", "gp", "grid", "nsgaii"] = "tpe"
+    pruner: Literal["median", "hyperband", "successive_halving", "none"] = "median"
+    startup_trials: int = Field(5, ge=0, description="median pruner: trials before pruning")
+    warmup_epochs: int = Field(3, ge=0, description="epochs before a trial can be pruned")
+    epochs: int | None = Field(None, ge=1, description="epochs per trial; null: train.epochs")
+    pareto_choice: Literal["knee", "first"] = Field(
+        "knee", description="multi-objective: the Pareto trial nearest the ideal, or best first"
+    )
+    workers: int = Field(1, ge=1, description="local worker processes")
+    storage: str | None = Field(
+        None, description="null: a journal file under artifacts/<exp>/; or an RDB URL"
+    )
+    heartbeat_seconds: int = Field(10, ge=1, description="a trial silent for 2x this is failed")
+
+    @model_validator(mode="after")
+    def _objectives_fit(self):
+        metrics = self.metrics()
+        for metric in metrics:
+            if not (metric.startswith("val/") or metric in EXTRA_OBJECTIVES):
+                raise ValueError(
+                    f"metric {metric!r}: use a val/... metric or one of "
+                    f"{', '.join(EXTRA_OBJECTIVES)}"
+                )
+        if len(metrics) == 1 and not metrics[0].startswith("val/"):
+            raise ValueError("a single objective must be a val/... metric")
+        if isinstance(self.direction, tuple) and len(self.direction) != len(metrics):
+            raise ValueError(
+                f"direction has {len(self.direction)} entries for {len(metrics)} metrics"
+            )
+        if len(metrics) > 1 and self.pruner != "none":
+            raise ValueError("pruning needs a single objective; set pruner: none")
+        if self.sampler == "grid":
+            for path, item in self.space.items():
+                if isinstance(item, FloatSpace) and item.step is None:
+                    raise ValueError(
+                        f"sampler grid: space {path!r} needs a step (or categorical choices)"
+                    )
+        return self
+
+    def metrics(self) -> tuple[str, ...]:
+        return (self.metric,) if isinstance(self.metric, str) else self.metric
+
+    def directions(self) -> tuple[str, ...]:
+        """One direction per metric (the declared ones, or inferred from the metric's name)."""
+        if self.direction is None:
+            return tuple(_default_direction(m) for m in self.metrics())
+        if isinstance(self.direction, str):
+            return (self.direction,) * len(self.metrics())
+        return self.direction
+
+
+def _default_direction(metric: str) -> str:
+    return "maximize" if higher_is_better(metric) else "minimize"
+
+
+def higher_is_better(metric: str) -> bool:
+    return metric.rsplit("/", 1)[-1] in ("accuracy", "f1", "r2", "diversity")
+
+
 class Defaults(Strict):
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -346,6 +480,7 @@ class Defaults(Strict):
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     tracking: TrackingParams = TrackingParams()
+    tune: TuneParams = TuneParams()
 
 
 class ExperimentParams(Defaults):
@@ -408,6 +543,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
             )
         elif exp is not None and datasets.get(exp.dataset) is not None:
             problems += _compatibility(where, exp, datasets[exp.dataset])
+        if exp is not None and exp.tune.enabled:
+            problems += _space_problems(where, merged, exp.tune)
         experiments[name] = exp
     if problems:
         # a bad default shows up once per experiment too; say it once
@@ -427,15 +564,60 @@ def _compatibility(where: str, exp: ExperimentParams, dataset) -> list[str]:
     ]
 
 
+def _space_problems(where: str, merged: dict, tune: TuneParams) -> list[str]:
+    """Every search-space entry must name a real param and its extreme values must be valid
+    there: checked by validating the experiment with each end of the range (or each choice)."""
+    problems = []
+    for path, item in tune.space.items():
+        at = f"{where}.tune.space.{path}"
+        if not (path == "seed" or path.startswith(("model.", "train."))):
+            problems.append(f"{at}: only model.*, train.* and seed can be tuned")
+            continue
+        when = {k: v[0] if isinstance(v, list) and v else v for k, v in item.when.items()}
+        values = item.choices if isinstance(item, CategoricalSpace) else (item.low, item.high)
+        for value in values:
+            found: list[str] = []
+            candidate = merge_overrides(merged, unflatten({**when, path: value}))
+            validate(ExperimentParams, candidate, lambda _: "", found)
+            if found:
+                problems += [f"{at}: with {value!r}: {p.lstrip('.')}" for p in found]
+                break
+    return problems
+
+
+def apply_overrides(exp: ExperimentParams, overrides: dict, where: str) -> ExperimentParams:
+    """`exp` with nested `overrides` merged over it (tuned params: defaults < experiment <
+    tuned), validated again; `where` names the overrides' source in errors."""
+    problems: list[str] = []
+    merged = merge_overrides(exp.model_dump(mode="json"), overrides)
+    resolved = validate(ExperimentParams, merged, lambda _: where, problems)
+    if problems:
+        raise PipelineError("; ".join(problems))
+    return resolved
+
+
+def unflatten(flat: dict[str, Any]) -> dict:
+    """{'train.lr': 1} -> {'train': {'lr': 1}}: the inverse of `flatten`."""
+    out: dict = {}
+    for path, value in flat.items():
+        node = out
+        *parents, leaf = path.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return out
+
+
 def merge_overrides(base: dict, overrides: dict) -> dict:
-    """Deep-merge `overrides` over `base`. A model section naming another family replaces it."""
+    """Deep-merge `overrides` over `base`. A model section naming another family replaces it;
+    one without a name refines the model it lands on."""
     out = dict(base)
     for key, value in overrides.items():
         old = out.get(key)
         same_model = key != "model" or (
             isinstance(old, dict)
             and isinstance(value, dict)
-            and old.get("name") == value.get("name")
+            and value.get("name", old.get("name")) == old.get("name")
         )
         if isinstance(old, dict) and isinstance(value, dict) and same_model:
             out[key] = merge_overrides(old, value)

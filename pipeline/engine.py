@@ -22,7 +22,7 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from pipeline import atomic
-from pipeline.config import OptimizerParams, SchedulerParams, TrainParams
+from pipeline.config import OptimizerParams, SchedulerParams, TrainParams, higher_is_better
 from pipeline.errors import PipelineError
 
 
@@ -169,7 +169,7 @@ def predict(model: nn.Module, batches: Batches) -> torch.Tensor:
 
 def monitor_mode(metric: str) -> str:
     """Whether a bigger value of `metric` is better."""
-    return "max" if metric.rsplit("/", 1)[-1] in ("accuracy", "f1", "r2", "diversity") else "min"
+    return "max" if higher_is_better(metric) else "min"
 
 
 @dataclass

@@ -93,3 +93,32 @@ def confusion_csv(experiment: str) -> Path:
 def judge_dir(dataset: str) -> Path:
     """The classifier that scores generated images of `dataset` (see stages/judge.py)."""
     return ARTIFACTS / "judges" / dataset
+
+
+def tuned_file(experiment: str) -> Path:
+    """The best trial's params as nested overrides (`{}` when tuning is off); train reads it."""
+    return artifact_dir(experiment) / "tuned.yaml"
+
+
+def study_journal(experiment: str) -> Path:
+    """Optuna's journal of the experiment's studies; kept across runs so a study resumes."""
+    return artifact_dir(experiment) / "study.journal"
+
+
+def study_lock(experiment: str) -> Path:
+    """Held while a local worker claims its next trial, so the count never overshoots."""
+    return artifact_dir(experiment) / "study.lock"
+
+
+def trials_csv(experiment: str) -> Path:
+    return report_dir(experiment) / "trials.csv"
+
+
+def tuning_summary(experiment: str) -> Path:
+    """Study name, counts by state, best trial, Pareto front, epochs and time spent."""
+    return report_dir(experiment) / "tuning.json"
+
+
+def tuning_plots_dir(experiment: str) -> Path:
+    """PNG figures of the search: history, importances, parallel coordinates, Pareto front."""
+    return report_dir(experiment) / "tuning"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -15,7 +15,7 @@ def _pyplot():
 
 
 def confusion_figure(matrix: np.ndarray, classes: list[str], title: str):
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 4.5), dpi=100)
     im = ax.imshow(matrix, cmap="Blues")
     ax.set(
@@ -38,7 +38,7 @@ def confusion_figure(matrix: np.ndarray, classes: list[str], title: str):
 
 def curves_figure(history: list[dict], title: str):
     """Losses per epoch (left) and the task's other validation metrics (right)."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [row["epoch"] for row in history]
     keys = [k for k in history[0] if k not in ("epoch", "lr")]
     losses = [k for k in keys if k.endswith("loss")]
@@ -60,7 +60,7 @@ def curves_figure(history: list[dict], title: str):
 
 
 def forecast_figure(times, series: dict[str, np.ndarray], title: str, unit: str):
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 3.5), dpi=100)
     for i, (name, values) in enumerate(series.items()):
         style = (
@@ -74,7 +74,7 @@ def forecast_figure(times, series: dict[str, np.ndarray], title: str, unit: str)
 
 
 def scatter_figure(actual: np.ndarray, predicted: np.ndarray, title: str):
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=100)
     ax.scatter(actual, predicted, s=8, alpha=0.6)
     lo, hi = float(min(actual.min(), predicted.min())), float(max(actual.max(), predicted.max()))
@@ -86,7 +86,7 @@ def scatter_figure(actual: np.ndarray, predicted: np.ndarray, title: str):
 
 def image_grid(images: np.ndarray, title: str, ncols: int = 10, labels=None):
     """images: (N, C, H, W) in [0, 1]; one grey or RGB tile each."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(images)
     nrows = -(-n // ncols)
     fig, axes = plt.subplots(
@@ -111,7 +111,7 @@ def text_figure(text: str, title: str, width: int = 90):
     """A block of (generated) text as an image, so it sits with the other figures."""
     import textwrap
 
-    plt = _pyplot()
+    plt = pyplot()
     lines = [ln for para in text.splitlines() for ln in (textwrap.wrap(para, width) or [""])]
     lines = lines[:30]
     fig = plt.figure(figsize=(9, 0.5 + 0.2 * len(lines)), dpi=100)
@@ -126,4 +126,4 @@ def save(fig, path) -> None:
 
     with atomic.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-    _pyplot().close(fig)
+    pyplot().close(fig)

@@ -82,8 +82,8 @@ def _walk(cls: type[BaseModel], loc: tuple) -> tuple[list[str], tuple[str, ...]]
 
 
 def _tag(model: type[BaseModel]) -> str:
-    """The discriminator value of a union member (its `name` or `source`)."""
-    for key in ("name", "source"):
+    """The discriminator value of a union member (its `name`, `source` or `type`)."""
+    for key in ("name", "source", "type"):
         field = model.model_fields.get(key)
         if field is not None and get_origin(field.annotation) is Literal:
             return get_args(field.annotation)[0]

@@ -120,8 +120,10 @@ def stage_run(
     name: str,
     tags: dict[str, str],
     parent_run_id: str | None = None,
+    resume_run_id: str | None = None,
 ) -> Iterator[StageRun]:
-    """Start an MLflow run for one stage invocation.
+    """Start an MLflow run for one stage invocation (or resume `resume_run_id` if this store
+    has it: a resumed tuning study keeps its one parent run).
 
     The run ends FINISHED on success, FAILED on an error and KILLED on an interrupt or
     SIGTERM (the stage CLI turns SIGTERM into SystemExit), never staying RUNNING.
@@ -132,9 +134,11 @@ def stage_run(
     experiment_id = _experiment_id(mlflow, tracking)
     all_tags = {TAG_PREFIX + k: v for k, v in tags.items()}
     all_tags.update({"mlflow.source.git.commit": git_commit() or "unknown"})
+    resume = _existing_run(mlflow, resume_run_id)
     run = mlflow.start_run(
-        experiment_id=experiment_id,
-        run_name=name,
+        run_id=resume,
+        experiment_id=None if resume else experiment_id,
+        run_name=None if resume else name,
         tags=all_tags,
         parent_run_id=_existing_run(mlflow, parent_run_id),
         log_system_metrics=tracking.system_metrics,
@@ -149,6 +153,72 @@ def stage_run(
         raise
     mlflow.flush_async_logging()
     mlflow.end_run("FINISHED")
+
+
+class TrialRun:
+    """An MLflow run nested under a tuning study's parent run, for one Optuna trial.
+
+    Written through MlflowClient rather than the fluent API, so worker processes on any machine
+    can add children to one parent. Per-epoch metrics are buffered and sent in one batch when
+    the trial ends: no tracking call inside the training loop.
+    """
+
+    def __init__(self, client, run_id: str):
+        self._client = client
+        self.run_id = run_id
+        self._metrics: list = []
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._metrics += [Metric(k, float(v), now, step) for k, v in metrics.items()]
+
+    def end(self, state: str, values: dict[str, float] | None = None) -> None:
+        """Send the buffered metrics, tag the Optuna state, close the run (FAIL -> FAILED)."""
+        if values:
+            self.log_metrics({f"objective/{k}": v for k, v in values.items()})
+        for start in range(0, len(self._metrics), 1000):  # MLflow's batch limit
+            self._client.log_batch(self.run_id, metrics=self._metrics[start : start + 1000])
+        self._metrics = []
+        self._client.set_tag(self.run_id, TAG_PREFIX + "trial_state", state)
+        self._client.set_terminated(self.run_id, "FAILED" if state == "FAIL" else "FINISHED")
+
+
+def trial_run(
+    tracking: TrackingParams, parent_run_id: str, name: str, tags: dict, params: dict
+) -> TrialRun:
+    from mlflow import MlflowClient
+    from mlflow.entities import Param
+
+    client = MlflowClient(tracking.uri)
+    parent = client.get_run(parent_run_id)
+    all_tags = {TAG_PREFIX + k: str(v) for k, v in tags.items()}
+    all_tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(parent.info.experiment_id, run_name=name, tags=all_tags)
+    public = public_params(params)
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in public.items()])
+    return TrialRun(client, run.info.run_id)
+
+
+def close_lost_trial_runs(tracking: TrackingParams, run_ids: list[str]) -> int:
+    """Mark FAILED the trial runs a killed worker left RUNNING; returns how many."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking.uri)
+    closed = 0
+    for run_id in run_ids:
+        try:
+            status = client.get_run(run_id).info.status
+        except Exception:
+            continue  # not in this store
+        if status == "RUNNING":
+            client.set_tag(run_id, TAG_PREFIX + "trial_state", "FAIL")
+            client.set_terminated(run_id, "FAILED")
+            closed += 1
+    return closed
 
 
 def _existing_run(mlflow, run_id: str | None) -> str | None:

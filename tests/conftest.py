@@ -38,6 +38,10 @@ def shrink(raw: dict, epochs: int = 2) -> dict:
     for exp in raw["experiments"].values():
         exp.setdefault("train", {})["epochs"] = epochs
         exp["model"].update(tiny.get(exp["model"]["name"], {}))
+        if exp.get("tune", {}).get("enabled"):
+            exp["tune"].update(n_trials=2, epochs=epochs)
+            for path in [p for p in exp["tune"]["space"] if p.startswith("model.")]:
+                del exp["tune"]["space"][path]  # keep the tiny model tiny
     return raw
 
 

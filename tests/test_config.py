@@ -146,7 +146,7 @@ def run_check(cwd, *args):
 def test_check_prints_the_plan():
     proc = run_check(ROOT, "--no-status")
     assert proc.returncode == 0, proc.stderr
-    for stage in ("ingest@digits", "judge@digits", "train@gru_sunspots", "evaluate@vae_digits"):
+    for stage in ("ingest@digits", "tune@cnn_digits", "train@gru_sunspots", "evaluate@vae_digits"):
         assert stage in proc.stdout
     assert "report" in proc.stdout
 
@@ -167,9 +167,16 @@ def test_stages_downstream_of_a_change_will_run():
         f"{s}@{name}"
         for name, exp in params.experiments.items()
         if exp.dataset == "digits"
-        for s in ("train", "evaluate")
+        for s in ("tune", "train", "evaluate")
     }
     assert stages_to_run(params, {"ingest@digits"}) == on_digits
+    # a new search retrains and re-reports its experiment only
+    assert stages_to_run(params, {"tune@cnn_digits"}) == {
+        "tune@cnn_digits",
+        "train@cnn_digits",
+        "evaluate@cnn_digits",
+        "report",
+    }
     assert on_digits < {stage for stage, _ in plan(params)}
     assert stages_to_run(params, set()) == set()
 

@@ -37,6 +37,21 @@ def test_ingest_preprocess_and_judge():
     assert str(paths.processed_dir(EXP)) in _paths(_stage("judge")["deps"])
 
 
+def test_tune():
+    assert _outs("tune") == {
+        str(p(EXP))
+        for p in (
+            paths.tuned_file,
+            paths.study_journal,
+            paths.trials_csv,
+            paths.tuning_summary,
+            paths.tuning_plots_dir,
+        )
+    }
+    assert str(paths.processed_dir(DS)) in _paths(_stage("tune")["deps"])
+    assert str(paths.tuned_file(EXP)) in _paths(_stage("train")["deps"])
+
+
 def test_train():
     assert _outs("train") == {
         str(p(EXP))
@@ -73,12 +88,15 @@ def test_evaluate():
 def test_report():
     assert _outs("report") == {str(paths.REPORT_MD), str(paths.REPORT_HTML)}
     assert str(paths.EXPERIMENT_REPORTS) in _paths(_stage("report")["deps"])
-    for exp_out in _outs("evaluate"):
+    for exp_out in _outs("evaluate") | _outs("tune") - {
+        str(paths.tuned_file(EXP)),
+        str(paths.study_journal(EXP)),
+    }:
         assert exp_out.startswith(str(paths.EXPERIMENT_REPORTS) + "/")
 
 
 def test_every_stage_module_a_stage_runs_is_a_dependency():
-    for name in ("ingest", "preprocess", "judge", "train", "evaluate", "report"):
+    for name in ("ingest", "preprocess", "judge", "tune", "train", "evaluate", "report"):
         stage = _stage(name)
         module = stage["cmd"].split()[2]
         assert module.replace(".", "/") + ".py" in _paths(stage["deps"]), name

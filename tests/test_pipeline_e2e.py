@@ -45,6 +45,9 @@ TASK_METRICS = {
     "diffusion": {"test/frechet_distance", "test/judge_confidence", "test/class_coverage"},
 }
 CNN_FIGURES = {"cnn_digits": {"filters", "feature_maps"}}
+TUNED = tuple(
+    e for e, x in shipped_params()["experiments"].items() if x.get("tune", {}).get("enabled")
+)
 FIGURES = {
     "classification": {"confusion", "curves"},
     "forecasting": {"forecast", "curves"},
@@ -74,7 +77,8 @@ def summary(project, exp: str) -> dict:
 def test_repro_runs_every_stage_and_writes_metrics(repro_project):
     ran = stages_run((repro_project / "first_repro.log").read_text())
     expected = [f"{s}@{d}" for d in DATASETS for s in DATASET_STAGES]
-    expected += [f"{s}@{e}" for e in EXPERIMENTS for s in ("train", "evaluate")] + ["report"]
+    expected += [f"{s}@{e}" for e in EXPERIMENTS for s in ("tune", "train", "evaluate")]
+    expected += ["report"]
     assert sorted(ran) == sorted(expected)
     assert {summary(repro_project, e)["task"] for e in EXPERIMENTS} == set(TASK_METRICS)
     for exp in EXPERIMENTS:
@@ -98,9 +102,34 @@ def test_repro_runs_every_stage_and_writes_metrics(repro_project):
     assert set(gru["baselines"]) == {"persistence", "ar"}
     report = (repro_project / paths.REPORT_HTML).read_text()
     assert all(exp in report for exp in EXPERIMENTS)
-    assert report.count("data:image/png;base64,") == sum(
+    tuning_pngs = sum(
+        len(list((repro_project / paths.tuning_plots_dir(e)).glob("*.png"))) for e in TUNED
+    )
+    assert report.count("data:image/png;base64,") == tuning_pngs + sum(
         len(summary(repro_project, e)["figures"]) for e in EXPERIMENTS
     )
+
+
+def test_tuned_params_reach_train_and_the_report(repro_project):
+    assert TUNED == ("cnn_digits",)
+    for exp in EXPERIMENTS:
+        tuned = yaml.safe_load((repro_project / paths.tuned_file(exp)).read_text())
+        if exp not in TUNED:
+            assert tuned == {}
+            continue
+        lr = tuned["train"]["optimizer"]["lr"]
+        saved = yaml.safe_load((repro_project / paths.resolved_config_file(exp)).read_text())
+        assert saved["train"]["optimizer"]["lr"] == lr  # defaults < experiment < tuned
+        tuning = json.loads((repro_project / paths.tuning_summary(exp)).read_text())
+        assert sum(tuning["states"].values()) == 2
+        pngs = {p.name for p in (repro_project / paths.tuning_plots_dir(exp)).iterdir()}
+        assert {"history.png", "importances.png", "parallel.png"} <= pngs
+        _, runs = mlflow_runs(repro_project)
+        [train] = [r for r in runs if r.info.run_name == f"{exp}/train"]
+        assert train.data.tags["pipeline.tuned"] == "true"
+        assert float(train.data.params["train.optimizer.lr"]) == pytest.approx(lr)
+    report = (repro_project / paths.REPORT_MD).read_text()
+    assert "Tuning" in report and "cnn_digits" in report
 
 
 def test_dvc_metrics_and_plots_render(repro_project):
@@ -116,6 +145,7 @@ def test_every_stage_is_an_mlflow_run_grouped_by_experiment(repro_project):
     by_name = {r.info.run_name: r for r in runs}
     expected = {f"{d}/{s}" for d in DATASETS for s in DATASET_STAGES}
     expected |= {f"{e}/{s}" for e in EXPERIMENTS for s in ("train", "evaluate")} | {"report"}
+    expected |= {f"{e}/tune" for e in TUNED}
     assert expected <= set(by_name)
     assert all(r.info.status == "FINISHED" for r in runs)
     lock = yaml.safe_load((repro_project / "dvc.lock").read_text())
@@ -160,7 +190,7 @@ def test_second_repro_is_a_noop(repro_project):
     assert stages_run(proc.stdout) == []
     assert "Data and pipelines are up to date" in proc.stdout
     check = run(["python", "-m", "pipeline", "check"], repro_project).stdout
-    n_stages = 3 * len(DATASETS) + 2 * len(EXPERIMENTS) + 1
+    n_stages = 3 * len(DATASETS) + 3 * len(EXPERIMENTS) + 1
     assert f"would run 0 of {n_stages} stages" in check and "[will run]" not in check
 
 
@@ -196,13 +226,14 @@ def test_check_predicts_what_a_param_edit_reruns(repro_project):
     finally:
         params_file.write_text(original)
     will_run = {line.split()[0] for line in check.splitlines() if "[will run]" in line}
-    assert will_run == {f"train@{exp}", f"evaluate@{exp}", "report"}
+    assert will_run == {f"tune@{exp}", f"train@{exp}", f"evaluate@{exp}", "report"}
 
 
 def test_exp_run_with_set_param_reruns_only_what_changed(repro_project):
     exp = EXPERIMENTS[0]
     proc = run(["dvc", "exp", "run", "-S", f"experiments.{exp}.train.epochs=3"], repro_project)
-    assert sorted(stages_run(proc.stdout)) == sorted([f"train@{exp}", f"evaluate@{exp}", "report"])
+    expected = [f"tune@{exp}", f"train@{exp}", f"evaluate@{exp}", "report"]
+    assert sorted(stages_run(proc.stdout)) == sorted(expected)
     summary = json.loads((repro_project / paths.train_summary_file(exp)).read_text())
     assert summary["epochs_run"] == 3
     shown = run(["dvc", "exp", "show", "--json"], repro_project).stdout

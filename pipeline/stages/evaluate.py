@@ -9,13 +9,13 @@ import sys
 from pipeline import atomic, data, paths, plots, tracking
 from pipeline.config import Params
 from pipeline.stages import stage_main
-from pipeline.stages.train import load_trained_model
+from pipeline.stages.train import load_trained_model, resolved_experiment
 
 
 def run(params: Params, experiment: str) -> dict[str, float]:
     from pipeline import engine, evaluation, tasks
 
-    exp = params.experiments[experiment]
+    exp, _ = resolved_experiment(params, experiment)
     schema = data.load_schema(exp.dataset)
     device = engine.select_device(exp.device)
     model = load_trained_model(experiment).to(device)

@@ -107,6 +107,39 @@ def _facts(s: dict) -> list[str]:
     ]
 
 
+def tuning_of(experiment: str) -> dict | None:
+    """tune@'s summary when the experiment was tuned, else None."""
+    path = paths.tuning_summary(experiment)
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    return summary if summary.get("enabled", True) else None
+
+
+def _tuning_facts(t: dict) -> list[str]:
+    states = t["states"]
+    best = t["best"]
+    values = ", ".join(f"{k}={v:.4g}" for k, v in best["values"].items())
+    params = ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items()
+    )
+    facts = [
+        f"study `{t['study']}`: {sum(states.values())} trials ({states['COMPLETE']} complete, "
+        f"{states['PRUNED']} pruned, {states['FAIL']} failed), sampler {t['sampler']}, "
+        f"pruner {t['pruner']}; {t['total_epochs']} epochs in {t['seconds']:.0f} s",
+        f"best trial {best['number']}: {values}; used by train: {params}",
+    ]
+    if "pareto_front" in t:
+        facts.append(
+            f"Pareto front: {len(t['pareto_front'])} trials; choice rule {t['pareto_choice']}"
+        )
+    return facts
+
+
+def _tuning_figures(experiment: str) -> list:
+    return sorted(paths.tuning_plots_dir(experiment).glob("*.png"))
+
+
 def render_markdown(summaries: list[dict]) -> str:
     lines = [
         "# Experiment report",
@@ -124,6 +157,12 @@ def render_markdown(summaries: list[dict]) -> str:
         lines += [""] + [f"- {fact}" for fact in _facts(s)]
         lines += ["", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4f} |" for k, v in s["metrics"].items()]
+        tuning = tuning_of(exp)
+        if tuning:
+            lines += ["", "### Tuning", ""] + [f"- {fact}" for fact in _tuning_facts(tuning)]
+            lines += [""] + [
+                f"![{f.stem}](experiments/{exp}/tuning/{f.name})" for f in _tuning_figures(exp)
+            ]
         lines += ["", "```yaml", yaml.safe_dump(s["params"], sort_keys=False).rstrip(), "```"]
     return "\n".join(lines) + "\n"
 
@@ -156,6 +195,10 @@ def render_html(summaries: list[dict]) -> str:
         )
         facts = "".join(f"<li>{_code(f)}</li>" for f in _facts(s))
         params = esc(yaml.safe_dump(s["params"], sort_keys=False))
+        tuning = tuning_of(exp)
+        if tuning:
+            facts += "".join(f"<li>{_code(f)}</li>" for f in _tuning_facts(tuning))
+            figures += "".join(_img(f) for f in _tuning_figures(exp))
         sections.append(
             f"<section><h2>{esc(exp)}</h2>{figures}<table>{metrics}</table><ul>{facts}</ul>"
             f"<details><summary>resolved params</summary><pre>{params}</pre></details></section>"

@@ -6,26 +6,39 @@ import csv
 import dataclasses
 import io
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import yaml
 
 from pipeline import atomic, augment, data, paths, plots, tracking
-from pipeline.config import Params, flatten
+from pipeline.config import ExperimentParams, Params, apply_overrides, flatten
 from pipeline.errors import PipelineError
 from pipeline.stages import stage_main
 
 
-def run(params: Params, experiment: str):
-    import torch
+@dataclass
+class Prepared:
+    """Everything one training run needs, built from a resolved experiment."""
 
+    model: object
+    train: object  # engine.Batches
+    val: object
+    task: object
+    spec: object
+    schema: dict
+    device: object
+    augment_fn: object
+    arrays: dict  # numpy x/y of the train and val splits
+
+
+def prepare(exp: ExperimentParams, experiment: str) -> Prepared:
+    """Seed, build the model and the batches of `exp`; shared by train and tuning trials."""
     from models import build_model
     from models.layers import init_weights
     from pipeline import engine, tasks
 
-    exp = params.experiments[experiment]
     schema = data.load_schema(exp.dataset)
-    config = exp.model_dump(mode="json")
     device = engine.select_device(exp.device)
     engine.seed_everything(exp.seed)
     spec = data_spec(schema)
@@ -58,6 +71,35 @@ def run(params: Params, experiment: str):
         transform=augment_fn,
     )
     val = engine.Batches(val_x, val_y, exp.evaluate.batch_size, device=device, shuffle=False)
+    arrays = {"train_x": train_x, "train_y": train_y, "val_x": val_x, "val_y": val_y}
+    return Prepared(model, train, val, task, spec, schema, device, augment_fn, arrays)
+
+
+def resolved_experiment(params: Params, experiment: str) -> tuple[ExperimentParams, dict]:
+    """The experiment as train runs it: defaults < experiment < tuned.yaml (when
+    tune.use_tuned), and the tuned overrides that were applied."""
+    exp = params.experiments[experiment]
+    path = paths.tuned_file(experiment)
+    if not exp.tune.use_tuned or not path.is_file():
+        return exp, {}
+    overrides = yaml.safe_load(path.read_text()) or {}
+    if not overrides:
+        return exp, {}
+    return apply_overrides(exp, overrides, str(path)), overrides
+
+
+def run(params: Params, experiment: str):
+    import torch
+
+    from pipeline import engine
+
+    exp, tuned = resolved_experiment(params, experiment)
+    if tuned:
+        applied = ", ".join(f"{k}={v}" for k, v in flatten(tuned).items())
+        print(f"train@{experiment}: tuned params from {paths.tuned_file(experiment)}: {applied}")
+    config = exp.model_dump(mode="json", exclude={"tune"})
+    prep = prepare(exp, experiment)
+    model, schema, arrays = prep.model, prep.schema, prep.arrays
 
     tags = {
         "stage": "train",
@@ -65,22 +107,25 @@ def run(params: Params, experiment: str):
         "dataset": exp.dataset,
         "model": exp.model.name,
         "dvc.data_hash": tracking.dvc_data_hash(exp.dataset),
+        "tuned": str(bool(tuned)).lower(),
     }
     with tracking.stage_run(exp.tracking, name=f"{experiment}/train", tags=tags) as run:
         run.log_params(flatten(config))
         run.log_dict(config, "config.yaml")
-        preview = augmentation_preview(train.x[:8], augment_fn, experiment)
+        if tuned:
+            run.log_dict(tuned, "tuned.yaml")
+        preview = augmentation_preview(prep.train.x[:8], prep.augment_fn, experiment)
         run.log_figure(preview, "augmentations.png")
         plots.save(preview, paths.augment_preview(experiment))
-        run.log_dataset(schema, "train", train_x, train_y, context="training")
-        run.log_dataset(schema, "val", val_x, val_y, context="validation")
+        run.log_dataset(schema, "train", arrays["train_x"], arrays["train_y"], context="training")
+        run.log_dataset(schema, "val", arrays["val_x"], arrays["val_y"], context="validation")
         n_params = sum(p.numel() for p in model.parameters())
         result = engine.fit(
             model,
-            train,
-            val,
+            prep.train,
+            prep.val,
             exp.train,
-            task,
+            prep.task,
             checkpoint_path=paths.checkpoint_file(experiment),
             run_key=engine.config_key(config),
             on_epoch=lambda epoch, row: run.log_metrics(
@@ -91,7 +136,7 @@ def run(params: Params, experiment: str):
         summary = {
             "experiment": experiment,
             "mlflow_run_id": run.run_id,
-            "device": str(device),
+            "device": str(prep.device),
             "parameters": n_params,
             "epochs_run": len(result.history),
             "best_epoch": result.best_epoch,
@@ -110,12 +155,12 @@ def run(params: Params, experiment: str):
             }
         )
         if exp.tracking.log_model:
-            run.log_torch_model(model.cpu(), train_x[:4])
+            run.log_torch_model(model.cpu(), arrays["train_x"][:4])
         with atomic.atomic_path(paths.model_file(experiment)) as tmp:
             torch.save(
                 {
                     "model": exp.model.model_dump(mode="json"),
-                    "spec": dataclasses.asdict(spec),
+                    "spec": dataclasses.asdict(prep.spec),
                     "state_dict": model.state_dict(),
                 },
                 tmp,

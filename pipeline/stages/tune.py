@@ -1,0 +1,208 @@
+"""tune@<experiment>: an Optuna search over the experiment's declared space -> tuned.yaml.
+
+The stage creates (or resumes) the study, runs `tune.workers` workers on it, waits for every
+trial to end (failing and re-queueing those of dead workers), then writes the best trial's
+params as overrides for train@, trials.csv, tuning.json and the figures. With tuning off it
+writes empty overrides, so every experiment has the same stages.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import subprocess
+import sys
+import time
+
+import yaml
+
+from pipeline import atomic, paths, plots
+from pipeline.config import ExperimentParams, Params, flatten, unflatten
+from pipeline.errors import PipelineError
+from pipeline.stages import stage_main
+
+
+def run(params: Params, experiment: str) -> dict | None:
+    exp = params.experiments[experiment]
+    if not exp.tune.enabled:
+        write_tuning_off(experiment)
+        return None
+    return tune_experiment(experiment, exp)
+
+
+def tune_experiment(experiment: str, exp: ExperimentParams) -> dict:
+    import optuna
+
+    from pipeline import tracking
+    from pipeline import tune as tuning
+
+    tune = exp.tune
+    url = tuning.storage_url(experiment, tune)
+    study = tuning.create_study(experiment, exp, tuning.open_storage(url, tune.heartbeat_seconds))
+    start = time.time()
+    deadline = start + tune.timeout if tune.timeout else None
+    tags = {
+        "stage": "tune",
+        "experiment": experiment,
+        "dataset": exp.dataset,
+        "model": exp.model.name,
+        "study": study.study_name,
+        "n_trials": str(tune.n_trials),
+        "dvc.data_hash": tracking.dvc_data_hash(exp.dataset),
+    }
+    parent_id = study.user_attrs.get("mlflow_run_id")
+    with tracking.stage_run(
+        exp.tracking, name=f"{experiment}/tune", tags=tags, resume_run_id=parent_id
+    ) as run:
+        if run.run_id != parent_id:  # a new study (or its parent run is gone from the store)
+            study.set_user_attr("mlflow_run_id", run.run_id)
+            settings = tune.model_dump(mode="json", exclude={"space", "n_trials", "storage"})
+            run.log_params(flatten(settings, "tune"))
+            run.log_dict(tune.model_dump(mode="json")["space"], "search_space.json")
+        done = len(tuning.finished(study.get_trials(deepcopy=False)))
+        print(
+            f"tune@{experiment}: study {study.study_name} in {url}: {done} of {tune.n_trials} "
+            f"trials done; {tune.workers} worker(s)",
+            file=sys.stderr,
+        )
+        run_workers(experiment, exp, url, study.study_name, deadline)
+        settle(experiment, exp, url, study, deadline)
+
+        trials = study.get_trials(deepcopy=False)
+        complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+        lost_runs = [
+            t.user_attrs["mlflow_run_id"]
+            for t in trials
+            if t.state == optuna.trial.TrialState.FAIL and "mlflow_run_id" in t.user_attrs
+        ]
+        tracking.close_lost_trial_runs(exp.tracking, lost_runs)
+        if not complete:
+            states = {t.state.name for t in trials}
+            raise PipelineError(
+                f"no trial of study {study.study_name} completed (states: {sorted(states)}); "
+                "see the trial runs in MLflow, widen the space or lower the pruner's strictness"
+            )
+        best = tuning.chosen_trial(study, tune)
+        summary = tuning.summary(study, tune, best, time.time() - start)
+        rows = tuning.trial_rows(study, tune)
+        figures = tuning.figures(study, tune, experiment)
+        overrides = unflatten(summary["best"]["params"])
+
+        run.log_metrics(
+            {
+                **{f"best/{k}": v for k, v in summary["best"]["values"].items()},
+                **{f"trials_{k.lower()}": v for k, v in summary["states"].items()},
+                "total_epochs": summary["total_epochs"],
+                "tune_seconds": summary["seconds"],
+            }
+        )
+        run.set_tags(
+            {f"best.{k}": str(v) for k, v in flatten(summary["best"]["params"]).items()}
+            | {"best.trial": str(best.number)}
+        )
+        with atomic.atomic_dir(paths.tuning_plots_dir(experiment)) as tmp:
+            for name, fig in figures.items():
+                run.log_figure(fig, f"tuning/{name}.png")
+                plots.save(fig, tmp / f"{name}.png")
+        atomic.write_text(paths.trials_csv(experiment), rows_csv(rows))
+        atomic.write_json(paths.tuning_summary(experiment), summary)
+        values = ", ".join(f"{k}={v:.6g}" for k, v in summary["best"]["values"].items())
+        header = f"# tune@{experiment}: trial {best.number} of {study.study_name} ({values})\n"
+        # written last: train@ depends on it
+        atomic.write_text(
+            paths.tuned_file(experiment), header + yaml.safe_dump(overrides, sort_keys=False)
+        )
+        for path in (paths.trials_csv, paths.tuning_summary, paths.tuned_file):
+            run.log_artifact(path(experiment))
+    states = summary["states"]
+    print(
+        f"tune@{experiment}: best trial {best.number} ({values}); "
+        f"{states['COMPLETE']} complete, {states['PRUNED']} pruned, {states['FAIL']} failed; "
+        f"{summary['total_epochs']} epochs in {summary['seconds']:.0f} s",
+        file=sys.stderr,
+    )
+    return summary
+
+
+def run_workers(
+    experiment: str, exp: ExperimentParams, url: str, name: str, deadline: float | None
+) -> None:
+    """One worker runs in this process; more run as `pipeline.tune_worker` subprocesses, each
+    with its own GPU or share of the CPU threads."""
+    from pipeline import tune as tuning
+
+    if exp.tune.workers == 1:
+        tuning.work(experiment, exp, url, name, worker=0, deadline=deadline)
+        return
+    procs = []
+    try:
+        for i, env in enumerate(tuning.worker_envs(exp.tune.workers)):
+            cmd = [sys.executable, "-m", "pipeline.tune_worker", "--experiment", experiment]
+            cmd += ["--storage", url, "--study", name, "--worker", str(i)]
+            cmd += ["--config", exp.model_dump_json()]
+            if deadline is not None:
+                cmd += ["--deadline", str(deadline)]
+            procs.append(subprocess.Popen(cmd, env={**os.environ, **env}))
+        codes = [p.wait() for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                p.wait()
+    for i, code in enumerate(codes):
+        if code != 0:
+            print(f"tune@{experiment}: worker {i} exited with {code}", file=sys.stderr)
+
+
+def settle(experiment: str, exp: ExperimentParams, url: str, study, deadline) -> None:
+    """Wait until no trial is RUNNING (a dead worker's trial is failed once its heartbeat is
+    stale, and queued again); then run whatever the budget still holds in this process."""
+    import warnings
+
+    import optuna
+
+    from pipeline import tune as tuning
+
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        if running:  # live workers elsewhere, or a dead one not yet stale
+            time.sleep(min(exp.tune.heartbeat_seconds, 2))
+            continue
+        if not tuning.has_work(study, exp.tune.n_trials):
+            return
+        if deadline is not None and time.time() >= deadline:
+            return
+        tuning.work(experiment, exp, url, study.study_name, exp.tune.workers, deadline)
+
+
+def write_tuning_off(experiment: str) -> None:
+    """The outputs of an experiment that is not tuned: empty overrides and a note."""
+    paths.study_journal(experiment).parent.mkdir(parents=True, exist_ok=True)
+    paths.study_journal(experiment).touch()
+    note = f"tuning is off for {experiment} (tune.enabled: false)"
+    with atomic.atomic_dir(paths.tuning_plots_dir(experiment)) as tmp:
+        plots.save(plots.text_figure(note, f"{experiment}: tuning"), tmp / "tuning_off.png")
+    atomic.write_text(paths.trials_csv(experiment), "number,state\n")
+    atomic.write_json(paths.tuning_summary(experiment), {"enabled": False})
+    atomic.write_text(paths.tuned_file(experiment), f"# {note}: no overrides\n{{}}\n")
+
+
+def rows_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def main(argv=None) -> int:
+    return stage_main("tune", run, argv, target="experiment")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

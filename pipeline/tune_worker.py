@@ -1,0 +1,64 @@
+"""`python -m pipeline.tune_worker --experiment X`: join an experiment's study as one worker.
+
+The tune@X stage creates the study and starts its local workers with this module; run it on
+other machines (same code and params.yaml, `tune.storage` pointing at a shared database) to add
+workers there. A worker claims trials until the study has `n_trials`, then exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+from pipeline import paths
+from pipeline.config import ExperimentParams, load_params
+from pipeline.errors import PipelineError
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.tune_worker")
+    parser.add_argument("--experiment", required=True, help="as named in params.yaml")
+    parser.add_argument("--params", default=str(paths.PARAMS), help="params file")
+    parser.add_argument("--storage", help="default: the experiment's tune.storage or journal")
+    parser.add_argument("--study", help="default: the study name params.yaml implies")
+    parser.add_argument("--worker", type=int, help="index; seeds the sampler (default: pid)")
+    parser.add_argument("--deadline", type=float, help="unix time after which no trial starts")
+    parser.add_argument("--config", help=argparse.SUPPRESS)  # the stage's resolved experiment
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        if args.config:
+            exp = ExperimentParams.model_validate_json(args.config)
+        else:
+            params = load_params(args.params)
+            if args.experiment not in params.experiments:
+                declared = ", ".join(params.experiments)
+                raise PipelineError(
+                    f"experiment {args.experiment!r} is not in {args.params}; declared: {declared}"
+                )
+            exp = params.experiments[args.experiment]
+        if not exp.tune.enabled:
+            raise PipelineError(f"experiments.{args.experiment}.tune.enabled is false")
+        from pipeline import tune as tuning
+
+        tuning.apply_thread_share()
+        url = args.storage or tuning.storage_url(args.experiment, exp.tune)
+        name = args.study or tuning.study_name(args.experiment, exp)
+        worker = os.getpid() if args.worker is None else args.worker
+        try:
+            ran = tuning.work(args.experiment, exp, url, name, worker, args.deadline)
+        except KeyError:
+            raise PipelineError(
+                f"no study {name!r} in {url}; `dvc repro tune@{args.experiment}` creates it"
+            ) from None
+    except PipelineError as err:
+        print(f"error: tune worker: {err}", file=sys.stderr)
+        return 2
+    print(f"tune worker {worker}: ran {ran} trials of {name}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
