@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export MPLBACKEND := Agg
 
-.PHONY: install run test test-fast lint format ui check clean
+.PHONY: install run test test-fast bench lint format ui check clean
 
 install: $(STAMP)
 
@@ -43,8 +43,12 @@ test: lint
 test-fast: $(STAMP)
 	python -m pytest -m "not slow"
 
+# side-by-side ratios against a reference in the same run; prints and writes reports/benchmarks/
+bench: $(STAMP)
+	python -m benchmarks.tune_bench
+
 ui: $(STAMP)
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 clean:
-	rm -rf data artifacts reports/experiments reports/index.* mlflow.db mlartifacts dvc.lock
+	rm -rf data artifacts reports/experiments reports/benchmarks reports/index.* mlflow.db mlartifacts dvc.lock

@@ -203,6 +203,14 @@ def trial_run(
     return TrialRun(client, run.info.run_id)
 
 
+def connect(tracking: TrackingParams, run_id: str) -> None:
+    """Open the tracking store and read `run_id` once (a worker does this before its first
+    trial, so that trial's time is not spent setting up the store)."""
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking.uri).get_run(run_id)
+
+
 def close_lost_trial_runs(tracking: TrackingParams, run_ids: list[str]) -> int:
     """Mark FAILED the trial runs a killed worker left RUNNING; returns how many."""
     from mlflow import MlflowClient

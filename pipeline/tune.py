@@ -35,6 +35,7 @@ from pipeline.config import (
     TuneParams,
     apply_overrides,
     flatten,
+    higher_is_better,
     unflatten,
 )
 from pipeline.errors import PipelineError
@@ -288,6 +289,16 @@ class Objective:
         self.directions = exp.tune.directions()
         self.on_claimed: Callable[[], None] = lambda: None
 
+    def warm_up(self) -> None:
+        """Import what a trial needs before claiming one, so a trial's time is training."""
+        import pipeline.stages.train  # noqa: F401  (torch, models, the engine)
+        from pipeline import tracking
+
+        if self.exp.train.augment:
+            import torchvision.transforms.v2  # noqa: F401
+        if self.parent_run_id:
+            tracking.connect(self.exp.tracking, self.parent_run_id)
+
     def __call__(self, trial: optuna.Trial):
         self.on_claimed()  # the trial is RUNNING and counted: other workers may claim theirs
         trial.set_user_attr("worker_pid", os.getpid())
@@ -354,6 +365,8 @@ class Objective:
             raise
         finally:
             trial.set_user_attr("epochs", len(history))
+            if history:  # the best epoch's value of every val metric, for trials.csv
+                trial.set_user_attr("val_best", best_values(history))
             if child is not None:
                 named = dict(zip(self.metrics, result, strict=True)) if result else None
                 child.end(state, named)
@@ -369,6 +382,12 @@ class Objective:
                 seen = [row[metric] for row in history]
                 out.append(max(seen) if direction == "maximize" else min(seen))
         return out
+
+
+def best_values(history: list[dict]) -> dict[str, float]:
+    keys = [k for k in history[0] if k.startswith("val/")]
+    pick = {k: max if higher_is_better(k) else min for k in keys}
+    return {k: pick[k](row[k] for row in history) for k in keys}
 
 
 def requeue(trial: optuna.Trial) -> None:
@@ -419,6 +438,7 @@ def work(
     storage = open_storage(url, exp.tune.heartbeat_seconds)
     study = load_study(experiment, exp, storage, name, worker)
     objective = Objective(experiment, exp, study.user_attrs.get("mlflow_run_id"))
+    objective.warm_up()
     lock = FileLock(str(paths.study_lock(experiment)))
     objective.on_claimed = lambda: lock.release(force=True)
     ran = 0
@@ -501,6 +521,8 @@ def trial_rows(study: optuna.Study, tune: TuneParams) -> list[dict]:
         for path in paths_:
             value = params.get(path, "")
             row[path] = json.dumps(value) if isinstance(value, list | dict) else value
+        for key, value in t.user_attrs.get("val_best", {}).items():
+            row[f"best {key}"] = value
         row["epochs"] = t.user_attrs.get("epochs", "")
         seconds = t.duration.total_seconds() if t.duration else ""
         row["seconds"] = round(seconds, 2) if seconds != "" else ""

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -441,3 +442,81 @@ def test_shipped_params_tune_the_digits_cnn():
     assert {"train.optimizer.lr", "train.optimizer.name", "model.dropout"} <= set(tune.space)
     assert "model.channels" in tune.space  # width
     assert not any(e.tune.enabled for n, e in params.experiments.items() if n != "cnn_digits")
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes", "gp", "grid", "nsgaii"])
+def test_every_sampler_searches_a_declared_space(sampler):
+    lr = {"type": "float", "low": 0.001, "high": 0.1}
+    lr.update({"step": 0.033} if sampler == "grid" else {"log": True})
+    tune = TuneParams(
+        enabled=True,
+        sampler=sampler,
+        space={
+            "train.optimizer.lr": lr,
+            "train.batch_size": {"type": "int", "low": 16, "high": 64, "step": 16},
+            "model.hidden_sizes": {"type": "categorical", "choices": [[8], [8, 8]]},
+        },
+    )
+    study = optuna.create_study(sampler=tuning.make_sampler(tune, 0))
+
+    def objective(trial):
+        values = tuning.sample(trial, tune, {})
+        assert 0.001 <= values["train.optimizer.lr"] <= 0.1
+        assert values["train.batch_size"] in (16, 32, 48, 64)
+        assert values["model.hidden_sizes"] in ([8], [8, 8])
+        return values["train.optimizer.lr"] + values["train.batch_size"] / 64
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        study.optimize(objective, n_trials=6)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 6
+
+
+def test_declared_pruners_are_optunas():
+    kinds = {"median": "MedianPruner", "hyperband": "HyperbandPruner"}
+    kinds |= {"successive_halving": "SuccessiveHalvingPruner", "none": "NopPruner"}
+    for name, cls in kinds.items():
+        assert type(tuning.make_pruner(TuneParams(pruner=name), 10)).__name__ == cls
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_rdb_storage_and_timeout_stop_the_study_early(project):
+    raw = params_with(storage="sqlite:///optuna.db", timeout=4, n_trials=200, pruner="none")
+    proc = tune_stage(project, raw)
+    assert proc.returncode == 0, proc.stderr
+    storage = tuning.open_storage("sqlite:///" + str(project / "optuna.db"), 1)
+    [name] = optuna.get_all_study_names(storage)
+    trials = optuna.load_study(study_name=name, storage=storage).get_trials()
+    assert 1 <= len(trials) < 200
+    assert {t.state.name for t in trials} == {"COMPLETE"}
+    assert not (project / paths.study_journal(EXP)).exists()  # the database holds the study
+    assert yaml.safe_load((project / paths.tuned_file(EXP)).read_text())["train"]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_worker_joins_an_existing_study_from_the_command_line(project):
+    raw = params_with(n_trials=2, pruner="none")
+    assert tune_stage(project, raw).returncode == 0
+    raw["experiments"][EXP]["tune"]["n_trials"] = 3  # room for one more trial
+    write_params(project / "params.yaml", raw)
+    cmd = [sys.executable, "-m", "pipeline.tune_worker", "--experiment", EXP]
+    proc = subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "ran 1 trials" in proc.stderr
+    trials = study_of(project).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    # the joined trial's run nests under the study's one parent run
+    runs = mlflow_runs(project)
+    [parent] = [r for r in runs if r.info.run_name == f"{EXP}/tune"]
+    joined = trials[2].user_attrs["mlflow_run_id"]
+    assert {r.info.run_id: r for r in runs}[joined].data.tags["mlflow.parentRunId"] == (
+        parent.info.run_id
+    )
+
+    missing = subprocess.run(
+        [*cmd, "--study", "nope"], cwd=project, capture_output=True, text=True, timeout=300
+    )
+    assert missing.returncode == 2
+    assert "no study 'nope'" in missing.stderr and "Traceback" not in missing.stderr
