@@ -87,6 +87,19 @@ def dvc_changed_stages(params_file: str) -> set[str] | None:
         return None
 
 
+def predict_command(args) -> int:
+    from pipeline import predict
+
+    try:
+        uri = args.tracking_uri or load_params(args.params).defaults.tracking.uri
+        count = predict.run(args.model, args.input, args.output, uri, args.device)
+    except PipelineError as err:
+        print(f"error: predict: {err}", file=sys.stderr)
+        return 2
+    print(f"{count} predictions -> {args.output}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -98,7 +111,16 @@ def main(argv=None) -> int:
         action="store_false",
         help="skip asking DVC which stages are out of date",
     )
+    pred = sub.add_parser("predict", help="batch inference with a model from MLflow")
+    pred.add_argument("--model", required=True, help="e.g. models:/dl-pipeline.cnn_digits@champion")
+    pred.add_argument("--input", required=True, help=".npy, .csv or a folder of images")
+    pred.add_argument("--output", required=True, help="CSV of predictions")
+    pred.add_argument("--tracking-uri", help="default: defaults.tracking.uri of --params")
+    pred.add_argument("--params", default=str(paths.PARAMS))
+    pred.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     args = parser.parse_args(argv)
+    if args.command == "predict":
+        return predict_command(args)
     try:
         params = load_params(args.params)
     except PipelineError as err:

@@ -152,6 +152,7 @@ def preprocess(name: str, cfg: DatasetParams) -> Path:
         "class_counts": {
             s: np.bincount(y[i], minlength=n_classes).tolist() for s, i in splits.items()
         },
+        "value_range": list(meta["value_range"]),  # raw pixel values; divided by its top
         "normalization": {"mean": mean.tolist(), "std": std.tolist(), "fitted_on": "train"},
         "split": cfg.split.model_dump(),
     }

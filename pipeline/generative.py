@@ -173,19 +173,31 @@ TASKS = {"vae": VAETask, "gan": GANTask, "diffusion": DiffusionTask}
 
 @torch.no_grad()
 def evaluate(
-    kind: str, model, batches: Batches, judge, schema: dict, exp: ExperimentParams, title: str
+    kind: str,
+    model,
+    untrained,
+    batches: Batches,
+    judge,
+    schema: dict,
+    exp: ExperimentParams,
+    title: str,
 ) -> Evaluation:
-    """Test-split scores of a generative model, judged by the dataset's own classifier."""
-    model.eval()
+    """Test-split scores of a generative model, judged by the dataset's own classifier, beside
+    the same scores of an untrained model of the same architecture (the baseline)."""
     scale = ImageScale(schema)
     real = batches.x
-    g = torch.Generator().manual_seed(SAMPLE_SEED)
-    n = len(real)
-    if kind == "vae":
-        samples = model.sample(n, generator=g)  # [0, 1]
-    else:
-        samples = (model.sample(n, generator=g) + 1) / 2
+    samples = unit_samples(kind, model, len(real))
     metrics = sample_quality(judge, real, scale.from_unit(samples), schema["num_classes"])
+    floor = sample_quality(
+        judge,
+        real,
+        scale.from_unit(unit_samples(kind, untrained, len(real))),
+        schema["num_classes"],
+    )
+    metrics["test/frechet_distance_untrained"] = floor["test/frechet_distance"]
+    metrics["test/frechet_distance_ratio_untrained"] = (
+        metrics["test/frechet_distance"] / floor["test/frechet_distance"]
+    )
     figures = {
         "samples": plots.image_grid(samples[:100].cpu().numpy(), f"{title}: samples", ncols=10)
     }
@@ -193,6 +205,16 @@ def evaluate(
         metrics.update(vae_scores(model, judge, batches, scale))
         figures.update(vae_figures(model, batches, scale, title))
     return Evaluation(metrics, {"judge": "CNN classifier of judge@" + exp.dataset}, figures)
+
+
+@torch.no_grad()
+def unit_samples(kind: str, model, n: int) -> torch.Tensor:
+    """`n` seeded samples in [0, 1]."""
+    model.eval()
+    g = torch.Generator().manual_seed(SAMPLE_SEED)
+    if kind == "vae":
+        return model.sample(n, generator=g)
+    return (model.sample(n, generator=g) + 1) / 2
 
 
 def vae_scores(model, judge, batches: Batches, scale: ImageScale) -> dict[str, float]:

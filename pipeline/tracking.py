@@ -74,8 +74,12 @@ class StageRun:
         }
         self._mlflow.log_input(dataset, context=context, tags=tags)
 
-    def log_torch_model(self, model, input_example) -> None:
-        """The model with a signature and input example (numpy), loadable by mlflow.pytorch."""
+    def log_torch_model(
+        self, model, input_example, registered_name: str | None = None, metadata=None
+    ) -> str | None:
+        """The model with a signature and input example (numpy), loadable by mlflow.pytorch;
+        with `registered_name`, a new version of that registered model (returned).
+        `metadata` (the preprocessing the model expects) is saved in its MLmodel file."""
         import torch
         from mlflow.models import infer_signature
 
@@ -88,14 +92,18 @@ class StageRun:
         with warnings.catch_warnings():
             # torch.export's note on RNN weight views is noise for the user
             warnings.filterwarnings("ignore", message="The tensor attributes")
-            self._mlflow.pytorch.log_model(
+            info = self._mlflow.pytorch.log_model(
                 model,
                 name="model",
                 signature=infer_signature(input_example, output),
                 input_example=input_example,
                 # naming the requirement skips MLflow's slow import-based inference
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                registered_model_name=registered_name,
+                metadata=metadata,
             )
+        version = getattr(info, "registered_model_version", None)
+        return None if version is None else str(version)
 
 
 def _FirstOutput(model):
@@ -209,6 +217,65 @@ def connect(tracking: TrackingParams, run_id: str) -> None:
     from mlflow import MlflowClient
 
     MlflowClient(tracking.uri).get_run(run_id)
+
+
+CHAMPION = "champion"
+
+
+def registered_name(tracking: TrackingParams, experiment: str) -> str:
+    """The stable registry name of an experiment's model."""
+    return f"{tracking.experiment_name}.{experiment}"
+
+
+def consider_champion(
+    tracking: TrackingParams,
+    name: str,
+    version: str,
+    metric: str,
+    value: float,
+    margin: float,
+    higher_is_better: bool,
+) -> dict:
+    """Record `version`'s test metric on it; move the `champion` alias to it only if it beats
+    the current champion's value by more than `margin` (half its bootstrap 95% interval).
+    Returns the decision with its numbers."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking.uri)
+    client.set_model_version_tag(name, version, "test_metric", metric)
+    client.set_model_version_tag(name, version, "test_value", repr(value))
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        champion = None
+    decision = {
+        "model": name,
+        "version": version,
+        "metric": metric,
+        "value": value,
+        "margin": margin,
+        "champion_before": champion.version if champion else None,
+        "champion_value": None,
+    }
+    if champion is None:
+        promote, why = True, "no champion yet"
+    elif champion.version == version:
+        promote, why = False, "this version is the champion"
+    else:
+        best = float(champion.tags.get("test_value", "nan"))
+        decision["champion_value"] = best
+        gain = (value - best) if higher_is_better else (best - value)
+        promote = bool(gain > margin) or best != best  # a champion without a value loses
+        why = f"{'beats' if promote else 'does not beat'} {best:.6g} by more than {margin:.4g}"
+    if promote:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    decision.update(
+        promoted=promote,
+        reason=why,
+        champion_after=version if promote else (champion.version if champion else None),
+    )
+    return decision
 
 
 def close_lost_trial_runs(tracking: TrackingParams, run_ids: list[str]) -> int:

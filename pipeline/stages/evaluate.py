@@ -8,6 +8,7 @@ import sys
 
 from pipeline import atomic, data, paths, plots, tracking
 from pipeline.config import Params
+from pipeline.metrics import MAIN_METRIC, interval_half_width
 from pipeline.stages import stage_main
 from pipeline.stages.train import load_trained_model, resolved_experiment
 
@@ -25,7 +26,8 @@ def run(params: Params, experiment: str) -> dict[str, float]:
     )
     kind = tasks.task_kind(exp.model.name, schema)
     if kind == "classification":
-        result = evaluation.classification(model, batches, schema, experiment)
+        train = data.load_split(exp.dataset, "train")
+        result = evaluation.classification(model, batches, schema, experiment, train)
         if exp.model.name == "cnn":
             result.figures.update(evaluation.cnn_insight(model, batches.x, experiment))
     elif kind == "regression":
@@ -41,7 +43,10 @@ def run(params: Params, experiment: str) -> dict[str, float]:
         from pipeline.stages.judge import load_judge
 
         judge = load_judge(exp.dataset).to(device)
-        result = generative.evaluate(kind, model, batches, judge, schema, exp, experiment)
+        untrained = load_trained_model(experiment, trained=False).to(device)
+        result = generative.evaluate(
+            kind, model, untrained, batches, judge, schema, exp, experiment
+        )
 
     train_info = json.loads(paths.train_summary_file(experiment).read_text())
     with paths.history_file(experiment).open() as f:
@@ -63,6 +68,31 @@ def run(params: Params, experiment: str) -> dict[str, float]:
     ) as run:
         run.log_dataset(schema, "test", arrays["x"], arrays["y"], context="testing")
         run.log_metrics(result.metrics)
+        registered = train_info.get("registered_model") or {}
+        if registered.get("version"):
+            metric, higher_is_better = MAIN_METRIC[kind]
+            decision = tracking.consider_champion(
+                exp.tracking,
+                registered["name"],
+                registered["version"],
+                metric,
+                result.metrics[metric],
+                interval_half_width(result.metrics, metric),
+                higher_is_better,
+            )
+            result.details["registry"] = decision
+            run.set_tags(
+                {
+                    "pipeline.registry.decision": "promoted" if decision["promoted"] else "kept",
+                    "pipeline.registry.champion": str(decision["champion_after"]),
+                }
+            )
+            run.log_dict(decision, "registry_decision.json")
+            print(
+                f"evaluate@{experiment}: {registered['name']} v{registered['version']} "
+                f"{'is now' if decision['promoted'] else 'is not'} champion: {decision['reason']}",
+                file=sys.stderr,
+            )
         run.log_dict(result.details, "details.json")
         with atomic.atomic_dir(paths.plots_dir(experiment)) as tmp:
             for name, fig in result.figures.items():
@@ -80,6 +110,7 @@ def run(params: Params, experiment: str) -> dict[str, float]:
             "train": train_info,
             "evaluate_run_id": run.run_id,
             "data": {"dvc_hash": tags["dvc.data_hash"], "counts": schema["counts"]},
+            "registry": result.details.get("registry"),
             "params": exp.model_dump(mode="json"),
         }
         atomic.write_json(paths.summary_file(experiment), summary)

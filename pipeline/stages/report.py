@@ -12,17 +12,18 @@ import yaml
 from pipeline import atomic, paths, tracking
 from pipeline.config import Params
 from pipeline.errors import PipelineError
+from pipeline.metrics import MAIN_METRIC
 from pipeline.stages import stage_main
 
-# the headline number of each task, whether higher is better, and its baseline ratio if any
-MAIN_METRIC = {
-    "classification": ("test/accuracy", True, None),
-    "forecasting": ("test/rmse", False, "test/rmse_ratio_persistence"),
-    "regression": ("test/rmse", False, "test/rmse_ratio_mean"),
-    "language_model": ("test/perplexity", False, "test/perplexity_ratio_unigram"),
-    "vae": ("test/elbo", True, None),
-    "gan": ("test/frechet_distance", False, None),
-    "diffusion": ("test/frechet_distance", False, None),
+# each task's baseline, as the ratio metric evaluate computes (model / baseline)
+BASELINE_RATIO = {
+    "classification": "test/accuracy_ratio_baseline",  # logistic regression
+    "forecasting": "test/rmse_ratio_persistence",
+    "regression": "test/rmse_ratio_mean",
+    "language_model": "test/perplexity_ratio_unigram",
+    "vae": "test/frechet_distance_ratio_untrained",
+    "gan": "test/frechet_distance_ratio_untrained",
+    "diffusion": "test/frechet_distance_ratio_untrained",
 }
 TASK_ORDER = list(MAIN_METRIC)
 COLUMNS = (
@@ -31,7 +32,7 @@ COLUMNS = (
     "model",
     "dataset",
     "main metric",
-    "value",
+    "value [95% interval]",
     "vs baseline",
     "parameters",
     "train s",
@@ -65,8 +66,16 @@ def main_metric(summary: dict) -> tuple[str, float]:
     return name, summary["metrics"][name]
 
 
+def with_interval(summary: dict) -> str:
+    """The main metric's value and, when evaluate computed one, its bootstrap 95% interval."""
+    name, value = main_metric(summary)
+    low = summary["metrics"].get(f"{name}_ci95_low")
+    high = summary["metrics"].get(f"{name}_ci95_high")
+    return f"{value:.4f}" + ("" if low is None else f" [{low:.4f}, {high:.4f}]")
+
+
 def _rank(summary: dict):
-    _, higher_better, _ = MAIN_METRIC[summary["task"]]
+    _, higher_better = MAIN_METRIC[summary["task"]]
     value = main_metric(summary)[1]
     return TASK_ORDER.index(summary["task"]), -value if higher_better else value
 
@@ -75,9 +84,9 @@ def leaderboard_rows(summaries: list[dict]) -> list[list[str]]:
     rows = []
     for s in summaries:
         t = s["train"]
-        name, value = main_metric(s)
-        ratio_key = MAIN_METRIC[s["task"]][2]
-        ratio = f"{s['metrics'][ratio_key]:.3f}x" if ratio_key else ""
+        name, _ = main_metric(s)
+        ratio_key = BASELINE_RATIO[s["task"]]
+        ratio = f"{s['metrics'][ratio_key]:.3f}x" if ratio_key in s["metrics"] else ""
         rows.append(
             [
                 s["experiment"],
@@ -85,7 +94,7 @@ def leaderboard_rows(summaries: list[dict]) -> list[list[str]]:
                 s["model"],
                 s["dataset"],
                 name,
-                f"{value:.4f}",
+                with_interval(s),
                 ratio,
                 f"{t['parameters']:,}",
                 f"{t['train_seconds']:.1f}",
@@ -98,13 +107,21 @@ def leaderboard_rows(summaries: list[dict]) -> list[list[str]]:
 
 def _facts(s: dict) -> list[str]:
     t = s["train"]
-    return [
+    facts = [
         f"MLflow runs: train `{t['mlflow_run_id']}`, evaluate `{s['evaluate_run_id']}`",
         f"data: `{s['dataset']}`, DVC hash `{s['data']['dvc_hash']}`, "
         f"split sizes {s['data']['counts']}",
         f"best epoch {t['best_epoch']} of {t['epochs_run']}"
         + (" (stopped early)" if t["stopped_early"] else ""),
     ]
+    registry = s.get("registry")
+    if registry:
+        facts.append(
+            f"registry: `{registry['model']}` version {registry['version']} "
+            f"{'promoted to' if registry['promoted'] else 'not promoted to'} champion "
+            f"({registry['reason']}); champion is version {registry['champion_after']}"
+        )
+    return facts
 
 
 def tuning_of(experiment: str) -> dict | None:

@@ -155,7 +155,15 @@ def run(params: Params, experiment: str):
             }
         )
         if exp.tracking.log_model:
-            run.log_torch_model(model.cpu(), arrays["train_x"][:4])
+            summary["registered_model"] = {
+                "name": tracking.registered_name(exp.tracking, experiment),
+                "version": run.log_torch_model(
+                    model.cpu(),
+                    arrays["train_x"][:4],
+                    registered_name=tracking.registered_name(exp.tracking, experiment),
+                    metadata=preprocessing(schema, exp.model.name),
+                ),
+            }
         with atomic.atomic_path(paths.model_file(experiment)) as tmp:
             torch.save(
                 {
@@ -171,6 +179,17 @@ def run(params: Params, experiment: str):
         )
         atomic.write_json(paths.train_summary_file(experiment), summary)
     return summary
+
+
+def preprocessing(schema: dict, model_name: str) -> dict:
+    """What `python -m pipeline predict` needs to turn raw inputs into what the model saw,
+    and its outputs back into labels or units; saved with the registered model."""
+    from pipeline import tasks
+
+    keep = ("dataset", "input_shape", "classes", "value_range", "normalization", "scaler")
+    out = {k: schema[k] for k in keep if k in schema}
+    out["task"] = tasks.task_kind(model_name, schema)
+    return out
 
 
 def augmentation_preview(images, augment_fn, experiment: str):
@@ -201,8 +220,9 @@ def data_spec(schema: dict):
     )
 
 
-def load_trained_model(experiment: str):
-    """The model train@<experiment> saved, rebuilt from its own config (CPU, eval mode)."""
+def load_trained_model(experiment: str, trained: bool = True):
+    """The model train@<experiment> saved, rebuilt from its own config (CPU, eval mode).
+    With `trained=False`: the same architecture freshly initialised (seeded), a baseline."""
     import torch
 
     from models import DataSpec, build_model
@@ -214,8 +234,10 @@ def load_trained_model(experiment: str):
     spec = saved["spec"]
     spec = DataSpec(**{**spec, "input_shape": tuple(spec["input_shape"])})
     config = {k: v for k, v in saved["model"].items() if k != "name"}
+    torch.manual_seed(0)
     model = build_model(saved["model"]["name"], config, spec)
-    model.load_state_dict(saved["state_dict"])
+    if trained:
+        model.load_state_dict(saved["state_dict"])
     return model.eval()
 
 
