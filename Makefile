@@ -37,7 +37,14 @@ format: $(STAMP)
 	ruff format .
 	ruff check --fix .
 
-test: lint
+# the report test opens reports/index.html in Debian's chromium (driven by playwright)
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+$(CHROMIUM):
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium \
+	  || { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium; }
+
+test: lint $(CHROMIUM)
 	python -m pytest
 
 test-fast: $(STAMP)

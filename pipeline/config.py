@@ -327,8 +327,19 @@ class TrainParams(Strict):
     augment: tuple[AugmentStep, ...] = Field((), description="image transforms, training only")
 
 
+class Corruption(Strict):
+    """A test-time corruption of images: gaussian noise (severity = std on [0, 1] pixels) or
+    a rotation (severity = degrees)."""
+
+    name: Literal["gaussian_noise", "rotation"]
+    severity: float = Field(gt=0)
+
+
 class EvaluateParams(Strict):
     batch_size: int = Field(512, ge=1)
+    corruptions: tuple[Corruption, ...] = Field(
+        (), description="image classifiers: test accuracy under each, as test/robust/..."
+    )
 
 
 class TrackingParams(Strict):

@@ -267,3 +267,33 @@ def sample_quality(judge, real: torch.Tensor, fake: torch.Tensor, num_classes: i
         "test/class_coverage": int((counts > 0).sum()),
         "test/samples": len(fake),
     }
+
+
+def robustness(model, batches: Batches, schema: dict, corruptions) -> dict[str, float]:
+    """Test accuracy of an image classifier under each declared corruption (seeded), and its
+    ratio to the clean accuracy."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from pipeline.generative import ImageScale
+
+    if batches.x.dim() != 4 or not corruptions:
+        return {}
+    scale = ImageScale(schema)
+    clean = (predict(model, batches).argmax(1) == batches.y).float().mean().item()
+    g = torch.Generator(device=batches.x.device).manual_seed(0)
+    out = {}
+    for c in corruptions:
+        unit = scale.to_unit(batches.x)
+        if c.name == "gaussian_noise":
+            noise = torch.randn(unit.shape, generator=g, device=unit.device)
+            unit = (unit + c.severity * noise).clamp(0, 1)
+        else:
+            unit = TF.rotate(unit, c.severity)
+        shifted = Batches(
+            scale.from_unit(unit), batches.y, batches.batch_size, device=unit.device, shuffle=False
+        )
+        acc = (predict(model, shifted).argmax(1) == batches.y).float().mean().item()
+        key = f"test/robust/{c.name}_{c.severity:g}"
+        out[f"{key}/accuracy"] = acc
+        out[f"{key}/accuracy_ratio_clean"] = acc / max(clean, 1e-12)
+    return out

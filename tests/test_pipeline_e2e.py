@@ -130,6 +130,11 @@ def test_tuned_params_reach_train_and_the_report(repro_project):
         assert float(train.data.params["train.optimizer.lr"]) == pytest.approx(lr)
     report = (repro_project / paths.REPORT_MD).read_text()
     assert "Tuning" in report and "cnn_digits" in report
+    # the leaderboard shows each classifier's accuracy with its bootstrap interval
+    mlp = summary(repro_project, "mlp_digits")["metrics"]
+    interval = f"[{mlp['test/accuracy_ci95_low']:.4f}, {mlp['test/accuracy_ci95_high']:.4f}]"
+    assert interval in report
+    assert f"{mlp['test/accuracy_ratio_baseline']:.3f}x" in report
 
 
 def test_dvc_metrics_and_plots_render(repro_project):
@@ -238,6 +243,13 @@ def test_exp_run_with_set_param_reruns_only_what_changed(repro_project):
     assert summary["epochs_run"] == 3
     shown = run(["dvc", "exp", "show", "--json"], repro_project).stdout
     assert f"experiments.{exp}.train.epochs" in shown or '"epochs": 3' in shown
+    # metrics and plots compare across commits and experiments
+    diff = json.loads(run(["dvc", "metrics", "diff", "--all", "--json"], repro_project).stdout)
+    assert "test/accuracy" in json.dumps(diff)
+    out = repro_project / "plots_diff"
+    run(["dvc", "plots", "diff", "-o", str(out)], repro_project)
+    html = (out / "index.html").read_text()
+    assert "history.csv" in html and "confusion.csv" in html
 
 
 def test_mlflow_ui_shows_every_stage_run(repro_project):
@@ -312,3 +324,36 @@ def test_sigterm_mid_training_leaves_no_model_and_the_rerun_resumes(repro_projec
     assert summary["resumed_from_epoch"] >= 1
     assert summary["epochs_run"] == 400
     assert (repro_project / paths.model_file("long_mlp")).is_file()
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOT = Path(__file__).resolve().parents[1] / "reports" / "test_artifacts" / "report.png"
+
+
+def test_report_renders_in_headless_chromium(repro_project):
+    """reports/index.html loads in a real browser with no console errors and every image
+    decodes; the screenshot is kept as a test artifact."""
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM.is_file(), "Debian's chromium is missing: `make test` installs it"
+    errors: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto((repro_project / paths.REPORT_HTML).as_uri(), wait_until="load")
+            decoded = page.evaluate(
+                "Promise.all([...document.images].map(i => i.decode().then("
+                "() => i.naturalWidth > 0, () => false)))"
+            )
+            rows = page.locator("table").first.locator("tbody tr").count()
+            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT), full_page=True)
+        finally:
+            browser.close()
+    assert errors == []
+    assert len(decoded) >= len(EXPERIMENTS) and all(decoded)
+    assert rows == len(EXPERIMENTS)  # one leaderboard row per experiment
+    assert SCREENSHOT.stat().st_size > 10_000

@@ -28,6 +28,9 @@ def run(params: Params, experiment: str) -> dict[str, float]:
     if kind == "classification":
         train = data.load_split(exp.dataset, "train")
         result = evaluation.classification(model, batches, schema, experiment, train)
+        result.metrics.update(
+            evaluation.robustness(model, batches, schema, exp.evaluate.corruptions)
+        )
         if exp.model.name == "cnn":
             result.figures.update(evaluation.cnn_insight(model, batches.x, experiment))
     elif kind == "regression":

@@ -67,7 +67,7 @@ def run(params: Params, dataset: str) -> dict:
             Classification(cfg, schema),
             desc=f"judge {dataset}",
         )
-        scored = evaluation.classification(model, batches["test"], schema, dataset)
+        scored = evaluation.classification(model, batches["test"], schema, dataset, split["train"])
         info = {
             "applicable": True,
             "model": JUDGE_MODEL,

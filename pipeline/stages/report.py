@@ -224,12 +224,13 @@ def render_html(summaries: list[dict]) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>Experiment report</title>
 <style>
 body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
-table{{border-collapse:collapse;margin:1em 0}} td,th{{border:1px solid #ccc;padding:4px 8px}}
+table{{border-collapse:collapse;margin:1em 0;font-size:14px}}
+td,th{{border:1px solid #ccc;padding:4px 8px}}
 th{{background:#f3f3f3}} img{{max-width:100%;margin:4px}} section{{margin-top:2em}}
 </style></head><body>
 <h1>Experiment report</h1>
 <p>{len(summaries)} experiments on the test split, grouped by task, best first.</p>
-<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+<div style="overflow-x:auto"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>
 {"".join(sections)}
 </body></html>
 """

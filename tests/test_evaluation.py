@@ -1,0 +1,71 @@
+"""Evaluation helpers: bootstrap intervals, the classical baseline, robustness to corruptions."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pipeline.config import Corruption, EvaluateParams
+from pipeline.engine import Batches
+from pipeline.evaluation import baseline_classifier, robustness
+from pipeline.metrics import classification_intervals, interval_half_width, rmse_interval
+
+SCHEMA = {"normalization": {"mean": [0.5], "std": [0.25]}}
+
+
+def test_bootstrap_intervals_hold_the_estimate_shrink_with_data_and_repeat():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 400)
+    pred = np.where(rng.random(400) < 0.8, y, (y + 1) % 3)  # about 80% right
+    small = classification_intervals(y[:100], pred[:100], 3)
+    large = classification_intervals(y, pred, 3)
+    acc = np.mean(y == pred)
+    assert large["test/accuracy_ci95_low"] < acc < large["test/accuracy_ci95_high"]
+    width = lambda m: m["test/accuracy_ci95_high"] - m["test/accuracy_ci95_low"]  # noqa: E731
+    assert width(large) < width(small)
+    assert classification_intervals(y, pred, 3) == large  # seeded
+    assert interval_half_width(large, "test/accuracy") == pytest.approx(width(large) / 2)
+    assert interval_half_width(large, "test/elbo") == 0.0
+    errors = rmse_interval(rng.normal(size=(200, 1)) ** 2)
+    assert 0.7 < errors["test/rmse_ci95_low"] < 1.0 < errors["test/rmse_ci95_high"] < 1.3
+
+
+def test_baseline_classifier_learns_separable_data_and_token_counts():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 1, 4, 4)).astype(np.float32)
+    y = (x[:, 0, 0, 0] > 0).astype(int)
+    assert np.mean(baseline_classifier(x[:200], y[:200], x[200:]) == y[200:]) > 0.9
+    tokens = rng.integers(0, 5, size=(300, 6))
+    labels = (tokens == 4).any(1).astype(int)  # a token's presence decides the class
+    pred = baseline_classifier(tokens[:200], labels[:200], tokens[200:])
+    assert np.mean(pred == labels[200:]) > 0.9
+
+
+class Brightness(nn.Module):
+    """Class 1 if the image is brighter than mid-grey: blind to rotation, hurt by noise."""
+
+    def forward(self, x):
+        m = (x * 0.25 + 0.5).mean((1, 2, 3))
+        return torch.stack([0.5 - m, m - 0.5], 1) * 50
+
+
+def test_robustness_reports_accuracy_under_each_corruption():
+    y = torch.arange(200) % 2
+    unit = torch.where(y.view(-1, 1, 1, 1) == 1, 0.56, 0.44).expand(-1, 1, 8, 8).clone()
+    batches = Batches((unit - 0.5) / 0.25, y, 64, device="cpu", shuffle=False)
+    corruptions = (
+        Corruption(name="rotation", severity=90),
+        Corruption(name="gaussian_noise", severity=0.8),
+    )
+    out = robustness(Brightness(), batches, SCHEMA, corruptions)
+    rot, noise = "test/robust/rotation_90", "test/robust/gaussian_noise_0.8"
+    assert out[f"{rot}/accuracy"] > 0.95  # a quarter turn keeps every pixel
+    assert out[f"{noise}/accuracy"] < 0.9  # strong noise flips some
+    assert out[f"{noise}/accuracy_ratio_clean"] == pytest.approx(out[f"{noise}/accuracy"])
+    assert robustness(Brightness(), batches, SCHEMA, corruptions) == out  # seeded
+    assert robustness(Brightness(), batches, SCHEMA, ()) == {}
+
+
+def test_unknown_corruption_is_rejected():
+    with pytest.raises(ValueError, match="gaussian_noise"):
+        EvaluateParams(corruptions=[{"name": "blur", "severity": 1}])
