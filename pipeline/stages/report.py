@@ -225,12 +225,12 @@ def render_html(summaries: list[dict]) -> str:
 <style>
 body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
 table{{border-collapse:collapse;margin:1em 0;font-size:14px}}
-td,th{{border:1px solid #ccc;padding:4px 8px}}
+td,th{{border:1px solid #ccc;padding:4px 8px}} .wide{{overflow-x:auto}}
 th{{background:#f3f3f3}} img{{max-width:100%;margin:4px}} section{{margin-top:2em}}
 </style></head><body>
 <h1>Experiment report</h1>
 <p>{len(summaries)} experiments on the test split, grouped by task, best first.</p>
-<div style="overflow-x:auto"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>
+<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>
 {"".join(sections)}
 </body></html>
 """
