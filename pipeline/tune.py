@@ -109,14 +109,15 @@ def storage_url(experiment: str, tune: TuneParams) -> str:
 
 
 def study_name(experiment: str, exp: ExperimentParams) -> str:
-    """`<experiment>-<fingerprint>`: the same experiment and search resume the same study;
-    any change to them (or to the space) starts a new one. n_trials, timeout and workers are
-    not part of it, so raising n_trials continues the study."""
+    """`<experiment>-<fingerprint>`: the same training setup and search resume the same study;
+    any change to them (or to the space) starts a new one. n_trials, timeout, workers and the
+    evaluate/tracking sections are not part of it, so raising n_trials continues the study."""
     from pipeline.engine import config_key
 
     key = config_key(
         {
-            "experiment": exp.model_dump(mode="json", exclude={"tune", "tracking"}),
+            # what shapes training; evaluation and tracking settings do not
+            "experiment": exp.model_dump(mode="json", exclude={"tune", "tracking", "evaluate"}),
             "tune": exp.tune.model_dump(mode="json", include=set(STUDY_KEYS)),
         }
     )

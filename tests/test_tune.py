@@ -520,3 +520,16 @@ def test_a_worker_joins_an_existing_study_from_the_command_line(project):
     )
     assert missing.returncode == 2
     assert "no study 'nope'" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_the_study_name_follows_training_not_evaluation_or_budget(tmp_path):
+    params = load_params(write_params(tmp_path / "params.yaml", params_with()))
+    exp = params.experiments[EXP]
+    name = tuning.study_name(EXP, exp)
+    budget = exp.model_copy(update={"tune": exp.tune.model_copy(update={"n_trials": 99})})
+    evaluation = exp.model_copy(
+        update={"evaluate": exp.evaluate.model_copy(update={"batch_size": 7})}
+    )
+    training = exp.model_copy(update={"train": exp.train.model_copy(update={"epochs": 9})})
+    assert tuning.study_name(EXP, budget) == tuning.study_name(EXP, evaluation) == name
+    assert tuning.study_name(EXP, training) != name
