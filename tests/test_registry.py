@@ -7,18 +7,15 @@ import copy
 import csv
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline import paths
-from tests.conftest import write_params
+from tests.conftest import free_port, start_mlflow_server, wait_until_up, write_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -45,37 +42,13 @@ def params(uri: str, variant: dict) -> dict:
 def server(tmp_path_factory):
     """`mlflow server` with an embedded SQLite backend, stopped after the module."""
     root = tmp_path_factory.mktemp("mlflow_server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{root / 'server.db'}",
-        "--artifacts-destination",
-        str(root / "artifacts"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    log = (root / "server.log").open("w")
-    proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT)
+    port = free_port()
+    proc = start_mlflow_server(root, port)
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=5):
-                break
-        except OSError:
-            assert proc.poll() is None, (root / "server.log").read_text()
-            assert time.monotonic() < deadline, "mlflow server did not start"
-            time.sleep(0.5)
+    wait_until_up(f"{uri}/health", proc)
     yield uri
     proc.terminate()
     proc.wait(timeout=30)
-    log.close()
 
 
 def stage(project: Path, name: str, target: str) -> subprocess.CompletedProcess:
