@@ -103,14 +103,12 @@ def normalize(x: np.ndarray, prep: dict) -> np.ndarray:
 def predict(model, x: np.ndarray, device, batch_size: int = 512) -> np.ndarray:
     import torch
 
-    if not isinstance(model, torch.nn.Module):  # a torch.export program (MLflow's pt2 format)
-        model = model.module()
-    try:
-        model = model.to(device)
-        model.eval()
-    except (NotImplementedError, RuntimeError):
-        # exported graphs keep the mode they were exported in (eval) and may pin the device
-        device = torch.device("cpu")
+    if isinstance(model, torch.nn.Module):
+        model = model.to(device).eval()
+    else:
+        # a torch.export program (MLflow's pt2 format): traced in eval mode on the CPU, where
+        # its graph stays
+        model, device = model.module(), torch.device("cpu")
     outs = []
     with torch.no_grad():
         for start in range(0, len(x), batch_size):

@@ -242,8 +242,10 @@ def load_trained_model(experiment: str, trained: bool = True):
 
 
 def history_csv(history: list[dict]) -> str:
+    """Rows of dicts as CSV; the columns are every key, in first-seen order."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator="\n")
+    fields = list(dict.fromkeys(k for row in history for k in row))
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(history)
     return buf.getvalue()

@@ -8,8 +8,6 @@ writes empty overrides, so every experiment has the same stages.
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import subprocess
 import sys
@@ -36,6 +34,7 @@ def tune_experiment(experiment: str, exp: ExperimentParams) -> dict:
 
     from pipeline import tracking
     from pipeline import tune as tuning
+    from pipeline.stages.train import history_csv
 
     tune = exp.tune
     url = tuning.storage_url(experiment, tune)
@@ -105,7 +104,7 @@ def tune_experiment(experiment: str, exp: ExperimentParams) -> dict:
             for name, fig in figures.items():
                 run.log_figure(fig, f"tuning/{name}.png")
                 plots.save(fig, tmp / f"{name}.png")
-        atomic.write_text(paths.trials_csv(experiment), rows_csv(rows))
+        atomic.write_text(paths.trials_csv(experiment), history_csv(rows))
         atomic.write_json(paths.tuning_summary(experiment), summary)
         values = ", ".join(f"{k}={v:.6g}" for k, v in summary["best"]["values"].items())
         header = f"# tune@{experiment}: trial {best.number} of {study.study_name} ({values})\n"
@@ -189,15 +188,6 @@ def write_tuning_off(experiment: str) -> None:
     atomic.write_text(paths.trials_csv(experiment), "number,state\n")
     atomic.write_json(paths.tuning_summary(experiment), {"enabled": False})
     atomic.write_text(paths.tuned_file(experiment), f"# {note}: no overrides\n{{}}\n")
-
-
-def rows_csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    fields = list(dict.fromkeys(k for row in rows for k in row))
-    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
 
 
 def main(argv=None) -> int:
