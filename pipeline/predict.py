@@ -103,12 +103,12 @@ def normalize(x: np.ndarray, prep: dict) -> np.ndarray:
 def predict(model, x: np.ndarray, device, batch_size: int = 512) -> np.ndarray:
     import torch
 
-    if isinstance(model, torch.nn.Module):
-        model = model.to(device).eval()
+    if isinstance(model, torch.fx.GraphModule):
+        # a torch.export graph (MLflow's pt2 format): traced in eval mode on the CPU, where it
+        # stays; it refuses .eval()
+        device = torch.device("cpu")
     else:
-        # a torch.export program (MLflow's pt2 format): traced in eval mode on the CPU, where
-        # its graph stays
-        model, device = model.module(), torch.device("cpu")
+        model = model.to(device).eval()
     outs = []
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
