@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export MPLBACKEND := Agg
 
-.PHONY: install run test test-fast bench lint format ui check clean
+.PHONY: install run test test-fast bench lint format ui serve check clean
 
 install: $(STAMP)
 
@@ -57,5 +57,17 @@ bench: $(STAMP)
 ui: $(STAMP)
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
+# Prefect: serve the flows, dl-retrain/retrain on schedule.cron. With PREFECT_API_URL set, use
+# that server; otherwise start one on loopback for as long as this runs (its database and
+# settings stay in .prefect/, the UI is on the same port).
+PREFECT_PORT ?= 4200
+serve: $(STAMP)
+	@if [ -n "$$PREFECT_API_URL" ]; then exec python -m pipeline serve; fi; \
+	export PREFECT_HOME=$(CURDIR)/.prefect PREFECT_SERVER_ANALYTICS_ENABLED=false; \
+	prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) > .prefect-server.log 2>&1 & \
+	server=$$!; trap 'kill $$server 2>/dev/null' EXIT INT TERM; \
+	echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)  (server log: .prefect-server.log)"; \
+	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api python -m pipeline serve --wait 60
+
 clean:
-	rm -rf data artifacts reports/experiments reports/benchmarks reports/index.* mlflow.db mlartifacts dvc.lock
+	rm -rf .prefect .prefect-server.log data artifacts reports/experiments reports/benchmarks reports/index.* mlflow.db mlartifacts dvc.lock

@@ -1,4 +1,6 @@
 """`python -m pipeline check [--params FILE]`: validate params.yaml and print the stage plan.
+`python -m pipeline predict ...`: batch inference with a registered model.
+`python -m pipeline serve`: serve the Prefect flows (retrain on `schedule.cron`); see flows.py.
 
 Light on purpose: it imports no torch, mlflow or dvc; which stages are out of date comes from
 `dvc status` in a subprocess (skip it with --no-status).
@@ -100,6 +102,19 @@ def predict_command(args) -> int:
     return 0
 
 
+def serve_command(args) -> int:
+    from pipeline import flows
+
+    try:
+        flows.serve(args.params, wait=args.wait)
+    except PipelineError as err:
+        print(f"error: serve: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C is how serving ends
+        print("serve: stopped", file=sys.stderr)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -118,9 +133,14 @@ def main(argv=None) -> int:
     pred.add_argument("--tracking-uri", help="default: defaults.tracking.uri of --params")
     pred.add_argument("--params", default=str(paths.PARAMS))
     pred.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    serve = sub.add_parser("serve", help="serve the Prefect flows; needs PREFECT_API_URL")
+    serve.add_argument("--params", default=str(paths.PARAMS))
+    serve.add_argument("--wait", type=float, default=0, help="seconds to wait for the server")
     args = parser.parse_args(argv)
     if args.command == "predict":
         return predict_command(args)
+    if args.command == "serve":
+        return serve_command(args)
     try:
         params = load_params(args.params)
     except PipelineError as err:

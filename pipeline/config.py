@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.errors import ParamsError, PipelineError
 from pipeline.schema_errors import has_path, unknown_key, validate
@@ -500,13 +500,51 @@ class ExperimentParams(Defaults):
     dataset: str
 
 
+class ScheduleParams(Strict):
+    """`make serve`: Prefect runs the retrain flow on this schedule (see pipeline/flows.py)."""
+
+    cron: str | None = Field(None, description="five cron fields, e.g. '0 3 * * *'; null: none")
+    timezone: str = Field("UTC", description="IANA name the cron is read in, e.g. Europe/Berlin")
+    pull: bool = Field(False, description="`dvc pull` before retraining (needs a DVC remote)")
+    push: bool = Field(False, description="`dvc push` after retraining (needs a DVC remote)")
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, cron: str | None) -> str | None:
+        from datetime import datetime
+
+        from cronsim import CronSim, CronSimError
+
+        if cron is not None:
+            try:
+                CronSim(cron, datetime.now())
+            except CronSimError as err:
+                raise ValueError(
+                    f"{cron!r} is not a cron expression ({err}); expected five fields: "
+                    "minute hour day-of-month month day-of-week"
+                ) from None
+        return cron
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, name: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{name!r} is not an IANA time zone, e.g. Europe/Berlin") from None
+        return name
+
+
 class Params(Strict):
     datasets: dict[str, DatasetParams]
     defaults: Defaults
     experiments: dict[str, ExperimentParams]
+    schedule: ScheduleParams = ScheduleParams()
 
 
-SECTIONS = ("datasets", "defaults", "experiments")
+SECTIONS = ("datasets", "defaults", "experiments", "schedule")
 
 
 # ---- loading --------------------------------------------------------------------------------
@@ -523,6 +561,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     datasets_raw = _mapping(raw, "datasets", problems, required=True)
     defaults_raw = _mapping(raw, "defaults", problems, required=False)
     experiments_raw = _mapping(raw, "experiments", problems, required=True)
+    schedule_raw = _mapping(raw, "schedule", problems, required=False)
 
     datasets = {}
     for name, spec in datasets_raw.items():
@@ -557,10 +596,11 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         if exp is not None and exp.tune.enabled:
             problems += _space_problems(where, merged, exp.tune)
         experiments[name] = exp
+    schedule = validate(ScheduleParams, schedule_raw, lambda _: "schedule", problems)
     if problems:
         # a bad default shows up once per experiment too; say it once
         raise ParamsError(path, list(dict.fromkeys(problems)))
-    return Params(datasets=datasets, defaults=defaults, experiments=experiments)
+    return Params(datasets=datasets, defaults=defaults, experiments=experiments, schedule=schedule)
 
 
 def _compatibility(where: str, exp: ExperimentParams, dataset) -> list[str]:

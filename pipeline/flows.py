@@ -1,13 +1,19 @@
 """Prefect flows over the DVC pipeline: Prefect schedules, retries and shows runs; DVC still
 decides what is up to date and owns dvc.lock and the outputs. No training logic lives here.
 
-`pipeline_flow` runs the stages of dvc.yaml in dependency order, one Prefect task per stage
-(`dvc repro --single-item <stage>`), so an unchanged stage is skipped by DVC exactly as in
-`dvc repro`.
+- `pipeline_flow`: the stages of dvc.yaml in dependency order, one Prefect task per stage.
+- `retrain_flow`: re-fetch the data, run what changed, report each model's registry decision.
+- `tune_flow`: one experiment's tuning with extra Optuna workers (local or on a work pool).
+- `tune_worker_flow`: one Optuna worker, the unit `tune_flow` fans out as flow runs.
+- `serve`: `python -m pipeline serve` (`make serve`) serves all four from this process, the
+  retrain flow on `schedule.cron`; pipeline/prefect.yaml deploys them to work pools instead.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +21,15 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.tasks import exponential_backoff
 
+from pipeline import paths
+from pipeline.config import Params, load_params
+from pipeline.errors import PipelineError
+from pipeline.metrics import MAIN_METRIC
+
 GPU_STAGES = ("judge", "tune", "train")  # tagged `gpu`: a concurrency limit can cap them
 STAGE_TIMEOUT = 6 * 3600  # seconds; a stage that hangs fails instead of blocking the flow
 SKIPPED = "didn't change, skipping"
+WORKER_WAIT = 600  # seconds a fanned-out tune worker waits for its study to be created
 
 
 def stage_order(root: str | Path = ".", targets: list[str] | None = None) -> list[str]:
@@ -46,6 +58,18 @@ def stage_tags(stage: str) -> list[str]:
     return ["dvc-stage", kind] + (["gpu"] if kind in GPU_STAGES else [])
 
 
+def up_to_date(root: str | Path, stage: str) -> bool:
+    """DVC's own check (`Stage.changed`, as `dvc repro` makes it), in this process: skipping an
+    unchanged stage costs no `dvc` start-up."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        # a target without a dvc.yaml path would be looked up in the current directory
+        [dvc_stage] = repo.stage.collect(f"{Path(repo.root_dir) / 'dvc.yaml'}:{stage}")
+        with repo.lock:  # as `dvc status` holds it
+            return not dvc_stage.changed()
+
+
 class StageInputError(RuntimeError):
     """The stage rejected its input (it exited 2): retrying cannot help."""
 
@@ -61,14 +85,30 @@ def _worth_retrying(task, task_run, state) -> bool:
 
 
 @task(retry_jitter_factor=0.2, retry_condition_fn=_worth_retrying, task_run_name="{stage}")
-def run_stage(stage: str, root: str, timeout: float = STAGE_TIMEOUT) -> dict:
-    """`dvc repro --single-item <stage>`: DVC runs it only if its deps, params or outs
-    changed. A failure raises with the stage's own error lines, so the task and flow states
-    say what went wrong."""
+def run_stage(
+    stage: str,
+    root: str,
+    force: bool = False,
+    env: dict[str, str] | None = None,
+    timeout: float = STAGE_TIMEOUT,
+) -> dict:
+    """`dvc repro --single-item <stage>` when DVC finds the stage changed (or `force`). A
+    failure raises with the stage's own error lines, so the task and flow states say what went
+    wrong."""
     logger = get_run_logger()
-    cmd = ["dvc", "repro", "--single-item", stage]
+    if not force and up_to_date(root, stage):
+        logger.info("%s: up to date, skipped", stage)
+        return {"stage": stage, "ran": False}
+    cmd = ["dvc", "repro", "--single-item", stage] + (["--force"] if force else [])
     try:
-        proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            cmd,
+            cwd=root,
+            env={**os.environ, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"{stage}: still running after {timeout:.0f} s; stopped") from None
     if proc.returncode != 0:
@@ -77,9 +117,31 @@ def run_stage(stage: str, root: str, timeout: float = STAGE_TIMEOUT) -> dict:
         if "exited with 2" in proc.stderr:  # the stage's own one-line rejection of bad input
             raise StageInputError(f"{stage} failed on bad input (not retried):\n{message}")
         raise RuntimeError(f"{stage} failed (exit {proc.returncode}):\n{message}")
-    ran = SKIPPED not in proc.stdout
-    logger.info("%s: %s", stage, "ran" if ran else "up to date, skipped")
+    ran = SKIPPED not in proc.stdout  # e.g. a forced ingest that fetched the same bytes
+    last = [ln for ln in proc.stderr.splitlines() if ln.startswith(stage)][-2:]
+    logger.info("%s: %s%s", stage, "ran" if ran else "unchanged", "".join(f"\n{ln}" for ln in last))
     return {"stage": stage, "ran": ran}
+
+
+def run_stages(
+    stages: list[str],
+    root: Path,
+    retries: int,
+    retry_delay: float,
+    forced: tuple[str, ...] = (),
+) -> list[dict]:
+    """The stages one at a time (DVC locks the repository while a stage runs), each retried
+    `retries` times, waiting `retry_delay` seconds, then doubling; stages whose kind is in
+    `forced` run even when DVC finds them unchanged."""
+    results = []
+    for stage in stages:
+        stage_task = run_stage.with_options(
+            tags=stage_tags(stage),
+            retries=retries,
+            retry_delay_seconds=exponential_backoff(backoff_factor=retry_delay),
+        )
+        results.append(stage_task(stage, str(root), force=stage.split("@")[0] in forced))
+    return results
 
 
 @flow(name="dl-pipeline", log_prints=True)
@@ -90,25 +152,266 @@ def pipeline_flow(
     retries: int = 2,
     retry_delay: float = 10.0,
 ) -> list[dict]:
-    """Run the DVC pipeline (or `targets` and what they need) as Prefect tasks, in order;
-    each stage is retried `retries` times, waiting `retry_delay` seconds, then doubling.
+    """Run the DVC pipeline (or `targets` and what they need) as Prefect tasks, in order.
 
     `params` is validated first, so bad input fails the flow before any stage runs.
     """
-    from pipeline.config import load_params
-
     root_path = Path(root).resolve()
     load_params(root_path / params)
-    results = []
-    for stage in stage_order(root_path, targets):
-        stage_task = run_stage.with_options(
-            tags=stage_tags(stage),
-            retries=retries,
-            retry_delay_seconds=exponential_backoff(backoff_factor=retry_delay),
+    return run_stages(stage_order(root_path, targets), root_path, retries, retry_delay)
+
+
+# ---- retraining -------------------------------------------------------------------------------
+
+
+@task(retries=2, retry_delay_seconds=10, task_run_name="dvc {command}")
+def dvc_command(command: str, root: str) -> str:
+    """`dvc pull` / `dvc push` against the remote in .dvc/config."""
+    args = ["pull", "--allow-missing"] if command == "pull" else [command]
+    proc = subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"dvc {command} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+    return proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+
+
+def registry_decisions(root: Path, cfg: Params, ran: set[str]) -> dict[str, dict]:
+    """For each experiment evaluated in this run: its main test metric and the champion
+    decision evaluate@ made (tracking.consider_champion)."""
+    out = {}
+    for name in cfg.experiments:
+        if f"evaluate@{name}" not in ran:
+            continue
+        summary = json.loads((root / paths.summary_file(name)).read_text())
+        metric = MAIN_METRIC[summary["task"]][0]
+        out[name] = {
+            "metric": metric,
+            "value": summary["metrics"].get(metric),
+            "registry": summary.get("registry"),
+        }
+    return out
+
+
+def retrain_markdown(results: list[dict], decisions: dict[str, dict]) -> str:
+    ran = [r["stage"] for r in results if r["ran"]]
+    lines = [
+        "# Retraining",
+        "",
+        f"{len(ran)} of {len(results)} stages ran"
+        + (f": {', '.join(ran)}" if ran else "; everything was up to date"),
+        "",
+    ]
+    if decisions:
+        lines += [
+            "| experiment | metric | value | champion before | champion after | decision |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, d in decisions.items():
+            reg = d["registry"] or {}
+            verdict = (
+                "not registered"
+                if not reg
+                else f"{'promoted' if reg['promoted'] else 'kept'} v{reg['version']}: "
+                f"{reg['reason']}"
+            )
+            lines.append(
+                f"| {name} | {d['metric']} | {d['value']:.4f} | "
+                f"{reg.get('champion_before') or '-'} | {reg.get('champion_after') or '-'} | "
+                f"{verdict} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+@flow(name="dl-retrain", log_prints=True)
+def retrain_flow(
+    params: str = "params.yaml",
+    root: str = ".",
+    pull: bool | None = None,
+    push: bool | None = None,
+    retries: int = 2,
+    retry_delay: float = 10.0,
+) -> dict:
+    """Retrain on fresh data: optional `dvc pull`, then every ingest@ stage forced (the source
+    is read again: new rows in a table or new images in a folder are not files dvc.yaml can
+    list), then the rest of the pipeline (DVC skips what the new data did not change). Each
+    evaluate@ that runs moves the registry's `champion` alias only when the new model beats
+    the champion by more than its own interval; the decisions end up in a markdown artifact.
+    Optional `dvc push` last. `pull`/`push` default to `schedule.pull`/`schedule.push`.
+    """
+    from prefect.artifacts import create_markdown_artifact
+
+    root_path = Path(root).resolve()
+    cfg = load_params(root_path / params)
+    if cfg.schedule.pull if pull is None else pull:
+        dvc_command("pull", str(root_path))
+    results = run_stages(
+        stage_order(root_path), root_path, retries, retry_delay, forced=("ingest",)
+    )
+    decisions = registry_decisions(root_path, cfg, {r["stage"] for r in results if r["ran"]})
+    if cfg.schedule.push if push is None else push:
+        dvc_command("push", str(root_path))
+    markdown = retrain_markdown(results, decisions)
+    create_markdown_artifact(markdown, key="retrain", description="stages run, champion moves")
+    print(markdown)
+    return {"stages": results, "decisions": decisions}
+
+
+# ---- tuning -----------------------------------------------------------------------------------
+
+
+@task(task_run_name="tune-worker-{worker}")
+def tune_worker(
+    experiment: str, root: str, params: str, worker: int, env: dict[str, str] | None = None
+) -> int:
+    """`python -m pipeline.tune_worker` in `root`: joins the experiment's study once the tune@
+    stage has created it; returns how many trials it ran."""
+    cmd = [sys.executable, "-m", "pipeline.tune_worker", "--experiment", experiment]
+    cmd += ["--params", params, "--worker", str(worker), "--wait", str(WORKER_WAIT)]
+    proc = subprocess.run(
+        cmd, cwd=root, env={**os.environ, **(env or {})}, capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"tune worker {worker} exited with {proc.returncode}:\n{proc.stderr[-2000:]}"
         )
-        # one stage at a time: DVC holds a lock on the repository while a stage runs
-        results.append(stage_task(stage, str(root_path)))
-    return results
+    return int(re.search(r"ran (\d+) trials", proc.stderr).group(1))
+
+
+@flow(name="dl-tune-worker", log_prints=True)
+def tune_worker_flow(
+    experiment: str, worker: int = 0, params: str = "params.yaml", root: str = "."
+) -> int:
+    """One Optuna worker of `experiment`'s study, as a flow run: what `tune_flow` starts on a
+    work pool, one per machine (`tune.storage` must be a database every machine reaches)."""
+    return tune_worker(experiment, str(Path(root).resolve()), params, worker)
+
+
+@task(task_run_name="tune-worker-{worker}@{deployment}")
+def tune_worker_run(deployment: str, experiment: str, params: str, worker: int) -> str:
+    """A flow run of the `tune_worker_flow` deployment; waits for it to end."""
+    from prefect.deployments import run_deployment
+
+    flow_run = run_deployment(
+        deployment,
+        parameters={"experiment": experiment, "worker": worker, "params": params},
+        timeout=None,
+    )
+    if not flow_run.state.is_completed():
+        raise RuntimeError(f"tune worker {worker} on {deployment}: {flow_run.state.name}")
+    return str(flow_run.id)
+
+
+@flow(name="dl-tune", log_prints=True)
+def tune_flow(
+    experiment: str,
+    workers: int = 1,
+    deployment: str | None = None,
+    params: str = "params.yaml",
+    root: str = ".",
+    retries: int = 2,
+    retry_delay: float = 10.0,
+) -> dict:
+    """Tune `experiment` with `workers` extra Optuna workers on the same study.
+
+    The tune@ stage runs as usual (it creates or resumes the study, runs its own
+    `tune.workers`, waits for every trial and writes tuned.yaml, so DVC records the result);
+    beside it the extra workers join the study: local `pipeline.tune_worker` processes (each
+    with its share of the CPU threads or its own GPU), or, given `deployment` (e.g.
+    `dl-tune-worker/tune-worker-gpu`), flow runs on that deployment's work pool.
+    """
+    root_path = Path(root).resolve()
+    cfg = load_params(root_path / params)
+    if experiment not in cfg.experiments:
+        raise PipelineError(
+            f"experiment {experiment!r} is not in {params}; declared: {', '.join(cfg.experiments)}"
+        )
+    tune = cfg.experiments[experiment].tune
+    if not tune.enabled:
+        raise PipelineError(f"experiments.{experiment}.tune.enabled is false in {params}")
+    stage = f"tune@{experiment}"
+    run_stages(stage_order(root_path, [stage])[:-1], root_path, retries, retry_delay)
+    if up_to_date(root_path, stage):  # the study is done: no worker would find a trial to run
+        print(f"{stage}: up to date, no workers started")
+        return {"stage": {"stage": stage, "ran": False}, "workers": []}
+
+    stage_env: dict[str, str] = {}
+    if deployment is None:
+        from pipeline.tune import worker_envs
+
+        envs = worker_envs(tune.workers + workers)
+        if tune.workers == 1:  # the stage's own worker runs in its process: its thread share
+            stage_env = {k: v for k, v in envs[0].items() if k != "CUDA_VISIBLE_DEVICES"}
+        extra = [
+            tune_worker.submit(experiment, str(root_path), params, i, envs[i])
+            for i in range(tune.workers, tune.workers + workers)
+        ]
+    else:
+        extra = [
+            tune_worker_run.submit(deployment, experiment, params, i)
+            for i in range(tune.workers, tune.workers + workers)
+        ]
+    # retried as a whole only by DVC's skip: a finished study is not run again
+    result = run_stage.with_options(tags=stage_tags(stage)).submit(
+        stage, str(root_path), env=stage_env
+    )
+    return {"stage": result.result(), "workers": [f.result() for f in extra]}
+
+
+# ---- serving ----------------------------------------------------------------------------------
+
+
+def serve(params: str = "params.yaml", root: str = ".", wait: float = 0) -> None:
+    """Serve the four flows from this process against the configured Prefect server (waiting
+    up to `wait` seconds for it to answer), the retrain flow on `schedule.cron`; runs until
+    interrupted."""
+    import time
+
+    from prefect import serve as prefect_serve
+    from prefect.client.orchestration import get_client
+    from prefect.schedules import Cron
+    from prefect.settings import PREFECT_API_URL
+
+    cfg = load_params(Path(root) / params)
+    url = PREFECT_API_URL.value()
+    if not url:
+        raise PipelineError(
+            "no Prefect server configured: set PREFECT_API_URL (e.g. "
+            "http://127.0.0.1:4200/api) or run `make serve`, which starts a local one; "
+            "without a server, schedules and run history would vanish with this process"
+        )
+    deadline = time.time() + wait
+    with get_client(sync_client=True) as client:
+        while client.api_healthcheck() is not None and time.time() < deadline:
+            time.sleep(1)
+        if client.api_healthcheck() is not None:
+            raise PipelineError(
+                f"no Prefect server answers at PREFECT_API_URL={url}; start it with "
+                "`prefect server start` or run `make serve`"
+            )
+    where = {"params": params, "root": str(Path(root).resolve())}
+    schedule = cfg.schedule
+    retrain = retrain_flow.to_deployment(
+        "retrain",
+        parameters=where,
+        schedules=[Cron(schedule.cron, timezone=schedule.timezone)] if schedule.cron else None,
+        description="re-fetch data, retrain what changed, promote better models",
+    )
+    print(
+        f"serving against {url}: dl-retrain/retrain "
+        + (
+            f"on cron {schedule.cron!r} ({schedule.timezone})"
+            if schedule.cron
+            else "when started (schedule.cron is not set)"
+        )
+        + ", dl-pipeline/pipeline, dl-tune/tune, dl-tune-worker/tune-worker",
+        file=sys.stderr,
+    )
+    prefect_serve(
+        retrain,
+        pipeline_flow.to_deployment("pipeline", parameters=where),
+        tune_flow.to_deployment("tune", parameters=where),
+        tune_worker_flow.to_deployment("tune-worker", parameters=where),
+        print_starting_message=False,
+    )
 
 
 if __name__ == "__main__":

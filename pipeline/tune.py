@@ -192,6 +192,26 @@ def load_study(experiment: str, exp: ExperimentParams, storage, name: str, worke
     )
 
 
+def wait_for_study(url: str, name: str, seconds: float, heartbeat_seconds: int) -> None:
+    """Block until study `name` exists in `url` with its MLflow parent run recorded (the tune@
+    stage sets both before any trial), so a worker started beside the stage can join it."""
+    storage = open_storage(url, heartbeat_seconds)
+    deadline = time.time() + seconds
+    while True:
+        exists = name in optuna.get_all_study_names(storage)
+        if (
+            exists
+            and "mlflow_run_id" in optuna.load_study(study_name=name, storage=storage).user_attrs
+        ):
+            return
+        if time.time() > deadline:
+            raise PipelineError(
+                f"no study {name!r} in {url} after {seconds:.0f} s; "
+                "is the tune@ stage running (`dvc repro tune@<experiment>`)?"
+            )
+        time.sleep(1)
+
+
 def trial_epochs(exp: ExperimentParams) -> int:
     return exp.tune.epochs or exp.train.epochs
 

@@ -25,6 +25,12 @@ def main(argv=None) -> int:
     parser.add_argument("--study", help="default: the study name params.yaml implies")
     parser.add_argument("--worker", type=int, help="index; seeds the sampler (default: pid)")
     parser.add_argument("--deadline", type=float, help="unix time after which no trial starts")
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=0,
+        help="seconds to wait for the tune@ stage to create the study",
+    )
     parser.add_argument("--config", help=argparse.SUPPRESS)  # the stage's resolved experiment
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -47,6 +53,8 @@ def main(argv=None) -> int:
         url = args.storage or tuning.storage_url(args.experiment, exp.tune)
         name = args.study or tuning.study_name(args.experiment, exp)
         worker = os.getpid() if args.worker is None else args.worker
+        if args.wait:
+            tuning.wait_for_study(url, name, args.wait, exp.tune.heartbeat_seconds)
         try:
             ran = tuning.work(args.experiment, exp, url, name, worker, args.deadline)
         except KeyError:

@@ -1,9 +1,17 @@
-"""Prefect flows orchestrate the real DVC pipeline: same outputs as `dvc repro`, skips, failures."""
+"""Prefect flows orchestrate the real DVC pipeline: same outputs as `dvc repro`, skips,
+failures, retraining with champion promotion, tuning fanned out to extra workers (as tasks and
+as flow runs of a served deployment)."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
+import numpy as np
 import pytest
 import yaml
 
@@ -35,7 +43,9 @@ def prefect_server():
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry writes
         with prefect_test_harness(server_startup_timeout=120):
-            yield
+            from prefect.settings import PREFECT_API_URL
+
+            yield PREFECT_API_URL.value()
 
 
 def lock_outs(project) -> dict[str, str]:
@@ -155,3 +165,196 @@ def test_a_stage_retried_after_a_transient_failure_trains_once(
         for proc in started:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+# ---- retraining -------------------------------------------------------------------------------
+
+
+def digits_table(path, rows: int, noisy: float = 0.0, seed: int = 0) -> None:
+    """`rows` of scikit-learn's digits as a CSV (64 pixel columns and `digit`), a `noisy`
+    fraction of them with random labels: the "new data" a nightly retrain finds."""
+    import pandas as pd
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    rng = np.random.default_rng(seed)
+    keep = rng.permutation(len(y))[:rows]
+    x, y = x[keep], y[keep].copy()
+    flip = rng.random(len(y)) < noisy
+    y[flip] = rng.integers(0, 10, int(flip.sum()))
+    table = pd.DataFrame(x, columns=[f"p{i}" for i in range(64)])
+    table["digit"] = y
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, index=False)
+
+
+RETRAIN = {
+    "datasets": {
+        "scans": {
+            "source": "table",
+            "path": "incoming/digits.csv",
+            "target": "digit",
+            "task": "classification",
+        }
+    },
+    "defaults": {
+        **TINY["defaults"],
+        "model": {"name": "mlp", "hidden_sizes": [32]},
+        "train": {"epochs": 30, "optimizer": {"name": "adamw", "lr": 0.01}},
+        "tracking": {"log_model": True},
+    },
+    "experiments": {"mlp_scans": {"dataset": "scans"}},
+}
+
+
+def test_retrain_flow_promotes_only_a_better_model(prefect_server, tmp_path):
+    """New rows land in the source table between runs (DVC cannot see them: the flow forces
+    ingest). Clean small data -> v1 champion; noisy labels -> v2 kept; more clean data -> v3
+    promoted; the same data again -> nothing after ingest runs."""
+    from mlflow import MlflowClient
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from pipeline.flows import retrain_flow
+
+    project = make_project(tmp_path / "p", RETRAIN)
+    table = project / "incoming" / "digits.csv"
+    client = MlflowClient(f"sqlite:///{project}/mlflow.db")
+    name = "dl-pipeline.mlp_scans"
+    rounds = [
+        (dict(rows=400), True, "1"),  # the first model: no champion yet
+        (dict(rows=400, noisy=0.6), False, "1"),  # worse: v2 is registered, not promoted
+        (dict(rows=1797), True, "3"),  # more clean data: better by more than its interval
+    ]
+    values = []
+    for table_args, promoted, champion in rounds:
+        digits_table(table, **table_args)
+        result = retrain_flow(root=str(project), retries=0)
+        decision = result["decisions"]["mlp_scans"]
+        values.append(decision["value"])
+        assert decision["registry"]["promoted"] is promoted, decision
+        assert str(client.get_model_version_by_alias(name, "champion").version) == champion
+    assert values[1] < values[0] < values[2]
+    assert sorted(str(v.version) for v in client.search_model_versions(f"name='{name}'")) == [
+        "1",
+        "2",
+        "3",
+    ]
+
+    # the same data again: ingest is forced, DVC finds its output unchanged and stops there
+    again = retrain_flow(root=str(project), retries=0)
+    assert [r["stage"] for r in again["stages"] if r["ran"]] == ["ingest@scans"]
+    assert again["decisions"] == {}
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "3"
+
+    with get_client(sync_client=True) as prefect:
+        artifacts = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["retrain"]))
+        )
+    texts = [a.data for a in artifacts]
+    assert any("promoted v3" in t and "| mlp_scans |" in t for t in texts)
+    assert any("kept v2" in t for t in texts)
+    assert any("1 of 7 stages ran: ingest@scans" in t for t in texts)
+
+
+# ---- tuning -----------------------------------------------------------------------------------
+
+TUNED = json.loads(json.dumps(TINY))
+TUNED["experiments"]["mlp_digits"]["tune"] = {
+    "enabled": True,
+    "n_trials": 8,
+    "epochs": 20,  # ~2 s a trial: the extra worker joins while most trials are still to run
+    "sampler": "random",
+    "pruner": "none",
+    "space": {"train.optimizer.lr": {"type": "float", "low": 0.001, "high": 0.01, "log": True}},
+}
+
+
+def study_trials(project, experiment="mlp_digits"):
+    import optuna
+
+    from pipeline.config import load_params
+    from pipeline.tune import open_storage, study_name
+
+    exp = load_params(project / "params.yaml").experiments[experiment]
+    journal = project / paths.study_journal(experiment)
+    study = optuna.load_study(
+        study_name=study_name(experiment, exp), storage=open_storage(str(journal), 60)
+    )
+    return study.get_trials()
+
+
+def test_tune_flow_adds_local_workers_to_the_stage_study(prefect_server, tmp_path):
+    from pipeline.flows import tune_flow
+
+    project = make_project(tmp_path / "p", TUNED)
+    result = tune_flow(experiment="mlp_digits", workers=1, root=str(project), retries=0)
+    assert result["stage"] == {"stage": "tune@mlp_digits", "ran": True}
+    [extra] = result["workers"]
+    trials = study_trials(project)
+    assert len(trials) == 8 and sorted(t.number for t in trials) == list(range(8))
+    assert all(t.state.name == "COMPLETE" for t in trials)
+    by_worker = {t.user_attrs["worker_pid"] for t in trials}
+    assert 1 <= extra < 8 and len(by_worker) == 2  # the stage's worker and the flow's
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    assert "tune@mlp_digits" in lock["stages"]  # DVC recorded the stage's outputs
+    assert "lr" in (project / paths.tuned_file("mlp_digits")).read_text()
+
+    again = tune_flow(experiment="mlp_digits", workers=1, root=str(project), retries=0)
+    assert again == {"stage": {"stage": "tune@mlp_digits", "ran": False}, "workers": []}
+
+
+def test_served_deployments_run_tune_workers_as_flow_runs(prefect_server, tmp_path):
+    """`python -m pipeline serve` registers the four deployments (retrain on schedule.cron)
+    and runs flow runs of them; tune_flow fans a worker out as a flow run of tune-worker."""
+    from prefect.client.orchestration import get_client
+
+    from pipeline.flows import tune_flow
+
+    raw = json.loads(json.dumps(TUNED))
+    raw["schedule"] = {"cron": "30 2 * * 1-5", "timezone": "Europe/Berlin"}
+    project = make_project(tmp_path / "p", raw)
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+    env["PATH"] = f"{os.path.dirname(sys.executable)}{os.pathsep}{env['PATH']}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "serve"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        with get_client(sync_client=True) as client:
+            for _ in range(120):
+                names = {d.name for d in client.read_deployments()}
+                if {"retrain", "pipeline", "tune", "tune-worker"} <= names:
+                    break
+                assert server.poll() is None, server.stdout.read()
+                time.sleep(0.5)
+            retrain = client.read_deployment_by_name("dl-retrain/retrain")
+        [schedule] = retrain.schedules
+        assert schedule.schedule.cron == "30 2 * * 1-5"
+        assert schedule.schedule.timezone == "Europe/Berlin"
+
+        result = tune_flow(
+            experiment="mlp_digits",
+            workers=1,
+            deployment="dl-tune-worker/tune-worker",
+            root=str(project),
+            retries=0,
+        )
+        [flow_run_id] = result["workers"]
+        with get_client(sync_client=True) as client:
+            worker_run = client.read_flow_run(flow_run_id)
+        assert worker_run.state.is_completed()
+        assert worker_run.parameters["experiment"] == "mlp_digits"
+        trials = study_trials(project)
+        assert len(trials) == 8 and all(t.state.name == "COMPLETE" for t in trials)
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
