@@ -53,6 +53,7 @@ test-fast: $(STAMP)
 # side-by-side ratios against a reference in the same run; prints and writes reports/benchmarks/
 bench: $(STAMP)
 	python -m benchmarks.tune_bench
+	python -m benchmarks.flow_bench
 
 ui: $(STAMP)
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

@@ -57,6 +57,16 @@ def lock_outs(project) -> dict[str, str]:
     }
 
 
+def interrupt(proc: subprocess.Popen) -> None:
+    """Ctrl-C, as a user stops `serve` or a worker; killed if it does not stop."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def task_run_count(flow_state, name: str) -> int:
     """How many times Prefect ran the task `name` in that flow run."""
     from prefect.client.orchestration import get_client
@@ -352,9 +362,50 @@ def test_served_deployments_run_tune_workers_as_flow_runs(prefect_server, tmp_pa
         trials = study_trials(project)
         assert len(trials) == 8 and all(t.state.name == "COMPLETE" for t in trials)
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        interrupt(server)
+
+
+def test_prefect_yaml_deploys_to_a_process_pool_whose_worker_runs_the_flow(
+    prefect_server, tmp_path
+):
+    """pipeline/prefect.yaml as the README says to use it: create the `local` process pool,
+    `prefect deploy --all`, start a worker; a run of dl-pipeline/pipeline executes there."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    project = make_project(tmp_path / "p", TINY)
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, "PREFECT_WORKER_QUERY_SECONDS": "1"}
+    env["PATH"] = f"{os.path.dirname(sys.executable)}{os.pathsep}{env['PATH']}"
+
+    def prefect(*args: str) -> None:
+        proc = subprocess.run(
+            ["prefect", *args], cwd=project, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    prefect("work-pool", "create", "local", "--type", "process")
+    prefect("--no-prompt", "deploy", "--prefect-file", "pipeline/prefect.yaml", "--all")
+    with get_client(sync_client=True) as client:
+        names = {d.name for d in client.read_deployments()}
+    assert {"retrain", "pipeline", "tune", "tune-worker"} <= names
+    worker = subprocess.Popen(
+        ["prefect", "worker", "start", "--pool", "local"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        flow_run = run_deployment(
+            "dl-pipeline/pipeline",
+            parameters={"targets": ["preprocess@digits"]},
+            timeout=300,
+            poll_interval=1,
+            as_subflow=False,
+        )
+        assert flow_run.state.is_completed(), flow_run.state
+        assert (project / paths.split_file("digits", "train")).is_file()
+        lock = yaml.safe_load((project / "dvc.lock").read_text())
+        assert set(lock["stages"]) == {"ingest@digits", "preprocess@digits"}
+    finally:
+        interrupt(worker)
