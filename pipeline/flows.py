@@ -26,7 +26,8 @@ from pipeline.config import Params, load_params
 from pipeline.errors import PipelineError
 from pipeline.metrics import MAIN_METRIC
 
-GPU_STAGES = ("judge", "tune", "train")  # tagged `gpu`: a concurrency limit can cap them
+GPU_STAGES = ("judge", "tune", "train")
+GPU_TAG = "gpu"  # `prefect concurrency-limit create gpu 1`: one GPU stage at a time
 STAGE_TIMEOUT = 6 * 3600  # seconds; a stage that hangs fails instead of blocking the flow
 SKIPPED = "didn't change, skipping"
 WORKER_WAIT = 600  # seconds a fanned-out tune worker waits for its study to be created
@@ -53,9 +54,23 @@ def stage_order(root: str | Path = ".", targets: list[str] | None = None) -> lis
     return [name for name in order if name in keep]
 
 
-def stage_tags(stage: str) -> list[str]:
-    kind = stage.split("@", 1)[0]
-    return ["dvc-stage", kind] + (["gpu"] if kind in GPU_STAGES else [])
+def gpu_limited() -> bool:
+    """Whether a concurrency limit exists for the `gpu` tag. Prefect 3.8 asks the server for a
+    slot for every tagged task run, and a SQLite-backed server often answers 503 and is asked
+    again about 2 s later (measured), so GPU stages carry the tag only when a limit uses it."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(f"tag:{GPU_TAG}")
+        except ObjectNotFound:
+            return False
+    return True
+
+
+def stage_tags(stage: str, gpu_limit: bool) -> list[str]:
+    return [GPU_TAG] if gpu_limit and stage.split("@", 1)[0] in GPU_STAGES else []
 
 
 def up_to_date(root: str | Path, stage: str) -> bool:
@@ -134,9 +149,10 @@ def run_stages(
     `retries` times, waiting `retry_delay` seconds, then doubling; stages whose kind is in
     `forced` run even when DVC finds them unchanged."""
     results = []
+    gpu_limit = gpu_limited()
     for stage in stages:
         stage_task = run_stage.with_options(
-            tags=stage_tags(stage),
+            tags=stage_tags(stage, gpu_limit),
             retries=retries,
             retry_delay_seconds=exponential_backoff(backoff_factor=retry_delay),
         )
@@ -350,7 +366,7 @@ def tune_flow(
             for i in range(tune.workers, tune.workers + workers)
         ]
     # retried as a whole only by DVC's skip: a finished study is not run again
-    result = run_stage.with_options(tags=stage_tags(stage)).submit(
+    result = run_stage.with_options(tags=stage_tags(stage, gpu_limited())).submit(
         stage, str(root_path), env=stage_env
     )
     return {"stage": result.result(), "workers": [f.result() for f in extra]}

@@ -67,15 +67,19 @@ def interrupt(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def task_run_count(flow_state, name: str) -> int:
-    """How many times Prefect ran the task `name` in that flow run."""
+def task_runs(flow_state) -> list:
+    """The task runs the server recorded for that flow run."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     flow_run = FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id]))
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=flow_run)
-    [task_run] = [r for r in runs if r.name == name]
+        return client.read_task_runs(flow_run_filter=flow_run)
+
+
+def task_run_count(flow_state, name: str) -> int:
+    """How many times Prefect ran the task `name` in that flow run."""
+    [task_run] = [r for r in task_runs(flow_state) if r.name == name]
     return task_run.run_count
 
 
@@ -101,9 +105,21 @@ def test_flow_matches_dvc_repro_and_a_second_run_skips_everything(prefect_server
     ]
     assert metrics[0] == pytest.approx(metrics[1])  # seeded training: the same model
 
-    again = pipeline_flow(root=str(by_flow))
-    assert not any(r["ran"] for r in again)
+    # with a concurrency limit on `gpu`, the GPU stages' task runs carry that tag
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.create_concurrency_limit(tag="gpu", concurrency_limit=1)
+    try:
+        state = pipeline_flow(root=str(by_flow), return_state=True)
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_concurrency_limit_by_tag("gpu")
+    assert not any(r["ran"] for r in state.result())
     assert "up to date" in run(["dvc", "status"], by_flow).stdout
+    tags = {r.name: r.tags for r in task_runs(state)}
+    assert tags["train@mlp_digits"] == tags["tune@mlp_digits"] == ["gpu"]
+    assert tags["preprocess@digits"] == tags["report"] == []
 
 
 def test_a_failing_stage_fails_the_flow_with_its_message_and_commits_nothing(
