@@ -1,8 +1,9 @@
 """The params.yaml schema: typed, strict, frozen; errors name the key, the value, what is allowed.
 
 params.yaml has three sections: `datasets` (named data sources), `defaults` (settings every
-experiment shares) and `experiments` (named experiments: a dataset plus overrides of defaults).
-An experiment resolves as `defaults` deep-merged with `experiments.<name>`.
+experiment shares) and `experiments` (named experiments: a dataset plus overrides of defaults),
+and an optional `schedule` (when the Prefect retrain flow runs). An experiment resolves as
+`defaults` deep-merged with `experiments.<name>`.
 """
 
 from __future__ import annotations
