@@ -1,6 +1,7 @@
 """`python -m pipeline check [--params FILE]`: validate params.yaml and print the stage plan.
 `python -m pipeline predict ...`: batch inference with a registered model.
 `python -m pipeline serve`: serve the Prefect flows (retrain on `schedule.cron`); see flows.py.
+`python -m pipeline verify-determinism <experiment>`: train twice, compare bit for bit.
 
 Light on purpose: it imports no torch, mlflow or dvc; which stages are out of date comes from
 `dvc status` in a subprocess (skip it with --no-status).
@@ -16,6 +17,7 @@ import sys
 
 from pipeline import paths
 from pipeline.config import Params, load_params
+from pipeline.dvclock import lock_holder
 from pipeline.errors import PipelineError
 
 
@@ -115,6 +117,22 @@ def serve_command(args) -> int:
     return 0
 
 
+def verify_command(args) -> int:
+    from pipeline import verify
+
+    try:
+        params = load_params(args.params)
+        if args.experiment not in params.experiments:
+            declared = ", ".join(params.experiments)
+            raise PipelineError(
+                f"experiment {args.experiment!r} is not in {args.params}; declared: {declared}"
+            )
+        return verify.run(params, args.experiment, args.epochs)
+    except PipelineError as err:
+        print(f"error: verify-determinism: {err}", file=sys.stderr)
+        return 2
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -136,7 +154,15 @@ def main(argv=None) -> int:
     serve = sub.add_parser("serve", help="serve the Prefect flows; needs PREFECT_API_URL")
     serve.add_argument("--params", default=str(paths.PARAMS))
     serve.add_argument("--wait", type=float, default=0, help="seconds to wait for the server")
+    verify = sub.add_parser(
+        "verify-determinism", help="train an experiment twice and compare bit for bit"
+    )
+    verify.add_argument("experiment")
+    verify.add_argument("--params", default=str(paths.PARAMS))
+    verify.add_argument("--epochs", type=int, help="default: the experiment's train.epochs")
     args = parser.parse_args(argv)
+    if args.command == "verify-determinism":
+        return verify_command(args)
     if args.command == "predict":
         return predict_command(args)
     if args.command == "serve":
@@ -151,7 +177,10 @@ def main(argv=None) -> int:
         f"{len(params.experiments)} experiments"
     )
     stages = plan(params)
-    changed = dvc_changed_stages(args.params) if args.status else None
+    holder = lock_holder() if args.status else None
+    if holder:
+        print(f"dvc is running here: {holder}; stage status is known once it ends")
+    changed = dvc_changed_stages(args.params) if args.status and not holder else None
     will_run = stages_to_run(params, changed) if changed is not None else None
     width = max(len(stage) for stage, _ in stages)
     print("stages, in run order:")

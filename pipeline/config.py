@@ -8,11 +8,19 @@ and an optional `schedule` (when the Prefect retrain flow runs). An experiment r
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.errors import ParamsError, PipelineError
 from pipeline.schema_errors import has_path, unknown_key, validate
@@ -326,6 +334,11 @@ class TrainParams(Strict):
     init: Literal["default", "kaiming", "xavier", "orthogonal"] = "default"
     adversarial: AdversarialParams = AdversarialParams()
     augment: tuple[AugmentStep, ...] = Field((), description="image transforms, training only")
+    deterministic: bool = Field(
+        False,
+        description="torch.use_deterministic_algorithms: bit-identical reruns on one machine "
+        "(some CUDA ops are slower or refused; checked before the first epoch)",
+    )
 
 
 class Corruption(Strict):
@@ -343,10 +356,43 @@ class EvaluateParams(Strict):
     )
 
 
+def _no_password(url: str) -> str:
+    """A URL in params.yaml must not carry a password: params are copied into dvc.lock,
+    MLflow and the report. Credentials come from the environment instead."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    try:
+        secret = parts.password
+    except ValueError:  # not a URL with a parsable network location
+        secret = None
+    if secret:
+        shown = url.replace(f":{secret}@", ":***@", 1)
+        raise ValueError(
+            f"holds a password ({shown}); params.yaml is copied into dvc.lock, MLflow and the "
+            "report, so give credentials in the environment: MLFLOW_TRACKING_USERNAME/"
+            "MLFLOW_TRACKING_PASSWORD for an MLflow server, PGPASSWORD for PostgreSQL, "
+            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for S3"
+        )
+    return url
+
+
+Url = Annotated[str, AfterValidator(_no_password)]
+
+
 class TrackingParams(Strict):
-    uri: str = "sqlite:///mlflow.db"
-    artifact_location: str = "mlartifacts"
+    uri: Url = "sqlite:///mlflow.db"
+    artifact_location: Url = "mlartifacts"
     experiment_name: str = "dl-pipeline"
+
+    @field_validator("experiment_name")
+    @classmethod
+    def _safe(cls, name: str) -> str:
+        problem = unsafe_name(name)
+        if problem:
+            raise ValueError(problem)
+        return name
+
     system_metrics: bool = False
     log_model: bool = True
 
@@ -435,7 +481,7 @@ class TuneParams(Strict):
         "knee", description="multi-objective: the Pareto trial nearest the ideal, or best first"
     )
     workers: int = Field(1, ge=1, description="local worker processes")
-    storage: str | None = Field(
+    storage: Url | None = Field(
         None, description="null: a journal file under artifacts/<exp>/; or an RDB URL"
     )
     heartbeat_seconds: int = Field(10, ge=1, description="a trial silent for 2x this is failed")
@@ -550,6 +596,19 @@ SECTIONS = ("datasets", "defaults", "experiments", "schedule")
 
 # ---- loading --------------------------------------------------------------------------------
 
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def unsafe_name(name: str) -> str | None:
+    """Why `name` cannot name folders (data/raw/<name>, artifacts/<name>) and MLflow runs and
+    models, or None. Path separators and '..' could reach outside the project's folders."""
+    if SAFE_NAME.fullmatch(name) and ".." not in name:
+        return None
+    return (
+        f"{name!r} is not a safe name: use letters, digits, '_', '-' and '.', starting with a "
+        "letter or digit (no '/', '\\' or '..'): it names folders and MLflow runs"
+    )
+
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml; raise ParamsError listing every problem found."""
@@ -564,6 +623,10 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     experiments_raw = _mapping(raw, "experiments", problems, required=True)
     schedule_raw = _mapping(raw, "schedule", problems, required=False)
 
+    for section, names in (("datasets", datasets_raw), ("experiments", experiments_raw)):
+        for name in names:
+            if unsafe_name(str(name)):
+                problems.append(f"{section}.{name}: not a safe name; {unsafe_name(str(name))}")
     datasets = {}
     for name, spec in datasets_raw.items():
         datasets[name] = validate(DatasetParams, spec, lambda _, n=name: f"datasets.{n}", problems)
@@ -587,7 +650,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
             problems,
         )
         dataset = overrides.get("dataset")
-        if isinstance(dataset, str) and dataset not in datasets_raw:
+        # (with no datasets section at all, that one problem is reported alone)
+        if isinstance(dataset, str) and datasets_raw and dataset not in datasets_raw:
             declared = ", ".join(sorted(datasets_raw)) or "none"
             problems.append(
                 f"{where}.dataset: {dataset!r} is not a declared dataset; declared: {declared}"
@@ -690,13 +754,40 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that also refuses duplicate keys (YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ParamsError(path, [f"file not found (looked in {path.resolve().parent})"])
     try:
-        raw = yaml.safe_load(path.read_text())
+        loader = _StrictLoader(path.read_text())
+        try:
+            raw = loader.get_single_data()
+        finally:
+            loader.dispose()
+    except yaml.constructor.ConstructorError as err:
+        where = f"line {err.problem_mark.line + 1}: " if err.problem_mark else ""
+        if "python/" in str(err.problem):  # e.g. !!python/object/apply: would run code
+            tag = str(err.problem).split("tag ", 1)[-1]
+            raise ParamsError(path, [f"{where}tag {tag} is not allowed: plain data only"]) from None
+        raise ParamsError(path, [f"{where}{err.problem}"]) from None
     except yaml.YAMLError as err:
         raise ParamsError(path, [f"not valid YAML: {err}".replace("\n", " ")]) from None
+    if raw is None:
+        raise ParamsError(path, [f"the file is empty; expected sections {', '.join(SECTIONS)}"])
     if not isinstance(raw, dict):
         raise ParamsError(path, [f"expected a mapping with sections {', '.join(SECTIONS)}"])
     return raw

@@ -6,8 +6,10 @@ read once per epoch.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import os
 import random
 import sys
 import time
@@ -40,6 +42,39 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def set_deterministic(on: bool) -> None:
+    """Deterministic kernels only (or not). cuBLAS reads its workspace setting when first
+    used, so this runs before any model or batch reaches the GPU."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = False
+
+
+def check_deterministic(model: nn.Module, batches: Batches, task: Task, where: str) -> None:
+    """One training step on a copy of the model with two samples, before any real work: an op
+    without a deterministic implementation on this device fails here, not mid-run. The RNG
+    state is restored, so the real run is unchanged."""
+    rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    trial = copy.deepcopy(model)
+    try:
+        task.train_step(trial, batches.x[:2], batches.y[:2], task.optimizers(trial))
+    except RuntimeError as err:
+        if "deterministic" not in str(err):
+            raise
+        first = str(err).strip().splitlines()[0]
+        raise PipelineError(
+            f"{where}: {first}; set it to false, or choose a model without that op on "
+            f"{batches.x.device.type}"
+        ) from None
+    finally:
+        torch.set_rng_state(rng)
+        if cuda_rng:
+            torch.cuda.set_rng_state_all(cuda_rng)
 
 
 class Batches:
@@ -147,17 +182,67 @@ def optimizer_step(loss, optimizer, parameters, grad_clip: float | None) -> None
     optimizer.step()
 
 
-def train_one_epoch(model, batches: Batches, task: Task, optimizers, step_schedulers) -> dict:
-    """One pass over `batches`; returns mean `train/<loss>` values (one host sync)."""
+def train_one_epoch(
+    model, batches: Batches, task: Task, optimizers, step_schedulers, epoch: int = 1
+) -> dict:
+    """One pass over `batches`; returns mean `train/<loss>` values. Stops at the first step
+    whose loss is NaN or infinite (see FiniteCheck)."""
     model.train()
     sums: dict[str, torch.Tensor] = {}
-    for xb, yb in batches:
-        for key, value in task.train_step(model, xb, yb, optimizers).items():
+    check = FiniteCheck(batches.x.device, epoch, len(batches))
+    for step, (xb, yb) in enumerate(batches, 1):
+        losses = task.train_step(model, xb, yb, optimizers)
+        check(losses, step)
+        for key, value in losses.items():
             sums[key] = sums.get(key, 0) + value * len(xb)
         for scheduler in step_schedulers:
             scheduler.step()
+    check.finish()
     means = (torch.stack(list(sums.values())) / len(batches.y)).tolist()
     return {f"train/{key}": value for key, value in zip(sums, means, strict=True)}
+
+
+class FiniteCheck:
+    """Raises at the first training step whose losses are not all finite, naming it. On CPU
+    the flag is read at once; on CUDA it is copied to host memory without blocking and read
+    once the copy has landed (usually the next step), so the loop never waits for the GPU."""
+
+    def __init__(self, device: torch.device, epoch: int, steps: int):
+        self.cuda = device.type == "cuda"
+        self.epoch, self.steps = epoch, steps
+        self.pending: list[tuple[int, torch.Tensor, object]] = []
+
+    def __call__(self, losses: dict[str, torch.Tensor], step: int) -> None:
+        finite = torch.stack([torch.isfinite(v).all() for v in losses.values()]).all()
+        if not self.cuda:
+            if not finite:
+                self._fail(step, losses)
+            return
+        host = torch.empty((), dtype=torch.bool, pin_memory=True)
+        host.copy_(finite, non_blocking=True)
+        landed = torch.cuda.Event()
+        landed.record()
+        self.pending.append((step, host, landed))
+        while self.pending and self.pending[0][2].query():
+            done_step, flag, _ = self.pending.pop(0)
+            if not flag:
+                self._fail(done_step, {})
+
+    def finish(self) -> None:
+        for step, flag, landed in self.pending:
+            landed.synchronize()
+            if not flag:
+                self._fail(step, {})
+        self.pending.clear()
+
+    def _fail(self, step: int, losses: dict) -> None:
+        values = ", ".join(f"{k}={v.item()}" for k, v in losses.items())
+        raise PipelineError(
+            f"training diverged at epoch {self.epoch}, step {step} of {self.steps}"
+            + (f" ({values})" if values else "")
+            + "; the last good checkpoint is kept. Lower train.optimizer.lr or set "
+            "train.grad_clip"
+        )
 
 
 @torch.no_grad()
@@ -181,6 +266,21 @@ class FitResult:
     resumed_from_epoch: int = 0
     seconds: float = 0.0
     samples_per_second: float = 0.0
+
+
+def load_tensors(path: Path) -> dict:
+    """`torch.load` of plain tensors and containers only (`weights_only=True`): unpickling
+    never runs code. A file holding anything else, e.g. a tampered checkpoint, is refused."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0]
+        raise PipelineError(
+            f"{path}: refused: it holds more than tensors ({first}); "
+            "delete it if this project did not write it"
+        ) from None
 
 
 def config_key(config: dict) -> str:
@@ -227,7 +327,7 @@ def fit(
     result = FitResult()
 
     if checkpoint_path is not None and checkpoint_path.is_file():
-        ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        ckpt = load_tensors(checkpoint_path)
         if ckpt.get("run_key") == run_key and not ckpt.get("finished"):
             model.load_state_dict(ckpt["model"])
             for name, opt in optimizers.items():
@@ -253,12 +353,7 @@ def fit(
     )
     for epoch in bar:
         row = {"epoch": epoch + 1}
-        row.update(train_one_epoch(model, train, task, optimizers, per_step))
-        if not np.isfinite(row["train/loss"]):
-            raise PipelineError(
-                f"training diverged: train loss is {row['train/loss']} at epoch {epoch + 1}; "
-                "lower train.optimizer.lr or set train.grad_clip"
-            )
+        row.update(train_one_epoch(model, train, task, optimizers, per_step, epoch + 1))
         row.update(task.validate(model, val))
         row["lr"] = next(iter(optimizers.values())).param_groups[0]["lr"]
         state["history"].append(row)

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,8 +23,49 @@ import yaml
 from pipeline import paths
 from pipeline.config import TrackingParams
 
-SECRET = re.compile(r"password|passwd|secret|token|api[_-]?key|credential", re.IGNORECASE)
+SECRET = re.compile(
+    r"password|passwd|secret|token|credential|(^|[._-])(api|access|private)?[_-]?key$",
+    re.IGNORECASE,
+)
+REDACTED = "***"
 TAG_PREFIX = "pipeline."
+
+
+def owner_tags() -> dict[str, str]:
+    """Who owns a run while it is RUNNING (machine, process, project folder): a later stage
+    closes the runs whose owner died without ending them."""
+    import socket
+
+    owner = {"host": socket.gethostname(), "pid": str(os.getpid()), "project": str(Path.cwd())}
+    return {TAG_PREFIX + k: v for k, v in owner.items()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def close_orphaned_runs(client, experiment_id: str) -> list[str]:
+    """End KILLED the runs of this project on this machine left RUNNING by a process that is
+    gone (killed with SIGKILL, or the machine went down); returns their ids."""
+    mine = owner_tags()
+    host, project = mine[TAG_PREFIX + "host"], mine[TAG_PREFIX + "project"]
+    query = (
+        "attributes.status = 'RUNNING' "
+        f"and tags.`{TAG_PREFIX}host` = '{host}' and tags.`{TAG_PREFIX}project` = '{project}'"
+    )
+    closed = []
+    for run in client.search_runs([experiment_id], filter_string=query, max_results=1000):
+        pid = int(run.data.tags.get(TAG_PREFIX + "pid", "0"))
+        if pid and pid != os.getpid() and not _alive(pid):
+            client.set_terminated(run.info.run_id, "KILLED")
+            closed.append(run.info.run_id)
+    return closed
 
 
 class StageRun:
@@ -139,8 +181,12 @@ def stage_run(
     import mlflow
 
     mlflow.set_tracking_uri(tracking.uri)
-    experiment_id = _experiment_id(mlflow, tracking)
-    all_tags = {TAG_PREFIX + k: v for k, v in tags.items()}
+    with _first_use_lock(tracking.uri):
+        experiment_id = _experiment_id(mlflow, tracking)
+    orphans = close_orphaned_runs(mlflow.MlflowClient(), experiment_id)
+    if orphans:
+        print(f"mlflow: {len(orphans)} run(s) of a killed process marked KILLED", file=sys.stderr)
+    all_tags = {TAG_PREFIX + k: v for k, v in tags.items()} | owner_tags()
     all_tags.update({"mlflow.source.git.commit": git_commit() or "unknown"})
     resume = _existing_run(mlflow, resume_run_id)
     run = mlflow.start_run(
@@ -203,7 +249,7 @@ def trial_run(
 
     client = MlflowClient(tracking.uri)
     parent = client.get_run(parent_run_id)
-    all_tags = {TAG_PREFIX + k: str(v) for k, v in tags.items()}
+    all_tags = {TAG_PREFIX + k: str(v) for k, v in tags.items()} | owner_tags()
     all_tags["mlflow.parentRunId"] = parent_run_id
     run = client.create_run(parent.info.experiment_id, run_name=name, tags=all_tags)
     public = public_params(params)
@@ -296,6 +342,22 @@ def close_lost_trial_runs(tracking: TrackingParams, run_ids: list[str]) -> int:
     return closed
 
 
+@contextmanager
+def _first_use_lock(uri: str) -> Iterator[None]:
+    """MLflow creates (and migrates) a SQLite store's schema on a process's first use, and
+    processes doing that at once on a fresh file can fail; a file lock next to the database
+    lets one at a time through. Server URIs need none."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    from filelock import FileLock
+
+    database = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{database}.lock"):
+        yield
+
+
 def _existing_run(mlflow, run_id: str | None) -> str | None:
     """`run_id` if this store has it (a parent from another store or a wiped db is dropped)."""
     if run_id is None:
@@ -325,8 +387,8 @@ def _experiment_id(mlflow, tracking: TrackingParams) -> str:
 
 
 def public_params(params: dict[str, Any]) -> dict[str, Any]:
-    """Drop keys that look like secrets: they never reach the tracking store."""
-    return {k: v for k, v in params.items() if not SECRET.search(k)}
+    """Values of keys that look like secrets are redacted: they never reach the store."""
+    return {k: REDACTED if SECRET.search(k) else v for k, v in params.items()}
 
 
 def git_commit() -> str | None:

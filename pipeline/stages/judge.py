@@ -84,9 +84,8 @@ def load_judge(dataset: str):
     """The trained judge of `dataset` (CPU, eval mode); a clear error when there is none."""
     import json
 
-    import torch
-
     from models import build_model
+    from pipeline.engine import load_tensors
     from pipeline.stages.train import data_spec
 
     info_path = paths.judge_dir(dataset) / INFO_FILE
@@ -96,7 +95,7 @@ def load_judge(dataset: str):
     if not info["applicable"]:
         raise PipelineError(f"dataset {dataset!r} has no judge: {info['reason']}")
     model = build_model("cnn", info["model"], data_spec(data.load_schema(dataset)))
-    state = torch.load(paths.judge_dir(dataset) / MODEL_FILE, map_location="cpu", weights_only=True)
+    state = load_tensors(paths.judge_dir(dataset) / MODEL_FILE)
     model.load_state_dict(state)
     return model.eval()
 

@@ -41,6 +41,7 @@ def prepare(exp: ExperimentParams, experiment: str) -> Prepared:
     schema = data.load_schema(exp.dataset)
     device = engine.select_device(exp.device)
     engine.seed_everything(exp.seed)
+    engine.set_deterministic(exp.train.deterministic)
     spec = data_spec(schema)
     task = tasks.make_task(tasks.task_kind(exp.model.name, schema), exp.train, schema)
     try:
@@ -71,6 +72,10 @@ def prepare(exp: ExperimentParams, experiment: str) -> Prepared:
         transform=augment_fn,
     )
     val = engine.Batches(val_x, val_y, exp.evaluate.batch_size, device=device, shuffle=False)
+    if exp.train.deterministic:
+        engine.check_deterministic(
+            model, train, task, f"experiments.{experiment}.train.deterministic"
+        )
     arrays = {"train_x": train_x, "train_y": train_y, "val_x": val_x, "val_y": val_y}
     return Prepared(model, train, val, task, spec, schema, device, augment_fn, arrays)
 
@@ -226,11 +231,12 @@ def load_trained_model(experiment: str, trained: bool = True):
     import torch
 
     from models import DataSpec, build_model
+    from pipeline.engine import load_tensors
 
     path = paths.model_file(experiment)
     if not path.is_file():
         raise PipelineError(f"{path} not found; run `dvc repro train@{experiment}` first")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    saved = load_tensors(path)
     spec = saved["spec"]
     spec = DataSpec(**{**spec, "input_shape": tuple(spec["input_shape"])})
     config = {k: v for k, v in saved["model"].items() if k != "name"}

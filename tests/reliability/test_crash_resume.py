@@ -1,0 +1,107 @@
+"""`kill -9` in the middle of `dvc repro`: the next `dvc repro` needs no clean-up, resumes
+training from the checkpoint and ends with the weights of a run that was never interrupted;
+the killed process's MLflow run does not stay RUNNING."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pipeline import paths
+from pipeline.dvclock import lock_holder
+from tests.conftest import make_project, run
+from tests.test_flows import TINY
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+LONG = {
+    **TINY,
+    "defaults": {
+        **TINY["defaults"],
+        "model": {"name": "mlp", "hidden_sizes": [64], "dropout": 0.2},
+        # about 20 s of training: time to look at the lock, then kill it mid-epoch
+        "train": {"epochs": 300, "batch_size": 8, "early_stopping": {"patience": 0}},
+    },
+}
+
+
+def repro_env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
+    }
+
+
+def model_weights(project):
+    from pipeline.engine import load_tensors
+
+    return load_tensors(project / paths.model_file("mlp_digits"))["state_dict"]
+
+
+def train_runs(project):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("dl-pipeline")
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+    return [r for r in runs if r.info.run_name == "mlp_digits/train"]
+
+
+def test_kill_9_during_dvc_repro_then_repro_resumes_to_the_same_weights(tmp_path):
+    import torch
+
+    whole = make_project(tmp_path / "whole", LONG)
+    run(["dvc", "repro", "train@mlp_digits"], whole)
+
+    killed = make_project(tmp_path / "killed", LONG)
+    checkpoint = killed / paths.checkpoint_file("mlp_digits")
+    repro = subprocess.Popen(
+        ["dvc", "repro", "train@mlp_digits"],
+        cwd=killed,
+        env=repro_env(),
+        start_new_session=True,  # its own process group: dvc and the stage die together
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists():  # a few epochs in
+        assert repro.poll() is None, repro.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.3)
+    # while it runs, the lock is named: by `pipeline check`, and another `dvc repro` waits
+    holder = lock_holder(killed)
+    assert holder and holder.startswith(f"pid {repro.pid} (") and "repro" in holder
+    check = run([sys.executable, "-m", "pipeline", "check"], killed).stdout
+    assert f"dvc is running here: pid {repro.pid} (" in check
+    second = run(["dvc", "repro", "train@mlp_digits"], killed, check=False)
+    assert second.returncode != 0 and "Unable to acquire lock" in second.stderr
+
+    os.killpg(repro.pid, signal.SIGKILL)
+    repro.wait()
+    assert (killed / ".dvc" / "tmp" / "lock").exists() and lock_holder(killed) is None
+    assert not (killed / paths.model_file("mlp_digits")).exists()
+    [orphan] = train_runs(killed)
+    assert orphan.info.status == "RUNNING"  # nobody could end it
+
+    # no manual clean-up: DVC's own locks died with it, the checkpoint is kept (persist)
+    again = run(["dvc", "repro", "train@mlp_digits"], killed)
+    assert "Running stage 'train@mlp_digits'" in again.stdout
+    first, second = train_runs(killed)
+    assert first.info.run_id == orphan.info.run_id
+    assert first.info.status == "KILLED" and first.info.end_time is not None
+    assert second.info.status == "FINISHED"
+    summary = json.loads((killed / paths.train_summary_file("mlp_digits")).read_text())
+    assert summary["resumed_from_epoch"] >= 1 and summary["epochs_run"] == 300
+
+    expected, resumed = model_weights(whole), model_weights(killed)
+    assert expected.keys() == resumed.keys()
+    for key in expected:
+        torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=0, msg=key)

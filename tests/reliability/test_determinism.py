@@ -1,0 +1,80 @@
+"""Determinism: same seed, same weights; `train.deterministic` checked before the first epoch;
+`python -m pipeline verify-determinism` trains twice and diffs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline import engine, verify
+from pipeline.errors import PipelineError
+from tests.conftest import make_project, run
+from tests.test_engine import fit, setup
+from tests.test_flows import TINY
+
+
+def test_two_runs_with_the_same_seed_give_identical_weights_and_metrics():
+    results = []
+    for _ in range(2):
+        model, tr, va, cfg = setup(seed=7)
+        history = fit(model, tr, va, cfg).history
+        results.append(({k: v.clone() for k, v in model.state_dict().items()}, history))
+    assert verify.differences(*results) == []
+    weights, history = results[1]
+    changed = {k: v + 1e-6 if v.is_floating_point() else v for k, v in weights.items()}
+    found = verify.differences(results[0], (changed, history))
+    assert found and all(line.startswith("weights ") for line in found)
+
+
+class CudaOnlyScatter(nn.Module):
+    """Stands in for an op with no deterministic kernel (CUDA's index_add_ and friends): it
+    refuses the way torch does when deterministic algorithms are on."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        if torch.are_deterministic_algorithms_enabled():
+            raise RuntimeError(
+                "scatter_add_cuda_kernel does not have a deterministic implementation, but "
+                "you set 'torch.use_deterministic_algorithms(True)'"
+            )
+        return self.inner(x)
+
+
+def test_an_op_without_a_deterministic_kernel_is_reported_before_training():
+    from pipeline.tasks import Classification
+    from tests.test_engine import SCHEMA
+
+    model, tr, va, cfg = setup()
+    model = CudaOnlyScatter(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    engine.set_deterministic(True)
+    try:
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        with pytest.raises(PipelineError, match=r"train\.deterministic: scatter_add_cuda_kernel"):
+            engine.check_deterministic(
+                model, tr, Classification(cfg, SCHEMA), "train.deterministic"
+            )
+    finally:
+        engine.set_deterministic(False)
+    assert torch.equal(torch.get_rng_state(), rng)  # nothing drawn for the real run
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key])
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_verify_determinism_command_on_a_real_project(tmp_path):
+    raw = {**TINY, "defaults": {**TINY["defaults"], "train": {"epochs": 3, "deterministic": True}}}
+    project = make_project(tmp_path / "p", raw)
+    run(["dvc", "repro", "preprocess@digits", "tune@mlp_digits"], project)
+    out = run(["python", "-m", "pipeline", "verify-determinism", "mlp_digits"], project).stdout
+    assert "mlp_digits: deterministic" in out and "3 epochs of metrics are bit-identical" in out
+    missing = run(["python", "-m", "pipeline", "verify-determinism", "nope"], project, check=False)
+    assert missing.returncode == 2 and "'nope' is not in params.yaml" in missing.stderr
