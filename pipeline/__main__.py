@@ -15,9 +15,8 @@ import shutil
 import subprocess
 import sys
 
-from pipeline import paths
+from pipeline import locks, paths
 from pipeline.config import Params, load_params
-from pipeline.dvclock import lock_holder
 from pipeline.errors import PipelineError
 
 
@@ -177,10 +176,9 @@ def main(argv=None) -> int:
         f"{len(params.experiments)} experiments"
     )
     stages = plan(params)
-    holder = lock_holder() if args.status else None
-    if holder:
-        print(f"dvc is running here: {holder}; stage status is known once it ends")
-    changed = dvc_changed_stages(args.params) if args.status and not holder else None
+    for name, holder in locks.running().items():
+        print(f"running now: {name}: {holder}")
+    changed = dvc_changed_stages(args.params) if args.status else None
     will_run = stages_to_run(params, changed) if changed is not None else None
     width = max(len(stage) for stage, _ in stages)
     print("stages, in run order:")

@@ -23,7 +23,6 @@ from prefect.tasks import exponential_backoff
 
 from pipeline import paths
 from pipeline.config import Params, load_params
-from pipeline.dvclock import lock_holder
 from pipeline.errors import PipelineError
 from pipeline.metrics import MAIN_METRIC
 
@@ -130,9 +129,6 @@ def run_stage(
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.splitlines() if "error" in ln.lower()]
         message = "\n".join(lines[-5:]) or proc.stderr[-2000:]
-        holder = lock_holder(root) if "Unable to acquire lock" in proc.stderr else None
-        if holder:
-            message += f"\nthe repository's DVC lock is held by {holder}"
         if "exited with 2" in proc.stderr:  # the stage's own one-line rejection of bad input
             raise StageInputError(f"{stage} failed on bad input (not retried):\n{message}")
         raise RuntimeError(f"{stage} failed (exit {proc.returncode}):\n{message}")

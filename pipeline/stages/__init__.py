@@ -7,7 +7,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-from pipeline import paths
+from pipeline import locks, paths
 from pipeline.config import Params, load_params
 from pipeline.errors import PipelineError
 
@@ -40,7 +40,8 @@ def stage_main(
                 raise PipelineError(
                     f"{target} {name!r} is not in {args.params}; declared: {', '.join(declared)}"
                 )
-        run(params, name)
+        with locks.stage_lock(f"{stage}@{name}" if name else stage):
+            run(params, name)
     except PipelineError as err:
         print(f"error: {stage}{'@' + name if name else ''}: {err}", file=sys.stderr)
         return 2

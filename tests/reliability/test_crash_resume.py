@@ -13,8 +13,7 @@ import time
 
 import pytest
 
-from pipeline import paths
-from pipeline.dvclock import lock_holder
+from pipeline import locks, paths
 from tests.conftest import make_project, run
 from tests.test_flows import TINY
 
@@ -25,8 +24,8 @@ LONG = {
     "defaults": {
         **TINY["defaults"],
         "model": {"name": "mlp", "hidden_sizes": [64], "dropout": 0.2},
-        # about 20 s of training: time to look at the lock, then kill it mid-epoch
-        "train": {"epochs": 300, "batch_size": 8, "early_stopping": {"patience": 0}},
+        # about 15 s of training: time to look at the lock, then kill it mid-epoch
+        "train": {"epochs": 60, "batch_size": 16, "early_stopping": {"patience": 0}},
     },
 }
 
@@ -53,7 +52,7 @@ def train_runs(project):
     return [r for r in runs if r.info.run_name == "mlp_digits/train"]
 
 
-def test_kill_9_during_dvc_repro_then_repro_resumes_to_the_same_weights(tmp_path):
+def test_kill_9_during_dvc_repro_then_repro_resumes_to_the_same_weights(tmp_path, monkeypatch):
     import torch
 
     whole = make_project(tmp_path / "whole", LONG)
@@ -70,28 +69,40 @@ def test_kill_9_during_dvc_repro_then_repro_resumes_to_the_same_weights(tmp_path
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 300
-    while not checkpoint.exists():  # a few epochs in
-        assert repro.poll() is None, repro.stderr.read()
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    time.sleep(0.3)
-    # while it runs, the lock is named: by `pipeline check`, and another `dvc repro` waits
-    holder = lock_holder(killed)
-    assert holder and holder.startswith(f"pid {repro.pid} (") and "repro" in holder
-    check = run([sys.executable, "-m", "pipeline", "check"], killed).stdout
-    assert f"dvc is running here: pid {repro.pid} (" in check
-    second = run(["dvc", "repro", "train@mlp_digits"], killed, check=False)
-    assert second.returncode != 0 and "Unable to acquire lock" in second.stderr
-
-    os.killpg(repro.pid, signal.SIGKILL)
-    repro.wait()
-    assert (killed / ".dvc" / "tmp" / "lock").exists() and lock_holder(killed) is None
+    try:
+        deadline = time.monotonic() + 300
+        while not checkpoint.exists():  # a few epochs in
+            assert repro.poll() is None, repro.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        # while it runs, the locks name it: DVC's to a second `dvc repro`, the stage's own to
+        # `pipeline check` and to the stage started by hand
+        blocked = run(["dvc", "repro", "--single-item", "train@mlp_digits"], killed, check=False)
+        assert blocked.returncode != 0 and "is being blocked by" in blocked.stderr
+        assert f"(PID {repro.pid}): " in blocked.stderr  # the dvc process running it
+        check = run([sys.executable, "-m", "pipeline", "check"], killed).stdout
+        assert "running now: train@mlp_digits: pid " in check
+        assert "pipeline.stages.train mlp_digits" in check
+        by_hand = [sys.executable, "-m", "pipeline.stages.train", "mlp_digits"]
+        twice = run(by_hand, killed, check=False)
+        assert twice.returncode == 2
+        assert "train@mlp_digits is already running: pid " in twice.stderr
+        assert repro.poll() is None, "training ended before the kill; make it longer"
+    finally:
+        os.killpg(repro.pid, signal.SIGKILL)
+        repro.wait()
+    assert any((killed / locks.LOCKS).glob("*.lock"))  # a stale file, locking nothing
+    monkeypatch.chdir(killed)
+    deadline = time.monotonic() + 30
+    while locks.running():  # the stage process dies a moment after dvc
+        assert time.monotonic() < deadline, locks.running()
+        time.sleep(0.1)
     assert not (killed / paths.model_file("mlp_digits")).exists()
     [orphan] = train_runs(killed)
     assert orphan.info.status == "RUNNING"  # nobody could end it
 
-    # no manual clean-up: DVC's own locks died with it, the checkpoint is kept (persist)
+    # no manual clean-up: DVC drops the dead pid from its lock file, the OS released the
+    # stage's lock, and the checkpoint is kept (persist)
     again = run(["dvc", "repro", "train@mlp_digits"], killed)
     assert "Running stage 'train@mlp_digits'" in again.stdout
     first, second = train_runs(killed)
@@ -99,7 +110,7 @@ def test_kill_9_during_dvc_repro_then_repro_resumes_to_the_same_weights(tmp_path
     assert first.info.status == "KILLED" and first.info.end_time is not None
     assert second.info.status == "FINISHED"
     summary = json.loads((killed / paths.train_summary_file("mlp_digits")).read_text())
-    assert summary["resumed_from_epoch"] >= 1 and summary["epochs_run"] == 300
+    assert summary["resumed_from_epoch"] >= 1 and summary["epochs_run"] == 60
 
     expected, resumed = model_weights(whole), model_weights(killed)
     assert expected.keys() == resumed.keys()
