@@ -338,6 +338,7 @@ def fit(
             if torch.cuda.is_available() and ckpt["rng"]["cuda"]:
                 torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
             train.generator.set_state(ckpt["rng"]["shuffle"])
+            _set_host_rng(ckpt["rng"]["host"])
             best_weights = ckpt["best_weights"]
             state = ckpt["state"]
             result.resumed_from_epoch = state["epoch"]
@@ -405,6 +406,37 @@ def _cpu_copy(state_dict: dict) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in state_dict.items()}
 
 
+def _host_rng() -> dict:
+    """Python's and NumPy's global RNG states in types `torch.load(weights_only=True)` reads
+    back (no NumPy arrays)."""
+    version, internal, gauss = random.getstate()
+    numpy_state = np.random.get_state(legacy=False)
+    return {
+        "python": {"version": version, "internal": list(internal), "gauss": gauss},
+        "numpy": {
+            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+            "pos": numpy_state["state"]["pos"],
+            "has_gauss": numpy_state["has_gauss"],
+            "gauss": numpy_state["gauss"],
+        },
+    }
+
+
+def _set_host_rng(saved: dict) -> None:
+    py = saved["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
+    np_saved = saved["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            np_saved["key"].numpy().astype(np.uint32),
+            np_saved["pos"],
+            np_saved["has_gauss"],
+            np_saved["gauss"],
+        )
+    )
+
+
 def _save_checkpoint(
     path, model, optimizers, schedulers, train, best_weights, state, run_key, finished
 ):
@@ -418,6 +450,7 @@ def _save_checkpoint(
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "shuffle": train.generator.get_state(),
+            "host": _host_rng(),
         },
         "best_weights": best_weights,
         "state": state,

@@ -25,7 +25,9 @@ def load_model(uri: str, tracking_uri: str):
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    mlflow.set_tracking_uri(tracking_uri)
+    from pipeline.tracking import store_uri
+
+    mlflow.set_tracking_uri(store_uri(tracking_uri))
     try:
         info = mlflow.models.get_model_info(uri)
         model = mlflow.pytorch.load_model(uri, map_location="cpu")

@@ -31,12 +31,26 @@ REDACTED = "***"
 TAG_PREFIX = "pipeline."
 
 
+def project_root() -> Path:
+    """The project's folder: where relative store paths in params.yaml point. A queued
+    `dvc exp run` runs stages in a temporary copy and names the real project in DVC_ROOT, so
+    its runs land in the project's store rather than in a folder deleted afterwards."""
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd())
+
+
+def store_uri(uri: str) -> str:
+    """`uri` with a relative SQLite path made absolute under the project's folder."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{project_root() / uri.removeprefix('sqlite:///')}"
+    return uri
+
+
 def owner_tags() -> dict[str, str]:
     """Who owns a run while it is RUNNING (machine, process, project folder): a later stage
     closes the runs whose owner died without ending them."""
     import socket
 
-    owner = {"host": socket.gethostname(), "pid": str(os.getpid()), "project": str(Path.cwd())}
+    owner = {"host": socket.gethostname(), "pid": str(os.getpid()), "project": str(project_root())}
     return {TAG_PREFIX + k: v for k, v in owner.items()}
 
 
@@ -180,14 +194,17 @@ def stage_run(
     """
     import mlflow
 
-    mlflow.set_tracking_uri(tracking.uri)
-    with _first_use_lock(tracking.uri):
+    uri = store_uri(tracking.uri)
+    mlflow.set_tracking_uri(uri)
+    with _first_use_lock(uri):
         experiment_id = _experiment_id(mlflow, tracking)
     orphans = close_orphaned_runs(mlflow.MlflowClient(), experiment_id)
     if orphans:
         print(f"mlflow: {len(orphans)} run(s) of a killed process marked KILLED", file=sys.stderr)
     all_tags = {TAG_PREFIX + k: v for k, v in tags.items()} | owner_tags()
     all_tags.update({"mlflow.source.git.commit": git_commit() or "unknown"})
+    if os.environ.get("DVC_EXP_NAME"):  # run by `dvc exp run`: which experiment
+        all_tags[TAG_PREFIX + "dvc_exp"] = os.environ["DVC_EXP_NAME"]
     resume = _existing_run(mlflow, resume_run_id)
     run = mlflow.start_run(
         run_id=resume,
@@ -247,7 +264,7 @@ def trial_run(
     from mlflow import MlflowClient
     from mlflow.entities import Param
 
-    client = MlflowClient(tracking.uri)
+    client = MlflowClient(store_uri(tracking.uri))
     parent = client.get_run(parent_run_id)
     all_tags = {TAG_PREFIX + k: str(v) for k, v in tags.items()} | owner_tags()
     all_tags["mlflow.parentRunId"] = parent_run_id
@@ -262,7 +279,7 @@ def connect(tracking: TrackingParams, run_id: str) -> None:
     trial, so that trial's time is not spent setting up the store)."""
     from mlflow import MlflowClient
 
-    MlflowClient(tracking.uri).get_run(run_id)
+    MlflowClient(store_uri(tracking.uri)).get_run(run_id)
 
 
 CHAMPION = "champion"
@@ -288,7 +305,7 @@ def consider_champion(
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking.uri)
+    client = MlflowClient(store_uri(tracking.uri))
     client.set_model_version_tag(name, version, "test_metric", metric)
     client.set_model_version_tag(name, version, "test_value", repr(value))
     try:
@@ -328,7 +345,7 @@ def close_lost_trial_runs(tracking: TrackingParams, run_ids: list[str]) -> int:
     """Mark FAILED the trial runs a killed worker left RUNNING; returns how many."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking.uri)
+    client = MlflowClient(store_uri(tracking.uri))
     closed = 0
     for run_id in run_ids:
         try:
@@ -375,7 +392,7 @@ def _experiment_id(mlflow, tracking: TrackingParams) -> str:
         return found.experiment_id
     location = tracking.artifact_location
     if "://" not in location:  # a local folder, relative to the project
-        location = Path(location).resolve().as_uri()
+        location = (project_root() / location).resolve().as_uri()
     try:
         return mlflow.create_experiment(tracking.experiment_name, artifact_location=location)
     except Exception:

@@ -41,7 +41,8 @@ def test_run_states_and_tags(store):
     assert ok.info.status == "FINISHED"
     assert ok.data.tags["pipeline.stage"] == "train"
     assert ok.data.metrics["val/loss"] == 1.0
-    assert ok.data.params == {"train.lr": "0.1"}  # secrets dropped
+    # secrets redacted
+    assert ok.data.params == {"train.lr": "0.1", "tracking.password": "***", "api_token": "***"}
     assert _only_run(client, "boom").info.status == "FAILED"
     assert _only_run(client, "killed").info.status == "KILLED"
     assert _only_run(client, "child").data.tags["mlflow.parentRunId"] == run.run_id

@@ -1,0 +1,66 @@
+"""`dvc exp run --queue` of six variants run two at a time: every one succeeds with its own
+metrics, and its MLflow runs land in the project's store (not the queue's temporary copy)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.conftest import make_project, run
+from tests.test_flows import TINY
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+RATES = (0.001, 0.002, 0.003, 0.005, 0.008, 0.013)
+
+
+def finished_experiments(project) -> dict[str, dict]:
+    """name -> metrics of every experiment `dvc exp show` lists as done."""
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    out = {}
+    for baseline in shown:
+        for exp in baseline.get("experiments") or []:
+            [revision] = exp["revs"]
+            data = revision.get("data") or {}
+            if revision.get("name") and data.get("metrics"):
+                [metrics] = data["metrics"].values()
+                out[revision["name"]] = metrics["data"]
+    return out
+
+
+def test_six_queued_experiments_run_two_at_a_time(tmp_path):
+    from mlflow import MlflowClient
+
+    project = make_project(tmp_path / "p", TINY)
+    for i, rate in enumerate(RATES):
+        setting = f"defaults.train.optimizer.lr={rate}"
+        run(["dvc", "exp", "run", "--queue", "-n", f"lr-{i}", "-S", setting], project)
+    run(["dvc", "queue", "start", "-j", "2"], project)
+    deadline = time.monotonic() + 900
+    try:
+        while True:
+            status = run(["dvc", "queue", "status"], project).stdout
+            if status.count("Success") == len(RATES) or "Failed" in status:
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(5)
+    finally:
+        run(["dvc", "queue", "stop"], project, check=False)
+    assert status.count("Success") == len(RATES), status
+
+    done = finished_experiments(project)
+    assert sorted(done) == [f"lr-{i}" for i in range(len(RATES))]
+    accuracies = {name: m["test/accuracy"] for name, m in done.items()}
+    assert len(set(accuracies.values())) > 1  # each its own model
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("dl-pipeline")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    trains = [r for r in runs if r.info.run_name == "mlp_digits/train"]
+    assert sorted(r.data.tags["pipeline.dvc_exp"] for r in trains) == sorted(done)
+    assert all(r.info.status == "FINISHED" for r in runs)
+    by_exp = {r.data.tags["pipeline.dvc_exp"]: r for r in trains}
+    for i, rate in enumerate(RATES):
+        assert float(by_exp[f"lr-{i}"].data.params["train.optimizer.lr"]) == rate
