@@ -14,6 +14,11 @@ from tests.test_flows import TINY
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 RATES = (0.001, 0.002, 0.003, 0.005, 0.008, 0.013)
+# `dvc exp run -S` overrides keys that exist
+QUEUED = {
+    **TINY,
+    "defaults": {**TINY["defaults"], "train": {"epochs": 3, "optimizer": {"lr": 0.001}}},
+}
 
 
 def finished_experiments(project) -> dict[str, dict]:
@@ -33,7 +38,7 @@ def finished_experiments(project) -> dict[str, dict]:
 def test_six_queued_experiments_run_two_at_a_time(tmp_path):
     from mlflow import MlflowClient
 
-    project = make_project(tmp_path / "p", TINY)
+    project = make_project(tmp_path / "p", QUEUED)
     for i, rate in enumerate(RATES):
         setting = f"defaults.train.optimizer.lr={rate}"
         run(["dvc", "exp", "run", "--queue", "-n", f"lr-{i}", "-S", setting], project)
