@@ -16,7 +16,7 @@ import subprocess
 import sys
 
 from pipeline import locks, paths
-from pipeline.config import Params, load_params
+from pipeline.config import Params, load_params, require_declared
 from pipeline.errors import PipelineError
 
 
@@ -121,11 +121,7 @@ def verify_command(args) -> int:
 
     try:
         params = load_params(args.params)
-        if args.experiment not in params.experiments:
-            declared = ", ".join(params.experiments)
-            raise PipelineError(
-                f"experiment {args.experiment!r} is not in {args.params}; declared: {declared}"
-            )
+        require_declared(params, "experiment", args.experiment, args.params)
         return verify.run(params, args.experiment, args.epochs)
     except PipelineError as err:
         print(f"error: verify-determinism: {err}", file=sys.stderr)

@@ -334,6 +334,12 @@ class TrainParams(Strict):
     init: Literal["default", "kaiming", "xavier", "orthogonal"] = "default"
     adversarial: AdversarialParams = AdversarialParams()
     augment: tuple[AugmentStep, ...] = Field((), description="image transforms, training only")
+    checkpoint_interval: float = Field(
+        10.0,
+        ge=0,
+        description="seconds between resumable checkpoints (0: after every epoch); the last "
+        "epoch is always saved. Saving costs milliseconds, a tiny model's epoch about as much",
+    )
     deterministic: bool = Field(
         False,
         description="torch.use_deterministic_algorithms: bit-identical reruns on one machine "
@@ -592,6 +598,13 @@ class Params(Strict):
 
 
 SECTIONS = ("datasets", "defaults", "experiments", "schedule")
+
+
+def require_declared(params: Params, kind: str, name: str, source: str | Path) -> None:
+    """`name` must be a dataset (kind 'dataset') or experiment declared in `source`."""
+    declared = params.datasets if kind == "dataset" else params.experiments
+    if name not in declared:
+        raise PipelineError(f"{kind} {name!r} is not in {source}; declared: {', '.join(declared)}")
 
 
 # ---- loading --------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import signal
 import sys
 
 from pipeline import paths
-from pipeline.config import ExperimentParams, load_params
+from pipeline.config import ExperimentParams, load_params, require_declared
 from pipeline.errors import PipelineError
 
 
@@ -39,11 +39,7 @@ def main(argv=None) -> int:
             exp = ExperimentParams.model_validate_json(args.config)
         else:
             params = load_params(args.params)
-            if args.experiment not in params.experiments:
-                declared = ", ".join(params.experiments)
-                raise PipelineError(
-                    f"experiment {args.experiment!r} is not in {args.params}; declared: {declared}"
-                )
+            require_declared(params, "experiment", args.experiment, args.params)
             exp = params.experiments[args.experiment]
         if not exp.tune.enabled:
             raise PipelineError(f"experiments.{args.experiment}.tune.enabled is false")

@@ -122,6 +122,15 @@ def start_mlflow_server(root: Path, port: int) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT)
 
 
+def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Wait until `path` exists while `proc` runs; fail with its stderr if it ends first."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else proc.returncode
+        assert time.monotonic() < deadline, f"{path} did not appear within {timeout} s"
+        time.sleep(0.05)
+
+
 def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while True:

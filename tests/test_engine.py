@@ -28,7 +28,8 @@ def setup(seed=0, **train):
     x, y = blobs()
     tr = engine.Batches(x[:180], y[:180], 32, device="cpu", shuffle=True, seed=seed)
     va = engine.Batches(x[180:], y[180:], 64, device="cpu", shuffle=False)
-    cfg = TrainParams.model_validate({"epochs": 6, "optimizer": {"lr": 0.01}, **train})
+    train = {"epochs": 6, "optimizer": {"lr": 0.01}, "checkpoint_interval": 0, **train}
+    cfg = TrainParams.model_validate(train)
     return model, tr, va, cfg
 
 
@@ -87,6 +88,32 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
     assert len(result.history) == cfg.epochs
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, expected[key], msg=key)
+
+
+def test_checkpoints_are_spaced_by_the_interval_and_the_last_epoch_is_always_saved(tmp_path):
+    saves = []
+
+    def crash_after_3(epoch, row):
+        saves.append(engine.load_tensors(ckpt)["state"]["epoch"] if ckpt.is_file() else 0)
+        if epoch == 3:
+            raise Crash
+
+    ckpt = tmp_path / "every-epoch.pt"
+    model, tr, va, cfg = setup()
+    with pytest.raises(Crash):
+        fit(model, tr, va, cfg, checkpoint_path=ckpt, run_key="k", on_epoch=crash_after_3)
+    assert saves == [1, 2, 3]
+
+    saves.clear()
+    ckpt = tmp_path / "hourly.pt"
+    model, tr, va, cfg = setup(checkpoint_interval=3600)
+    with pytest.raises(Crash):
+        fit(model, tr, va, cfg, checkpoint_path=ckpt, run_key="k", on_epoch=crash_after_3)
+    assert saves == [0, 0, 0] and not ckpt.exists()
+    model, tr, va, cfg = setup(checkpoint_interval=3600)
+    fit(model, tr, va, cfg, checkpoint_path=ckpt, run_key="k")
+    saved = engine.load_tensors(ckpt)
+    assert saved["finished"] and saved["state"]["epoch"] == cfg.epochs
 
 
 def test_checkpoint_of_another_config_is_not_resumed(tmp_path):

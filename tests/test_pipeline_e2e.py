@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from pipeline import paths
-from tests.conftest import run, shipped_params, shrink, write_params
+from tests.conftest import run, shipped_params, shrink, wait_for_file, write_params
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -303,16 +303,14 @@ def test_sigterm_mid_training_leaves_no_model_and_the_rerun_resumes(repro_projec
     """A killed train writes no model, ends its MLflow run KILLED, and resumes next time."""
     raw = shrink(shipped_params(), epochs=400)
     raw["experiments"] = {"long_mlp": raw["experiments"][EXPERIMENTS[0]]}
-    raw["experiments"]["long_mlp"]["train"]["early_stopping"] = {"patience": 0}
+    raw["experiments"]["long_mlp"]["train"].update(
+        early_stopping={"patience": 0}, checkpoint_interval=0
+    )
     params = write_params(repro_project / "long.yaml", raw)
     cmd = [sys.executable, "-m", "pipeline.stages.train", "long_mlp", "--params", str(params)]
     ckpt = repro_project / paths.checkpoint_file("long_mlp")
     proc = subprocess.Popen(cmd, cwd=repro_project, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not ckpt.exists():
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for_file(ckpt, proc, timeout=120)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM
     assert not (repro_project / paths.model_file("long_mlp")).exists()

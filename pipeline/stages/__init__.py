@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 
 from pipeline import locks, paths
-from pipeline.config import Params, load_params
+from pipeline.config import Params, load_params, require_declared
 from pipeline.errors import PipelineError
 
 
@@ -35,11 +35,7 @@ def stage_main(
     try:
         params = load_params(args.params)
         if target:
-            declared = params.datasets if target == "dataset" else params.experiments
-            if name not in declared:
-                raise PipelineError(
-                    f"{target} {name!r} is not in {args.params}; declared: {', '.join(declared)}"
-                )
+            require_declared(params, target, name, args.params)
         with locks.stage_lock(f"{stage}@{name}" if name else stage):
             run(params, name)
     except PipelineError as err:

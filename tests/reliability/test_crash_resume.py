@@ -14,7 +14,7 @@ import time
 import pytest
 
 from pipeline import locks, paths
-from tests.conftest import make_project, run
+from tests.conftest import make_project, run, wait_for_file
 from tests.test_flows import TINY
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -25,7 +25,12 @@ LONG = {
         **TINY["defaults"],
         "model": {"name": "mlp", "hidden_sizes": [64], "dropout": 0.2},
         # about 15 s of training: time to look at the lock, then kill it mid-epoch
-        "train": {"epochs": 60, "batch_size": 16, "early_stopping": {"patience": 0}},
+        "train": {
+            "epochs": 60,
+            "batch_size": 16,
+            "early_stopping": {"patience": 0},
+            "checkpoint_interval": 0,  # every epoch: resumable from the first one on
+        },
     },
 }
 
@@ -70,11 +75,7 @@ def test_kill_9_during_dvc_repro_then_repro_resumes_to_the_same_weights(tmp_path
         text=True,
     )
     try:
-        deadline = time.monotonic() + 300
-        while not checkpoint.exists():  # a few epochs in
-            assert repro.poll() is None, repro.stderr.read()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for_file(checkpoint, repro)  # a few epochs in
         # while it runs, the locks name it: DVC's to a second `dvc repro`, the stage's own to
         # `pipeline check` and to the stage started by hand
         blocked = run(["dvc", "repro", "--single-item", "train@mlp_digits"], killed, check=False)

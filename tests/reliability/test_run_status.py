@@ -7,12 +7,11 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from pipeline import paths
-from tests.conftest import make_project, run, write_params
+from tests.conftest import make_project, run, wait_for_file, write_params
 from tests.reliability.test_crash_resume import LONG, repro_env, train_runs
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -31,11 +30,7 @@ TRAIN = [sys.executable, "-m", "pipeline.stages.train", "mlp_digits"]
 def test_ctrl_c_ends_the_run_killed(project):
     proc = subprocess.Popen(TRAIN, cwd=project, env=repro_env(), stderr=subprocess.PIPE, text=True)
     checkpoint = project / paths.checkpoint_file("mlp_digits")
-    deadline = time.monotonic() + 300
-    while not checkpoint.exists():
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for_file(checkpoint, proc)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) != 0
     last = train_runs(project)[-1]
