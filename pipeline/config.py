@@ -387,6 +387,9 @@ Url = Annotated[str, AfterValidator(_no_password)]
 
 
 class TrackingParams(Strict):
+    enabled: bool = Field(
+        True, description="false: no MLflow at all (no runs, no registry, no champion decision)"
+    )
     uri: Url = "sqlite:///mlflow.db"
     artifact_location: Url = "mlartifacts"
     experiment_name: str = "dl-pipeline"

@@ -177,6 +177,15 @@ def _FirstOutput(model):
     return FirstOutput(model).eval()
 
 
+class NullRun:
+    """Stands in for StageRun when `tracking.enabled` is false: every method does nothing."""
+
+    run_id = None
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
 @contextmanager
 def stage_run(
     tracking: TrackingParams,
@@ -190,8 +199,12 @@ def stage_run(
     has it: a resumed tuning study keeps its one parent run).
 
     The run ends FINISHED on success, FAILED on an error and KILLED on an interrupt or
-    SIGTERM (the stage CLI turns SIGTERM into SystemExit), never staying RUNNING.
+    SIGTERM (the stage CLI turns SIGTERM into SystemExit), never staying RUNNING. With
+    tracking off, a NullRun: MLflow is not even imported.
     """
+    if not tracking.enabled:
+        yield NullRun()
+        return
     import mlflow
 
     uri = store_uri(tracking.uri)
@@ -343,6 +356,8 @@ def consider_champion(
 
 def close_lost_trial_runs(tracking: TrackingParams, run_ids: list[str]) -> int:
     """Mark FAILED the trial runs a killed worker left RUNNING; returns how many."""
+    if not run_ids:
+        return 0
     from mlflow import MlflowClient
 
     client = MlflowClient(store_uri(tracking.uri))

@@ -1,8 +1,10 @@
 """MLflow runs end FINISHED, FAILED or KILLED, never RUNNING; secrets never reach the store."""
 
+import json
+
 import pytest
 
-from pipeline import tracking
+from pipeline import paths, tracking
 from pipeline.config import TrackingParams
 
 
@@ -66,3 +68,29 @@ def test_system_metrics_are_logged_when_enabled(store, monkeypatch):
     metrics = _only_run(client, "sys").data.metrics
     assert any(k.startswith("system/cpu") for k in metrics), sorted(metrics)
     assert any(k.startswith("system/system_memory") for k in metrics), sorted(metrics)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_tracking_off_runs_the_pipeline_without_mlflow(tmp_path):
+    """tracking.enabled: false: `dvc repro` with tuning (2 workers) writes models, metrics and
+    the report, and nothing of MLflow: no store, no artifacts, no registry."""
+    from tests.conftest import make_project, run, shipped_params, shrink
+
+    raw = shrink(shipped_params())
+    raw["experiments"] = {k: raw["experiments"][k] for k in ("mlp_digits", "cnn_digits")}
+    raw["experiments"]["cnn_digits"]["tune"]["workers"] = 2
+    raw["defaults"]["tracking"]["enabled"] = False
+    project = make_project(tmp_path / "off", raw)
+    out = run(["dvc", "repro"], project)
+
+    assert not (project / "mlflow.db").exists() and not (project / "mlartifacts").exists()
+    for experiment in raw["experiments"]:
+        metrics = json.loads((project / paths.metrics_file(experiment)).read_text())
+        assert 0 <= metrics["test/accuracy"] <= 1
+        train = json.loads((project / paths.train_summary_file(experiment)).read_text())
+        assert train["mlflow_run_id"] is None and train["epochs_run"] == 2
+    tuning = json.loads((project / paths.tuning_summary("cnn_digits")).read_text())
+    assert tuning["states"]["COMPLETE"] + tuning["states"]["PRUNED"] == 2
+    assert "champion" not in out.stderr
+    assert "MLflow: off (tracking.enabled: false)" in (project / "reports/index.md").read_text()

@@ -108,7 +108,9 @@ def leaderboard_rows(summaries: list[dict]) -> list[list[str]]:
 def _facts(s: dict) -> list[str]:
     t = s["train"]
     facts = [
-        f"MLflow runs: train `{t['mlflow_run_id']}`, evaluate `{s['evaluate_run_id']}`",
+        f"MLflow runs: train `{t['mlflow_run_id']}`, evaluate `{s['evaluate_run_id']}`"
+        if t["mlflow_run_id"]
+        else "MLflow: off (tracking.enabled: false)",
         f"data: `{s['dataset']}`, DVC hash `{s['data']['dvc_hash']}`, "
         f"split sizes {s['data']['counts']}",
         f"best epoch {t['best_epoch']} of {t['epochs_run']}"

@@ -159,7 +159,7 @@ def run(params: Params, experiment: str):
                 "samples_per_second": result.samples_per_second,
             }
         )
-        if exp.tracking.log_model:
+        if exp.tracking.enabled and exp.tracking.log_model:
             summary["registered_model"] = {
                 "name": tracking.registered_name(exp.tracking, experiment),
                 "version": run.log_torch_model(

@@ -54,7 +54,9 @@ def tune_experiment(experiment: str, exp: ExperimentParams) -> dict:
     with tracking.stage_run(
         exp.tracking, name=f"{experiment}/tune", tags=tags, resume_run_id=parent_id
     ) as run:
-        if run.run_id != parent_id:  # a new study (or its parent run is gone from the store)
+        # a new study (or its parent run is gone from the store); with tracking off the id is
+        # None, which still tells waiting workers the study is ready
+        if "mlflow_run_id" not in study.user_attrs or run.run_id != parent_id:
             study.set_user_attr("mlflow_run_id", run.run_id)
             settings = tune.model_dump(mode="json", exclude={"space", "n_trials", "storage"})
             run.log_params(flatten(settings, "tune"))
