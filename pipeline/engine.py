@@ -48,6 +48,8 @@ def seed_everything(seed: int) -> None:
 def set_deterministic(on: bool) -> None:
     """Deterministic kernels only (or not). cuBLAS reads its workspace setting when first
     used, so this runs before any model or batch reaches the GPU."""
+    if not on and not torch.are_deterministic_algorithms_enabled():
+        return  # already off; setting it imports torch._inductor (about a second)
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(on)

@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -82,19 +83,46 @@ def close_orphaned_runs(client, experiment_id: str) -> list[str]:
     return closed
 
 
+class MetricBuffer:
+    """Metrics kept in memory and sent with `log_batch` (up to 1000 values a call) at most every
+    `seconds` and on `flush`. One tracking call costs 3-20 ms on SQLite, more than a small
+    model's epoch; MLflow's own async queue costs up to a second to shut down at run end."""
+
+    def __init__(self, client, run_id: str, seconds: float):
+        self._client, self.run_id, self.seconds = client, run_id, seconds
+        self._metrics: list = []
+        self._sent_at = time.monotonic()
+
+    def add(self, metrics: dict[str, float], step: int | None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._metrics += [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        if time.monotonic() - self._sent_at >= self.seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        for start in range(0, len(self._metrics), 1000):  # MLflow's batch limit
+            self._client.log_batch(self.run_id, metrics=self._metrics[start : start + 1000])
+        self._metrics = []
+        self._sent_at = time.monotonic()
+
+
 class StageRun:
-    """A live MLflow run; methods log in batches, never one call per scalar."""
+    """A live MLflow run; metrics go out in batches (every few seconds and at the end)."""
+
+    FLUSH_SECONDS = 5.0  # how stale the MLflow UI may be while a stage runs
 
     def __init__(self, mlflow, run_id: str):
         self._mlflow = mlflow
         self.run_id = run_id
+        self.metrics = MetricBuffer(mlflow.MlflowClient(), run_id, self.FLUSH_SECONDS)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        # synchronous=False: the epoch loop does not wait on the tracking store
-        self._mlflow.log_metrics(metrics, step=step, synchronous=False)
+        self.metrics.add(metrics, step)
 
     def log_params(self, params: dict[str, Any]) -> None:
-        self._mlflow.log_params(public_params(params), synchronous=False)
+        self._mlflow.log_params(public_params(params))
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self._mlflow.set_tags(tags)
@@ -227,16 +255,27 @@ def stage_run(
         parent_run_id=_existing_run(mlflow, parent_run_id),
         log_system_metrics=tracking.system_metrics,
     )
+    stage = StageRun(mlflow, run.info.run_id)
     try:
-        yield StageRun(mlflow, run.info.run_id)
+        yield stage
     except (KeyboardInterrupt, SystemExit):
+        _flush_quietly(stage)
         mlflow.end_run("KILLED")
         raise
     except BaseException:
+        _flush_quietly(stage)
         mlflow.end_run("FAILED")
         raise
-    mlflow.flush_async_logging()
+    stage.metrics.flush()
     mlflow.end_run("FINISHED")
+
+
+def _flush_quietly(stage: StageRun) -> None:
+    """Send what was logged before a failure; a store error here must not hide the first."""
+    try:
+        stage.metrics.flush()
+    except Exception as err:  # noqa: BLE001
+        print(f"mlflow: could not send the last metrics: {err}", file=sys.stderr)
 
 
 class TrialRun:
@@ -250,23 +289,16 @@ class TrialRun:
     def __init__(self, client, run_id: str):
         self._client = client
         self.run_id = run_id
-        self._metrics: list = []
+        self.metrics = MetricBuffer(client, run_id, seconds=float("inf"))
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
-        import time
-
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self._metrics += [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self.metrics.add(metrics, step)
 
     def end(self, state: str, values: dict[str, float] | None = None) -> None:
         """Send the buffered metrics, tag the Optuna state, close the run (FAIL -> FAILED)."""
         if values:
             self.log_metrics({f"objective/{k}": v for k, v in values.items()})
-        for start in range(0, len(self._metrics), 1000):  # MLflow's batch limit
-            self._client.log_batch(self.run_id, metrics=self._metrics[start : start + 1000])
-        self._metrics = []
+        self.metrics.flush()
         self._client.set_tag(self.run_id, TAG_PREFIX + "trial_state", state)
         self._client.set_terminated(self.run_id, "FAILED" if state == "FAIL" else "FINISHED")
 

@@ -32,9 +32,12 @@ def test_run_states_and_tags(store):
     with tracking.stage_run(cfg, name="ok", tags={"stage": "train"}) as run:
         run.log_metrics({"val/loss": 1.0}, step=1)
         run.log_params({"train.lr": 0.1, "tracking.password": "hunter2", "api_token": "x"})
-    with pytest.raises(ValueError), tracking.stage_run(cfg, name="boom", tags={}):
+    with pytest.raises(ValueError), tracking.stage_run(cfg, name="boom", tags={}) as boom:
+        boom.log_metrics({"train/loss": 2.0}, step=1)
         raise ValueError("bad")
-    with pytest.raises(SystemExit), tracking.stage_run(cfg, name="killed", tags={}):
+    with pytest.raises(SystemExit), tracking.stage_run(cfg, name="killed", tags={}) as killed:
+        for epoch in range(1, 4):
+            killed.log_metrics({"train/loss": 1.0 / epoch}, step=epoch)
         raise SystemExit(143)
     with tracking.stage_run(cfg, name="child", tags={}, parent_run_id=run.run_id) as child:
         child.log_metrics({"test/accuracy": 0.5})
@@ -47,6 +50,10 @@ def test_run_states_and_tags(store):
     assert ok.data.params == {"train.lr": "0.1", "tracking.password": "***", "api_token": "***"}
     assert _only_run(client, "boom").info.status == "FAILED"
     assert _only_run(client, "killed").info.status == "KILLED"
+    # metrics are batched, and what was logged before a failure or a kill still arrives
+    history = client.get_metric_history(_only_run(client, "killed").info.run_id, "train/loss")
+    assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 0.5), (3, 1.0 / 3)]
+    assert _only_run(client, "boom").data.metrics == {"train/loss": 2.0}
     assert _only_run(client, "child").data.tags["mlflow.parentRunId"] == run.run_id
 
 
