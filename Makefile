@@ -50,8 +50,12 @@ test: lint $(CHROMIUM)
 test-fast: $(STAMP)
 	python -m pytest -m "not slow"
 
-# side-by-side ratios against a reference in the same run; prints and writes reports/benchmarks/
+# side-by-side ratios against a reference in the same run; prints them and writes
+# reports/benchmarks/*.json and reports/benchmarks.md (gpu_bench skips without CUDA)
 bench: $(STAMP)
+	python -m benchmarks.train_bench
+	python -m benchmarks.startup_bench
+	python -m benchmarks.gpu_bench
 	python -m benchmarks.tune_bench
 	python -m benchmarks.flow_bench
 

@@ -1,9 +1,14 @@
-"""`make bench` (orchestration): the pipeline as a Prefect flow against `dvc repro` of the same
-stages, each in a fresh copy of the project, in the same run.
+"""`make bench` (orchestration): the whole pipeline as a Prefect flow against `dvc repro` of the
+same stages and against plain scripts, each in a fresh copy of the project, in the same run.
 
 1. full run: `pipeline_flow` (one Prefect task per DVC stage, on a temporary Prefect server
    started before the clock) vs `dvc repro`, from clean; the ratio is the flow's overhead.
-2. no-op run: both again with nothing changed (every stage skipped).
+2. plain scripts, with MLflow, Optuna, Prefect (and DVC) all off: every stage's module run
+   directly in dependency order with tracking.enabled false and tuning off, then the flow's
+   tuning trials replayed as plain training runs (same values, as many epochs as each trial
+   ran). The flow / plain ratio is what the tools cost together (target <= 1.25x); for both,
+   the share of wall time spent in training loops is reported.
+3. no-op run: flow and `dvc repro` again with nothing changed (every stage skipped).
 
 The flow must create one task run per stage and none per batch or epoch; the benchmark
 checks that count on the server. Run from the project root:
@@ -14,6 +19,7 @@ written to reports/benchmarks/flow.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -22,16 +28,110 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.conftest import ROOT, make_project, shipped_params, shrink
+from benchmarks.common import out_argument, row, venv_env, write_results
+from tests.conftest import make_project, shipped_params, shrink
 
 
 def dvc_repro(project: Path, targets: list[str]) -> float:
     start = time.perf_counter()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     subprocess.run(
-        ["dvc", "repro", *targets], cwd=project, env=env, check=True, capture_output=True
+        ["dvc", "repro", *targets], cwd=project, env=venv_env(), check=True, capture_output=True
     )
     return time.perf_counter() - start
+
+
+def plain_params(raw: dict) -> dict:
+    """The same pipeline with MLflow and Optuna off."""
+    raw = json.loads(json.dumps(raw))
+    raw["defaults"]["tracking"]["enabled"] = False
+    for exp in [raw["defaults"], *raw["experiments"].values()]:
+        exp.setdefault("tune", {})["enabled"] = False
+    return raw
+
+
+def plain_run(project: Path, targets: list[str], flow_project: Path) -> tuple[float, float]:
+    """Every stage's module as a plain script in dependency order, then the flow's tuning
+    trials replayed as plain training. Seconds, and seconds of that inside training loops."""
+    from pipeline.flows import stage_order
+
+    order = stage_order(project, targets or None)
+    start = time.perf_counter()
+    for stage in order:
+        kind, _, name = stage.partition("@")
+        subprocess.run(
+            [sys.executable, "-m", f"pipeline.stages.{kind}", *([name] if name else [])],
+            cwd=project,
+            env=venv_env(),
+            check=True,
+            capture_output=True,
+        )
+    replay_s = replay_trials(project, flow_project)
+    return time.perf_counter() - start, train_seconds(project) + replay_s
+
+
+def flow_studies(flow_project: Path):
+    """(experiment, its params, the study) for each experiment the flow tuned."""
+    import optuna
+
+    from pipeline import tune as tuning
+    from pipeline.config import load_params
+
+    params = load_params(flow_project / "params.yaml")
+    for name, exp in params.experiments.items():
+        journal = flow_project / "artifacts" / name / "study.journal"
+        if exp.tune.enabled and journal.is_file():
+            storage = tuning.open_storage(str(journal), exp.tune.heartbeat_seconds)
+            study = optuna.load_study(study_name=tuning.study_name(name, exp), storage=storage)
+            yield name, exp, study
+
+
+def replay_trials(project: Path, flow_project: Path) -> float:
+    """Train each tuning trial's values for as many epochs as it ran, without Optuna or MLflow
+    (in this process, as a worker runs its trials). Returns the seconds it took."""
+    import optuna
+
+    from pipeline import engine
+    from pipeline import tune as tuning
+    from pipeline.config import apply_overrides, unflatten
+    from pipeline.errors import PipelineError
+    from pipeline.stages.train import prepare
+
+    here = os.getcwd()
+    os.chdir(project)
+    start = time.perf_counter()
+    try:
+        for name, exp, study in flow_studies(flow_project):
+            base = exp.model_dump(mode="json")
+            for trial in study.get_trials(deepcopy=False):
+                epochs = trial.user_attrs.get("epochs", 0)
+                if not epochs:
+                    continue
+                values = tuning.sample(optuna.trial.FixedTrial(trial.params), exp.tune, base)
+                one = apply_overrides(exp, unflatten(values), "replay")
+                one = apply_overrides(one, {"tracking": {"enabled": False}}, "replay")
+                prep = prepare(one, name)
+                cfg = one.train.model_copy(update={"epochs": epochs})
+                with contextlib.suppress(PipelineError):  # diverged: it failed in the flow too
+                    engine.fit(prep.model, prep.train, prep.val, cfg, prep.task)
+    finally:
+        os.chdir(here)
+    return time.perf_counter() - start
+
+
+def train_seconds(project: Path) -> float:
+    """Seconds the train stages spent in their training loops (train.json)."""
+    files = (project / "artifacts").glob("*/train.json")
+    return sum(json.loads(f.read_text())["train_seconds"] for f in files)
+
+
+def trial_seconds(flow_project: Path) -> float:
+    """Seconds the flow's tuning trials took, start to finish (each a training loop)."""
+    total = 0.0
+    for _, _, study in flow_studies(flow_project):
+        for t in study.get_trials(deepcopy=False):
+            if t.datetime_start and t.datetime_complete:
+                total += (t.datetime_complete - t.datetime_start).total_seconds()
+    return total
 
 
 def flow_run(project: Path, targets: list[str]) -> tuple[float, list[dict], int]:
@@ -41,7 +141,7 @@ def flow_run(project: Path, targets: list[str]) -> tuple[float, list[dict], int]
 
     from pipeline.flows import pipeline_flow
 
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    os.environ["PATH"] = venv_env()["PATH"]
     start = time.perf_counter()
     state = pipeline_flow(root=str(project), targets=targets or None, return_state=True)
     seconds = time.perf_counter() - start
@@ -56,6 +156,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.flow_bench")
     parser.add_argument("--quick", action="store_true", help="tiny models, two experiments")
     parser.add_argument("--targets", nargs="*", default=[], help="default: the whole pipeline")
+    out_argument(parser)
     args = parser.parse_args(argv)
     raw = shipped_params()
     raw["defaults"]["device"] = "cpu"
@@ -63,7 +164,6 @@ def main(argv=None) -> int:
     if args.quick:
         raw = shrink(raw)
         targets = targets or ["evaluate@mlp_digits", "evaluate@gru_sunspots"]
-    results_file = ROOT / "reports" / "benchmarks" / "flow.json"
 
     from prefect.testing.utilities import prefect_test_harness
 
@@ -75,6 +175,10 @@ def main(argv=None) -> int:
         # the flow goes first: it meets the colder caches
         flow_s, stages, task_runs = flow_run(by_flow, targets)
         dvc_s = dvc_repro(by_dvc, targets)
+        print("plain scripts ...", file=sys.stderr)
+        plain = make_project(Path(tmp) / "plain", plain_params(raw))
+        plain_s, plain_compute_s = plain_run(plain, targets, by_flow)
+        flow_compute_s = train_seconds(by_flow) + trial_seconds(by_flow)
         print("no-op run ...", file=sys.stderr)
         flow_noop_s, again, _ = flow_run(by_flow, targets)
         dvc_noop_s = dvc_repro(by_dvc, targets)
@@ -85,7 +189,6 @@ def main(argv=None) -> int:
             f"and nothing re-run on the second pass ({sum(r['ran'] for r in again)} re-ran)"
         )
     results = {
-        "cpu_count": os.cpu_count(),
         "quick": args.quick,
         "targets": targets or "all",
         "stages": len(stages),
@@ -96,20 +199,54 @@ def main(argv=None) -> int:
             "flow_s": round(flow_s, 1),
             "ratio": flow_s / dvc_s,
         },
+        "plain": {
+            "plain_s": round(plain_s, 1),
+            "flow_s": round(flow_s, 1),
+            "ratio": flow_s / plain_s,
+            "flow_compute_share": flow_compute_s / flow_s,
+            "plain_compute_share": plain_compute_s / plain_s,
+        },
         "noop": {
             "dvc_repro_s": round(dvc_noop_s, 2),
             "flow_s": round(flow_noop_s, 2),
             "ratio": flow_noop_s / dvc_noop_s,
         },
     }
+    share = results["plain"]
     print(
         f"flow: {len(stages)} stages as {task_runs} Prefect task runs in {flow_s:.1f} s vs "
-        f"dvc repro {dvc_s:.1f} s -> {results['full']['ratio']:.3f}x; no-op: "
+        f"dvc repro {dvc_s:.1f} s -> {results['full']['ratio']:.3f}x; vs plain scripts "
+        f"{plain_s:.1f} s -> {share['ratio']:.3f}x (in training loops: "
+        f"{share['flow_compute_share']:.0%} vs {share['plain_compute_share']:.0%}); no-op: "
         f"{flow_noop_s:.2f} s vs {dvc_noop_s:.2f} s -> {results['noop']['ratio']:.2f}x"
     )
-    results_file.parent.mkdir(parents=True, exist_ok=True)
-    results_file.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {results_file}")
+    what = "the shrunk pipeline" if args.quick else "the shipped pipeline"
+    if targets:
+        what += f" up to {', '.join(targets)}"
+    rows = [
+        row(
+            f"{what}: Prefect flow + MLflow + Optuna vs plain scripts (all off)",
+            f"{flow_s:.1f} s ({share['flow_compute_share']:.0%} in training loops)",
+            f"{plain_s:.1f} s ({share['plain_compute_share']:.0%} in training loops)",
+            share["ratio"],
+            "<= 1.25x",
+        ),
+        row(
+            f"{what}: Prefect flow vs `dvc repro` ({len(stages)} stages, {task_runs} task runs)",
+            f"{flow_s:.1f} s",
+            f"{dvc_s:.1f} s",
+            results["full"]["ratio"],
+            "reported",
+        ),
+        row(
+            f"{what}: no-op, Prefect flow vs `dvc repro`",
+            f"{flow_noop_s:.2f} s",
+            f"{dvc_noop_s:.2f} s",
+            results["noop"]["ratio"],
+            "reported",
+        ),
+    ]
+    write_results("flow", {**results, "rows": rows}, args.out)
     return 0
 
 

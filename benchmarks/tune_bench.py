@@ -7,38 +7,18 @@ in the same process, reporting ratios.
 3. workers: the tune stage with 2 worker processes against 1 worker, trials per minute.
 
 Run from the project root: `python -m benchmarks.tune_bench [--quick]`. Results are printed and
-written to reports/benchmarks/tune.json.
+written to reports/benchmarks/tune.json (and reports/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def setup_project(workdir: Path):
-    """A scratch copy of the shipped params (CPU) with digits ingested and preprocessed."""
-    import yaml
-
-    from pipeline.config import load_params
-    from pipeline.stages import ingest, preprocess
-
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["defaults"]["device"] = "cpu"
-    raw["defaults"]["tracking"]["log_model"] = False
-    (workdir / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    os.chdir(workdir)
-    params = load_params("params.yaml")
-    ingest.run(params, "digits")
-    preprocess.run(params, "digits")
-    return params
+from benchmarks.common import out_argument, row, setup_project, write_results
 
 
 def with_tune(exp, **tune):
@@ -156,22 +136,33 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--only", choices=("pruning", "storage", "workers"), action="append", help="repeatable"
     )
+    out_argument(parser)
     args = parser.parse_args(argv)
     only = set(args.only or ("pruning", "storage", "workers"))
     pruning = storage = workers = None
     scale = 0.3 if args.quick else 1.0
-    results_file = ROOT / "reports" / "benchmarks" / "tune.json"
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         params = setup_project(Path(tmp))
         cnn = params.experiments["cnn_digits"]
         if "pruning" in only:
             # the shipped search (val/loss, median pruner), with and without pruning
             pruning = bench_pruning(with_tune(cnn, n_trials=max(4, int(20 * scale))))
+            med, none = pruning["median"], pruning["none"]
             print(
-                f"pruning: median {pruning['median']['total_epochs']} epochs vs none "
-                f"{pruning['none']['total_epochs']} -> {pruning['epochs_ratio']:.2f}x; best val "
-                f"accuracy {pruning['median']['best_val_accuracy']:.4f} vs "
-                f"{pruning['none']['best_val_accuracy']:.4f} ({pruning['accuracy_gap_pp']:+.2f} pp)"
+                f"pruning: median {med['total_epochs']} epochs vs none {none['total_epochs']} "
+                f"-> {pruning['epochs_ratio']:.2f}x; best val accuracy "
+                f"{med['best_val_accuracy']:.4f} vs {none['best_val_accuracy']:.4f} "
+                f"({pruning['accuracy_gap_pp']:+.2f} pp)"
+            )
+            rows.append(
+                row(
+                    "tuning: epochs trained, median pruner vs none (same trials)",
+                    f"{med['total_epochs']} epochs, best val acc {med['best_val_accuracy']:.4f}",
+                    f"{none['total_epochs']} epochs, {none['best_val_accuracy']:.4f}",
+                    pruning["epochs_ratio"],
+                    "fewer epochs, accuracy within 1 pp",
+                )
             )
         if "storage" in only:
             n = max(4, int(10 * scale))
@@ -179,6 +170,15 @@ def main(argv=None) -> int:
             print(
                 f"storage: journal {storage['journal_s']} s vs memory {storage['memory_s']} s "
                 f"-> {storage['ratio']:.3f}x"
+            )
+            rows.append(
+                row(
+                    f"tuning: {n} trials on the journal file (heartbeats) vs in memory",
+                    f"{storage['journal_s']} s",
+                    f"{storage['memory_s']} s",
+                    storage["ratio"],
+                    "reported (per-trial storage cost)",
+                )
             )
         if "workers" in only:
             n = max(4, int(24 * scale))
@@ -189,16 +189,17 @@ def main(argv=None) -> int:
                 f"{workers['throughput_ratio']:.2f}x (wall clock incl. worker start-up: "
                 f"{workers['wall_ratio']:.2f}x)"
             )
-    results = {
-        "cpu_count": os.cpu_count(),
-        "quick": args.quick,
-        "pruning": pruning,
-        "storage": storage,
-        "workers": workers,
-    }
-    results_file.parent.mkdir(parents=True, exist_ok=True)
-    results_file.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    print(f"wrote {results_file}")
+            rows.append(
+                row(
+                    "tuning: 2 worker processes vs 1 (trials per minute, 1 thread each)",
+                    f"{workers[2]['trials_per_minute']:.1f} trials/min",
+                    f"{workers[1]['trials_per_minute']:.1f} trials/min",
+                    workers["throughput_ratio"],
+                    "reported (2 cores)",
+                )
+            )
+    results = {"quick": args.quick, "pruning": pruning, "storage": storage, "workers": workers}
+    write_results("tune", {**results, "rows": rows}, args.out)
     return 0
 
 

@@ -334,6 +334,17 @@ class TrainParams(Strict):
     init: Literal["default", "kaiming", "xavier", "orthogonal"] = "default"
     adversarial: AdversarialParams = AdversarialParams()
     augment: tuple[AugmentStep, ...] = Field((), description="image transforms, training only")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="bf16: forward passes and losses under autocast (supervised models; GPUs "
+        "with bf16 tensor cores gain most); weights and optimizer state stay fp32",
+    )
+    channels_last: bool = Field(
+        False, description="image models: NHWC memory layout, faster convolutions on GPUs"
+    )
+    compile: bool = Field(
+        False, description="torch.compile the model's forward (a one-off compile of seconds)"
+    )
     checkpoint_interval: float = Field(
         10.0,
         ge=0,

@@ -329,6 +329,7 @@ def fit(
             f"choose from {', '.join(task.val_metrics)}"
         )
     mode = monitor_mode(metric)
+    runner = accelerate(model, train, val, cfg)
     optimizers = task.optimizers(model)
     schedulers = {
         name: build_scheduler(opt, cfg.scheduler, cfg.epochs, mode, len(train))
@@ -369,8 +370,8 @@ def fit(
     )
     for epoch in bar:
         row = {"epoch": epoch + 1}
-        row.update(train_one_epoch(model, train, task, optimizers, per_step, epoch + 1))
-        row.update(task.validate(model, val))
+        row.update(train_one_epoch(runner, train, task, optimizers, per_step, epoch + 1))
+        row.update(task.validate(runner, val))
         row["lr"] = next(iter(optimizers.values())).param_groups[0]["lr"]
         state["history"].append(row)
         score = row[metric]
@@ -418,6 +419,22 @@ def fit(
     result.best_epoch = state["best_epoch"]
     result.best_score = state["best_score"]
     return result
+
+
+def accelerate(model: nn.Module, train: Batches, val: Batches, cfg: TrainParams) -> nn.Module:
+    """Apply `train.channels_last` (to the model and, once, to the data already on the
+    device) and `train.compile`; returns the module the training steps call. Weights are
+    shared, so checkpoints and the saved model come from `model` itself."""
+    if cfg.channels_last:
+        if train.x.dim() != 4:
+            raise PipelineError(
+                "train.channels_last: needs image inputs (N, C, H, W); these are "
+                f"{tuple(train.x.shape[1:])}: set it to false"
+            )
+        model.to(memory_format=torch.channels_last)
+        for batches in (train, val):
+            batches.x = batches.x.contiguous(memory_format=torch.channels_last)
+    return torch.compile(model) if cfg.compile else model
 
 
 def _cpu_copy(state_dict: dict) -> dict:

@@ -27,6 +27,12 @@ def make_task(kind: str, cfg: TrainParams, schema: dict):
     if kind in GENERATIVE:
         from pipeline import generative
 
+        if cfg.precision != "fp32":
+            raise PipelineError(
+                f"train.precision: {cfg.precision!r} is for supervised models (mlp, cnn, rnn, "
+                f"pretrained); {kind} trains in fp32: set precision: fp32"
+            )
+
         return generative.TASKS[kind](cfg, schema)
     known = {
         "classification": Classification,
@@ -54,7 +60,10 @@ class SupervisedTask(ABC):
         """The objective of one batch."""
 
     def train_step(self, model, xb, yb, optimizers) -> dict[str, torch.Tensor]:
-        loss = self.loss(model, xb, yb)
+        # bf16: the forward pass and loss under autocast, the backward pass outside it
+        bf16 = self.cfg.precision == "bf16"
+        with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = self.loss(model, xb, yb)
         total = loss + self.cfg.l1 * l1_penalty(model) if self.cfg.l1 else loss
         optimizer_step(total, optimizers["model"], model.parameters(), self.cfg.grad_clip)
         return {"loss": loss.detach()}

@@ -22,9 +22,9 @@ def blobs(n=240, seed=0):
     return x, y.astype(np.int64)
 
 
-def setup(seed=0, **train):
+def setup(seed=0, dropout=0.1, **train):
     engine.seed_everything(seed)
-    model = build_model("mlp", {"hidden_sizes": (16,), "dropout": 0.1}, DataSpec((6,), 3))
+    model = build_model("mlp", {"hidden_sizes": (16,), "dropout": dropout}, DataSpec((6,), 3))
     x, y = blobs()
     tr = engine.Batches(x[:180], y[:180], 32, device="cpu", shuffle=True, seed=seed)
     va = engine.Batches(x[180:], y[180:], 64, device="cpu", shuffle=False)
@@ -168,3 +168,67 @@ def test_optimizers_and_schedulers_train(name, scheduler):
     model, tr, va, cfg = setup(epochs=3, optimizer={"name": name, "lr": lr}, scheduler=sched)
     result = fit(model, tr, va, cfg)
     assert result.history[-1]["train/loss"] < result.history[0]["train/loss"]
+
+
+def test_bf16_runs_forward_passes_under_autocast_and_still_learns():
+    model, tr, va, cfg = setup(precision="bf16", epochs=8)
+    seen = []
+    model.register_forward_hook(lambda m, i, out: seen.append(out.dtype) if m.training else None)
+    fit(model, tr, va, cfg)
+    assert set(seen) == {torch.bfloat16}  # training forwards; validation stays fp32
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert val_accuracy(model, va, cfg) > 0.9
+
+
+def test_bf16_is_refused_for_generative_models():
+    from pipeline import tasks
+
+    cfg = TrainParams(precision="bf16")
+    with pytest.raises(PipelineError, match=r"train.precision: 'bf16' is for supervised"):
+        tasks.make_task("vae", cfg, {"task": "classification", "input_shape": [1, 8, 8]})
+
+
+def image_setup(**train):
+    engine.seed_everything(0)
+    spec = DataSpec((1, 8, 8), 3)
+    model = build_model("cnn", {"channels": (4,), "hidden_size": 8}, spec)
+    x, y = blobs()
+    images = np.repeat(x, 11, axis=1)[:, :64].reshape(-1, 1, 8, 8)  # blobs as 8x8 images
+    tr = engine.Batches(images[:180], y[:180], 32, device="cpu", shuffle=True, seed=0)
+    va = engine.Batches(images[180:], y[180:], 64, device="cpu", shuffle=False)
+    cfg = TrainParams.model_validate({"epochs": 6, "optimizer": {"lr": 0.01}, **train})
+    return model, tr, va, cfg
+
+
+def test_channels_last_trains_an_image_model_in_nhwc_with_the_same_results():
+    model, tr, va, cfg = image_setup()
+    fit(model, tr, va, cfg)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+
+    model, tr, va, cfg = image_setup(channels_last=True)
+    fit(model, tr, va, cfg)
+    conv = next(p for p in model.parameters() if p.dim() == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    assert tr.x.is_contiguous(memory_format=torch.channels_last)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, expected[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_channels_last_needs_image_inputs():
+    model, tr, va, cfg = setup(channels_last=True)
+    with pytest.raises(PipelineError, match=r"train.channels_last: needs image inputs.*\(6,\)"):
+        fit(model, tr, va, cfg)
+
+
+@pytest.mark.slow
+def test_compile_trains_the_same_weights_and_saves_plain_keys():
+    # no dropout: compiled code draws its random masks from another generator
+    model, tr, va, cfg = setup(dropout=0.0)
+    fit(model, tr, va, cfg)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+
+    model, tr, va, cfg = setup(dropout=0.0, compile=True)
+    fit(model, tr, va, cfg)
+    assert model.state_dict().keys() == expected.keys()  # no torch.compile prefixes
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, expected[key], rtol=1e-4, atol=1e-5, msg=key)

@@ -1,0 +1,66 @@
+"""Each benchmark runs at tiny sizes and reports ours beside its reference (timings are not
+asserted here: performance is measured by `make bench`, not tested)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import ROOT, run
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+def bench(tmp_path, module: str, *args: str) -> dict:
+    out = tmp_path / "benchmarks"
+    run(["python", "-m", f"benchmarks.{module}", "--quick", "--out", str(out), *args], cwd=ROOT)
+    name = module.removesuffix("_bench")
+    results = json.loads((out / f"{name}.json").read_text())
+    assert results["rows"], "no result rows"
+    markdown = (tmp_path / "benchmarks.md").read_text()
+    assert all(r["benchmark"] in markdown for r in results["rows"])
+    return results
+
+
+def test_train_bench(tmp_path):
+    results = bench(tmp_path, "train_bench")
+    for name in ("mlp_digits", "cnn_digits"):
+        r = results["throughput"][name]
+        assert r["ours_samples_per_s"] > 0 and r["hand_written_samples_per_s"] > 0
+        assert r["ratio"] == pytest.approx(
+            r["ours_samples_per_s"] / r["hand_written_samples_per_s"], rel=0.01
+        )
+        t = results["tracking"][name]
+        assert t["wall_on_s"] > 0 and t["wall_off_s"] > 0
+    assert results["tracking"]["fixed_costs"]["existing_store"]["run_start_s"] > 0
+
+
+def test_startup_bench(tmp_path):
+    results = bench(tmp_path, "startup_bench")
+    assert results["check_s"] > 0
+    # an lr change re-runs that experiment's stages and the report, nothing else
+    assert results["dvc"]["after_lr_change"]["stages_run"] == [
+        "tune@mlp_digits",
+        "train@mlp_digits",
+        "evaluate@mlp_digits",
+        "report",
+    ]
+    assert results["stages"]["train@mlp_digits"]["peak_rss_mb"] > 100
+
+
+def test_tune_bench(tmp_path):
+    results = bench(tmp_path, "tune_bench", "--only", "storage")
+    assert results["storage"]["journal_s"] > 0 and results["storage"]["memory_s"] > 0
+
+
+def test_gpu_bench_on_cpu(tmp_path):
+    results = bench(tmp_path, "gpu_bench", "--device", "cpu")
+    assert set(results["variants"]) == {"fp32", "bf16 + channels_last"}
+    assert 0 < results["variants"]["fp32"]["fraction_of_peak"] < 1
+
+
+def test_flow_bench(tmp_path):
+    results = bench(tmp_path, "flow_bench", "--targets", "evaluate@cnn_digits")
+    assert results["task_runs"] == results["stages"]  # one task run per stage
+    assert results["plain"]["plain_s"] > 0 and results["plain"]["flow_s"] > 0
