@@ -56,6 +56,7 @@ bench: $(STAMP)
 	python -m benchmarks.train_bench
 	python -m benchmarks.startup_bench
 	python -m benchmarks.gpu_bench
+	python -m benchmarks.memory_bench
 	python -m benchmarks.tune_bench
 	python -m benchmarks.flow_bench
 

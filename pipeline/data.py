@@ -6,6 +6,7 @@ Files are .npz (read with allow_pickle=False) plus JSON, so this module needs no
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -111,9 +112,10 @@ def preprocess(name: str, cfg: DatasetParams) -> Path:
         return _preprocess_series(name, cfg)
     if cfg.source == "python_docstrings":
         return _preprocess_text(name, cfg)
-    if cfg.source in ("table", "text"):
-        module = data_table if cfg.source == "table" else data_text
-        splits, schema = module.preprocess(name, cfg)
+    if cfg.source == "table":
+        return data_table.preprocess(name, cfg)  # streams: writes the splits itself
+    if cfg.source == "text":
+        splits, schema = data_text.preprocess(name, cfg)
         _write_processed(name, splits, schema)
         return paths.processed_dir(name)
     x, y, meta = read_raw(name)
@@ -161,12 +163,40 @@ def preprocess(name: str, cfg: DatasetParams) -> Path:
 
 
 def _write_processed(name: str, splits: dict[str, dict[str, np.ndarray]], schema: dict) -> None:
-    schema["content_hash"] = content_hash(splits)
-    schema["dtypes"] = {key: str(array.dtype) for key, array in splits["train"].items()}
     with atomic.atomic_dir(paths.processed_dir(name)) as tmp:
         for split, arrays in splits.items():
             np.savez(tmp / paths.split_file(name, split).name, **arrays)
-        (tmp / paths.schema_file(name).name).write_text(json.dumps(schema, indent=2) + "\n")
+        write_schema(tmp, name, schema)
+
+
+def write_schema(folder: Path, name: str, schema: dict) -> None:
+    """schema.json beside the split files in `folder`, with their content hash and dtypes."""
+    schema["content_hash"], schema["dtypes"] = content_hash(folder, name)
+    (folder / paths.schema_file(name).name).write_text(json.dumps(schema, indent=2) + "\n")
+
+
+class SplitWriter:
+    """One split's .npz written batch by batch: rows of `x` as they come, `y` at the end.
+    np.load reads it like a file of np.savez; memory holds one batch, not the split."""
+
+    def __init__(self, folder: Path, name: str, split: str, rows: int, shape: tuple[int, ...]):
+        self.zip = zipfile.ZipFile(folder / paths.split_file(name, split).name, "w")
+        self.x = self.zip.open("x.npy", "w", force_zip64=True)
+        header = {"descr": "<f4", "fortran_order": False, "shape": (rows, *shape)}
+        np.lib.format.write_array_header_1_0(self.x, header)
+        self.rows, self.written = rows, 0
+
+    def write(self, x: np.ndarray) -> None:
+        self.x.write(np.ascontiguousarray(x, dtype="<f4").tobytes())
+        self.written += len(x)
+
+    def close(self, y: np.ndarray) -> None:
+        self.x.close()
+        if self.written != self.rows:
+            raise RuntimeError(f"{self.zip.filename}: {self.written} rows written, not {self.rows}")
+        with self.zip.open("y.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array(f, np.ascontiguousarray(y), allow_pickle=False)
+        self.zip.close()
 
 
 def _preprocess_series(name: str, cfg) -> Path:
@@ -253,17 +283,31 @@ def _preprocess_text(name: str, cfg) -> Path:
     return paths.processed_dir(name)
 
 
-def content_hash(splits: dict[str, dict[str, np.ndarray]]) -> str:
-    """sha256 of every array of every split: equal hashes mean equal data."""
+def content_hash(folder: Path, name: str) -> tuple[str, dict[str, str]]:
+    """sha256 of every array of every split file in `folder` (read in chunks, so a split
+    larger than memory is fine): equal hashes mean equal data. Also the train arrays' dtypes."""
     import hashlib
 
     digest = hashlib.sha256()
-    for split in sorted(splits):
-        for key in sorted(splits[split]):
-            array = np.ascontiguousarray(splits[split][key])
-            digest.update(f"{split}/{key}/{array.dtype}/{array.shape}".encode())
-            digest.update(array.tobytes())
-    return digest.hexdigest()
+    dtypes = {}
+    for split in sorted(paths.SPLITS):
+        with zipfile.ZipFile(folder / paths.split_file(name, split).name) as archive:
+            for member in sorted(archive.namelist(), key=lambda m: m.removesuffix(".npy")):
+                key = member.removesuffix(".npy")
+                with archive.open(member) as f:
+                    major, _ = np.lib.format.read_magic(f)
+                    read_header = (
+                        np.lib.format.read_array_header_1_0
+                        if major == 1
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    shape, _, dtype = read_header(f)
+                    digest.update(f"{split}/{key}/{dtype}/{shape}".encode())
+                    for chunk in iter(lambda f=f: f.read(1 << 24), b""):
+                        digest.update(chunk)
+                if split == "train":
+                    dtypes[key] = str(dtype)
+    return digest.hexdigest(), dtypes
 
 
 def stratified_split(

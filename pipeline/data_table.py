@@ -3,6 +3,9 @@
 Ingest copies the file (validated) to data/raw/<name>/table.parquet. Preprocess splits it
 (stratified for classification, group-aware when `group` is set), applies the NaN policy,
 one-hot encodes categorical columns and standardises numeric ones with train statistics.
+
+Both stream: the file is read in batches of rows and the splits are written batch by batch,
+so memory follows the batch size and the target column, not the size of the file.
 """
 
 from __future__ import annotations
@@ -16,67 +19,138 @@ from pipeline import atomic, paths
 from pipeline.errors import PipelineError
 
 RAW_TABLE = "table.parquet"
-READERS = {".csv": "read_csv", ".parquet": "read_parquet", ".pq": "read_parquet"}
+READERS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 MAX_CLASSES = 20  # an integer target with at most this many values is a class label
+BATCH_ROWS = 65_536  # rows per streamed batch
+# CSV bytes per block. Arrow reads some 30 blocks ahead, so this sets the reader's memory (about
+# 40 MB); column types are inferred from the first block
+CSV_BLOCK_BYTES = 1 << 20
+
+
+def open_batches(path: Path):
+    """(Arrow schema, iterator of record batches) of a CSV or Parquet file. Empty CSV cells
+    and the usual NA spellings are nulls, as pandas reads them."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    if READERS[path.suffix.lower()] == "csv":
+        reader = pacsv.open_csv(
+            path,
+            read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+            convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
+        )
+        return reader.schema, iter(reader)
+    table = pq.ParquetFile(path)
+    return table.schema_arrow, table.iter_batches(batch_size=BATCH_ROWS)
 
 
 def ingest(name: str, cfg, columns: list[str] | None = None) -> Path:
     """Copy the file at `cfg.path` to data/raw/<name>/table.parquet after checking that it
     reads, has rows and holds `columns` (default: the table's target, features and group)."""
-    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     path = Path(cfg.path)
     where = f"datasets.{name}.path"
     if not path.is_file():
         raise PipelineError(f"{where}: {path} not found (looked in {path.resolve().parent})")
-    reader = READERS.get(path.suffix.lower())
-    if reader is None:
+    if path.suffix.lower() not in READERS:
         raise PipelineError(
             f"{where}: {path.suffix!r} files are not supported; use .csv or .parquet"
         )
     try:
-        frame = getattr(pd, reader)(path)
-    except (ValueError, OSError, pd.errors.ParserError) as err:
-        raise PipelineError(f"{where}: cannot read {path}: {err}") from None
-    if frame.empty:
-        raise PipelineError(f"{where}: {path} has no rows")
-    if columns is None:
-        columns = [cfg.target, *(cfg.features or ()), *([cfg.group] if cfg.group else [])]
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise PipelineError(
-            f"datasets.{name}: column(s) {', '.join(map(repr, missing))} not in {path}; "
-            f"columns: {', '.join(map(str, frame.columns))}"
-        )
-    with atomic.atomic_dir(paths.raw_dir(name)) as tmp:
-        frame.to_parquet(tmp / RAW_TABLE, index=False)
-        meta = {"source": cfg.source, "path": str(path), "samples": len(frame)}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        schema, batches = open_batches(path)
+        # pandas may store its index as a column; it is not data
+        names = [n for n in schema.names if not n.startswith("__index_level_")]
+        if columns is None:
+            columns = [cfg.target, *(cfg.features or ()), *([cfg.group] if cfg.group else [])]
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise PipelineError(
+                f"datasets.{name}: column(s) {', '.join(map(repr, missing))} not in {path}; "
+                f"columns: {', '.join(names)}"
+            )
+        with atomic.atomic_dir(paths.raw_dir(name)) as tmp:
+            rows, pending = 0, []
+            out = pa.schema([schema.field(n) for n in names])
+            with pq.ParquetWriter(tmp / RAW_TABLE, out) as writer:
+                for batch in batches:  # row groups of about BATCH_ROWS rows
+                    pending.append(batch.select(names))
+                    rows += batch.num_rows
+                    if sum(b.num_rows for b in pending) >= BATCH_ROWS:
+                        writer.write_table(pa.Table.from_batches(pending, out))
+                        pending = []
+                if pending:
+                    writer.write_table(pa.Table.from_batches(pending, out))
+            if rows == 0:
+                raise PipelineError(f"{where}: {path} has no rows")
+            meta = {"source": cfg.source, "path": str(path), "samples": rows}
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    except (pa.ArrowException, OSError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise PipelineError(f"{where}: cannot read {path}: {first}") from None
     return paths.raw_dir(name)
 
 
-def preprocess(name: str, cfg):
-    """-> (splits {split: {x, y}}, schema) for data.py to write."""
-    import pandas as pd
+def frames(table, columns: list[str]):
+    """The raw table's `columns` as pandas frames of BATCH_ROWS rows, in file order. One
+    thread: with threads Arrow decodes row groups ahead and holds the whole file."""
+    for batch in table.iter_batches(batch_size=BATCH_ROWS, columns=columns, use_threads=False):
+        yield batch.to_pandas()
 
-    frame = pd.read_parquet(paths.raw_dir(name) / RAW_TABLE)
-    features = list(cfg.features or [c for c in frame.columns if c not in (cfg.target, cfg.group)])
-    frame = apply_nan_policy(name, frame, [*features, cfg.target], cfg.nan)
-    task = infer_task(frame[cfg.target]) if cfg.task == "auto" else cfg.task
-    target = frame[cfg.target]
-    classes = sorted(target.astype(str).unique()) if task == "classification" else []
-    y = (
-        target.astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
-        if classes
-        else target.to_numpy(np.float32)
-    )
-    splits = split_rows(name, cfg, y, frame[cfg.group] if cfg.group else None, classes)
-    train = frame.iloc[splits["train"]]
-    encoder = fit_encoder(train, features, cfg.normalize)
-    if cfg.nan in ("impute_mean", "impute_median"):
-        fill = getattr(train[encoder["numeric"]], cfg.nan.removeprefix("impute_"))()
-        frame = frame.fillna(fill)  # statistics of the train split only
-    x = encode(frame, encoder)
+
+def kept_frames(table, columns: list[str], keep: np.ndarray, labels: np.ndarray):
+    """Batches of the kept rows (`keep`: a flag per raw row), each with its rows' `labels`
+    (one per kept row)."""
+    raw = kept = 0
+    for frame in frames(table, columns):
+        rows = keep[raw : raw + len(frame)]
+        raw += len(frame)
+        frame = frame[rows].reset_index(drop=True)
+        yield frame, labels[kept : kept + len(frame)]
+        kept += len(frame)
+
+
+def preprocess(name: str, cfg) -> Path:
+    """Split, clean, encode and write data/processed/<name> in three streamed passes: (1) the
+    NaN report, target and group of every row; (2) train statistics; (3) encode and write."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from pipeline.data import SplitWriter, write_schema
+
+    table = pq.ParquetFile(paths.raw_dir(name) / RAW_TABLE, pre_buffer=False)
+    names = table.schema_arrow.names
+    features = list(cfg.features or [c for c in names if c not in (cfg.target, cfg.group)])
+    checked = [*features, cfg.target]
+    read = list(dict.fromkeys([*checked, *([cfg.group] if cfg.group else [])]))
+
+    counts, bad_rows, targets, groups = None, [], [], []
+    for frame in frames(table, read):
+        bad = bad_cells(frame, checked)
+        counts = bad.sum() if counts is None else counts + bad.sum()
+        bad_rows.append(bad.any(axis=1).to_numpy())
+        targets.append(compact(frame[cfg.target]))
+        if cfg.group:
+            groups.append(compact(frame[cfg.group]))
+    keep = apply_nan_policy(name, counts, np.concatenate(bad_rows), cfg.nan, cfg.target)
+    target = concat(targets)[keep].reset_index(drop=True)
+    group = concat(groups)[keep].reset_index(drop=True) if groups else None
+
+    task = infer_task(target) if cfg.task == "auto" else cfg.task
+    if task == "classification":
+        classes, y = class_codes(target)
+    else:
+        classes, y = [], target.to_numpy(np.float32)
+    if group is not None and isinstance(group.dtype, pd.CategoricalDtype):
+        group = pd.Series(group.cat.codes)  # the same grouping, without the labels
+    splits = split_rows(name, cfg, y, group, classes)
+    split_of = np.empty(len(y), dtype=np.int8)  # each kept row's split, by number
+    for number, idx in enumerate(splits.values()):
+        split_of[idx] = number
+
+    train = split_of == list(splits).index("train")
+    encoder, fill = fit_encoder(table, features, keep, train, cfg)
     scaler = {"mean": 0.0, "std": 1.0}
     if not classes:  # regression: the target is scaled with train statistics too
         scaler = {
@@ -84,12 +158,12 @@ def preprocess(name: str, cfg):
             "std": float(y[splits["train"]].std() or 1),
         }
         y = ((y - scaler["mean"]) / scaler["std"]).astype(np.float32)[:, None]
-    out = {s: {"x": x[i], "y": y[i]} for s, i in splits.items()}
+
     schema = {
         "dataset": name,
         "source": "table",
         "task": task,
-        "input_shape": [x.shape[1]],
+        "input_shape": [len(encoder["columns"])],
         "features": encoder["columns"],
         "counts": {s: len(i) for s, i in splits.items()},
         "encoding": {k: v for k, v in encoder.items() if k != "columns"},
@@ -105,7 +179,50 @@ def preprocess(name: str, cfg):
         )
     else:
         schema.update(horizon=1, scaler={**scaler, "fitted_on": "train"})
-    return out, schema
+
+    width = (len(encoder["columns"]),)
+    with atomic.atomic_dir(paths.processed_dir(name)) as tmp:
+        writers = {s: SplitWriter(tmp, name, s, len(idx), width) for s, idx in splits.items()}
+        for frame, owner in kept_frames(table, features, keep, split_of):
+            x = encode(clean(frame, fill), encoder)
+            for number, writer in enumerate(writers.values()):
+                writer.write(x[owner == number])
+        for split, writer in writers.items():
+            writer.close(y[splits[split]])
+        write_schema(tmp, name, schema)
+    return paths.processed_dir(name)
+
+
+def compact(column):
+    """Text columns as categoricals: a code per row instead of a Python string per row."""
+    import pandas as pd
+
+    text = column.dtype == object or pd.api.types.is_string_dtype(column.dtype)
+    return column.astype("category") if text else column
+
+
+def concat(columns: list):
+    import pandas as pd
+    from pandas.api.types import union_categoricals
+
+    if isinstance(columns[0].dtype, pd.CategoricalDtype):
+        return pd.Series(union_categoricals(columns))
+    return pd.concat(columns, ignore_index=True)
+
+
+def class_codes(target) -> tuple[list[str], np.ndarray]:
+    """Class names (the target's values as text, sorted) and each row's class index."""
+    import pandas as pd
+
+    if isinstance(target.dtype, pd.CategoricalDtype):
+        target = target.cat.remove_unused_categories()
+        names, codes = [str(c) for c in target.cat.categories], target.cat.codes.to_numpy()
+    else:
+        values, codes = np.unique(target.to_numpy(), return_inverse=True)
+        names = [str(v) for v in values]
+    classes = sorted(names)
+    lookup = np.array([classes.index(n) for n in names], dtype=np.int64)
+    return classes, lookup[codes]
 
 
 def infer_task(target) -> str:
@@ -118,15 +235,20 @@ def infer_task(target) -> str:
     return "classification"
 
 
-def apply_nan_policy(name: str, frame, columns: list[str], policy: str):
-    """Report NaN/inf per column; fail, drop rows, or leave them for train-fitted imputation."""
+def bad_cells(frame, columns: list[str]):
+    """Per cell of `columns`: missing, or infinite when numeric."""
     numeric = frame[columns].select_dtypes("number")
     bad = numeric.isna() | np.isinf(numeric)
-    bad = bad.join(frame[columns].select_dtypes(exclude="number").isna())
-    counts = bad.sum()
+    return bad.join(frame[columns].select_dtypes(exclude="number").isna())
+
+
+def apply_nan_policy(name: str, counts, bad_rows: np.ndarray, policy: str, target: str):
+    """The rows to keep, given the NaN/inf count per column and the rows holding any: fail,
+    drop those rows, or keep them for train-fitted imputation."""
     counts = counts[counts > 0]
+    keep = np.ones(len(bad_rows), dtype=bool)
     if counts.empty:
-        return frame
+        return keep
     report = ", ".join(f"{col!r}: {n}" for col, n in counts.items())
     if policy == "fail":
         raise PipelineError(
@@ -134,17 +256,21 @@ def apply_nan_policy(name: str, frame, columns: list[str], policy: str):
             f"datasets.{name}.nan to drop, impute_mean or impute_median"
         )
     if policy == "drop":
-        kept = frame[~bad.any(axis=1)].reset_index(drop=True)
-        if kept.empty:
+        if bad_rows.all():
             raise PipelineError(f"datasets.{name}: no rows left after dropping NaN ({report})")
-        return kept
-    target = columns[-1]
+        return ~bad_rows
     if target in counts:
         raise PipelineError(
             f"datasets.{name}: target {target!r} has {counts[target]} missing "
             "values; imputing a target is not allowed: use nan: drop"
         )
-    return frame.replace([np.inf, -np.inf], np.nan)
+    return keep
+
+
+def clean(frame, fill: dict | None):
+    """Infinite values become missing; missing numbers take the train fill values."""
+    frame = frame.replace([np.inf, -np.inf], np.nan)
+    return frame if fill is None else frame.fillna(fill)
 
 
 def split_rows(name: str, cfg, y, groups, classes) -> dict[str, np.ndarray]:
@@ -178,18 +304,56 @@ def split_rows(name: str, cfg, y, groups, classes) -> dict[str, np.ndarray]:
     return {s: np.sort(i) for s, i in splits.items()}
 
 
-def fit_encoder(train, features: list[str], normalize: bool) -> dict:
-    """Numeric columns: train mean/std; categorical: one-hot over the train categories."""
+def fit_encoder(table, features: list[str], keep, train, cfg) -> tuple[dict, dict | None]:
+    """Numeric columns: train mean and std (missing values skipped, as pandas does);
+    categorical: one-hot over the train categories. Streamed over the train rows, with the
+    fill values of an imputing NaN policy (train means or medians)."""
     import pandas as pd
 
-    numeric = [c for c in features if pd.api.types.is_numeric_dtype(train[c])]
-    categorical = {c: sorted(train[c].astype(str).unique()) for c in features if c not in numeric}
+    numeric = [c for c in features if pd.api.types.is_numeric_dtype(table_dtype(table, c))]
+    n, mean, m2 = (np.zeros(len(numeric)) for _ in range(3))
+    levels: dict[str, set] = {c: set() for c in features if c not in numeric}
+    for frame, in_train in kept_frames(table, features, keep, train):
+        frame = frame[in_train]
+        values = frame[numeric].to_numpy(np.float64)
+        values[~np.isfinite(values)] = np.nan
+        count = (~np.isnan(values)).sum(0)
+        batch_mean = np.nansum(values, 0) / np.maximum(count, 1)
+        batch_m2 = np.nansum((values - batch_mean) ** 2, 0)
+        total = n + count
+        delta = batch_mean - mean  # Chan et al.: merge the batch's mean and squared deviations
+        mean = mean + delta * count / np.maximum(total, 1)
+        m2 = m2 + batch_m2 + delta**2 * n * count / np.maximum(total, 1)
+        n = total
+        for col in levels:
+            levels[col].update(frame[col].dropna().astype(str).unique())  # missing: all 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        std = np.sqrt(m2 / (n - 1))  # ddof=1, as pandas
     stats = {
-        c: (float(train[c].mean()), float(train[c].std() or 1.0)) if normalize else (0.0, 1.0)
-        for c in numeric
+        c: (float(mean[i]), float(std[i]) or 1.0) if cfg.normalize else (0.0, 1.0)
+        for i, c in enumerate(numeric)
     }
+    categorical = {c: sorted(values) for c, values in levels.items()}
     columns = numeric + [f"{c}={v}" for c, values in categorical.items() for v in values]
-    return {"numeric": numeric, "stats": stats, "categorical": categorical, "columns": columns}
+    fill = None
+    if cfg.nan == "impute_mean":
+        fill = {c: float(mean[i]) for i, c in enumerate(numeric)}
+    elif cfg.nan == "impute_median":
+        fill = {c: train_median(table, c, keep, train) for c in numeric}
+    encoder = {"numeric": numeric, "stats": stats, "categorical": categorical, "columns": columns}
+    return encoder, fill
+
+
+def table_dtype(table, column: str):
+    """The pandas dtype a column of the raw table converts to."""
+    return table.schema_arrow.field(column).type.to_pandas_dtype()
+
+
+def train_median(table, column: str, keep, train) -> float:
+    """The median of one column over the train rows (that column alone is read whole)."""
+    values = table.read(columns=[column]).column(0).to_pandas().to_numpy(np.float64)
+    values = values[keep][train]
+    return float(np.nanmedian(np.where(np.isfinite(values), values, np.nan)))
 
 
 def encode(frame, encoder: dict) -> np.ndarray:

@@ -64,3 +64,9 @@ def test_flow_bench(tmp_path):
     results = bench(tmp_path, "flow_bench", "--targets", "evaluate@cnn_digits")
     assert results["task_runs"] == results["stages"]  # one task run per stage
     assert results["plain"]["plain_s"] > 0 and results["plain"]["flow_s"] > 0
+
+
+def test_memory_bench(tmp_path):
+    results = bench(tmp_path, "memory_bench")
+    assert results["csv_rows"] > 0 and set(results["stages"]) == {"ingest", "preprocess"}
+    assert results["pandas_read_csv"]["peak_rss_mb"] > 0

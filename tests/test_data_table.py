@@ -176,3 +176,32 @@ def test_mlp_learns_churn_through_the_real_stages(workdir):
     train.run(params, "mlp_churn")
     metrics = evaluate.run(params, "mlp_churn")
     assert metrics["test/accuracy"] >= 0.85
+
+
+def test_small_batches_stream_to_the_same_splits_and_train_statistics(workdir, monkeypatch):
+    from pipeline import data_table
+
+    frame = churn_frame(n=500)
+    frame.loc[[3, 40, 200], "charges"] = np.nan
+    frame.loc[[7, 300], "contract"] = None
+    frame.to_csv("churn.csv", index=False)
+    cfg = table("churn.csv", target="churn", nan="impute_median")
+    whole = run("whole", cfg)
+    monkeypatch.setattr(data_table, "BATCH_ROWS", 7)  # 72 batches instead of one
+    monkeypatch.setattr(data_table, "CSV_BLOCK_BYTES", 1024)  # ingest reads ~20 blocks
+    small = run("small", cfg)
+
+    for key in ("counts", "features", "classes", "class_counts", "task"):
+        assert small[key] == whole[key], key
+    for col, (mean, std) in whole["encoding"]["stats"].items():
+        assert small["encoding"]["stats"][col] == pytest.approx([mean, std], rel=1e-9)
+    for split in paths.SPLITS:
+        x_small, y_small = data.load_split("small", split)
+        x_whole, y_whole = data.load_split("whole", split)
+        np.testing.assert_allclose(x_small, x_whole, rtol=1e-6)
+        np.testing.assert_array_equal(y_small, y_whole)
+    x_train = data.load_split("small", "train")[0]
+    assert np.isfinite(x_train).all()  # the NaN charges took the train median
+    # standardised with train statistics merged batch by batch (charges: before imputing)
+    np.testing.assert_allclose(x_train[:, 0].std(ddof=1), 1, rtol=1e-5)
+    np.testing.assert_allclose(x_train[:, 1].std(ddof=1), 1, rtol=1e-2)

@@ -64,6 +64,17 @@ class Crash(Exception):
     """Stands in for a process dying mid-training."""
 
 
+def crash_after(last: int, each=lambda epoch: None):
+    """An `on_epoch` callback that calls `each(epoch)`, then crashes once `last` has ended."""
+
+    def on_epoch(epoch, row):
+        each(epoch)
+        if epoch == last:
+            raise Crash
+
+    return on_epoch
+
+
 def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
     model, tr, va, cfg = setup()
     fit(model, tr, va, cfg)
@@ -71,13 +82,9 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
 
     ckpt = tmp_path / "checkpoint.pt"
 
-    def crash_after_3(epoch, row):
-        if epoch == 3:
-            raise Crash
-
     model, tr, va, cfg = setup()
     with pytest.raises(Crash):
-        fit(model, tr, va, cfg, checkpoint_path=ckpt, run_key="k", on_epoch=crash_after_3)
+        fit(model, tr, va, cfg, checkpoint_path=ckpt, run_key="k", on_epoch=crash_after(3))
     assert ckpt.is_file()
 
     # a new process would rebuild everything from scratch with other RNG draws in between
@@ -93,10 +100,10 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
 def test_checkpoints_are_spaced_by_the_interval_and_the_last_epoch_is_always_saved(tmp_path):
     saves = []
 
-    def crash_after_3(epoch, row):
+    def record(epoch):
         saves.append(engine.load_tensors(ckpt)["state"]["epoch"] if ckpt.is_file() else 0)
-        if epoch == 3:
-            raise Crash
+
+    crash_after_3 = crash_after(3, record)
 
     ckpt = tmp_path / "every-epoch.pt"
     model, tr, va, cfg = setup()

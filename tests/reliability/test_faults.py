@@ -45,20 +45,16 @@ def test_a_resumed_run_restores_python_and_numpy_random_state(tmp_path):
 
     import numpy as np
 
-    from tests.test_engine import Crash, fit
+    from tests.test_engine import Crash, crash_after, fit
 
     model, tr, va, cfg = setup()
     fit(model, tr, va, cfg)
     expected = (random.random(), np.random.rand())
 
-    def crash_after_2(epoch, row):
-        if epoch == 2:
-            raise Crash
-
     checkpoint = tmp_path / "checkpoint.pt"
     model, tr, va, cfg = setup()
     with pytest.raises(Crash):
-        fit(model, tr, va, cfg, checkpoint_path=checkpoint, run_key="k", on_epoch=crash_after_2)
+        fit(model, tr, va, cfg, checkpoint_path=checkpoint, run_key="k", on_epoch=crash_after(2))
     model, tr, va, cfg = setup(seed=123)  # a new process: other global draws in between
     random.seed(99)
     np.random.seed(99)
