@@ -315,7 +315,7 @@ def fit_encoder(table, features: list[str], keep, train, cfg) -> tuple[dict, dic
     levels: dict[str, set] = {c: set() for c in features if c not in numeric}
     for frame, in_train in kept_frames(table, features, keep, train):
         frame = frame[in_train]
-        values = frame[numeric].to_numpy(np.float64)
+        values = frame[numeric].to_numpy(np.float64, copy=True)  # may be Arrow's read-only memory
         values[~np.isfinite(values)] = np.nan
         count = (~np.isnan(values)).sum(0)
         batch_mean = np.nansum(values, 0) / np.maximum(count, 1)

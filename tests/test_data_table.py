@@ -205,3 +205,14 @@ def test_small_batches_stream_to_the_same_splits_and_train_statistics(workdir, m
     # standardised with train statistics merged batch by batch (charges: before imputing)
     np.testing.assert_allclose(x_train[:, 0].std(ddof=1), 1, rtol=1e-5)
     np.testing.assert_allclose(x_train[:, 1].std(ddof=1), 1, rtol=1e-2)
+
+
+def test_a_table_of_floats_only_is_encoded(workdir):
+    """Float columns arrive as read-only Arrow memory; inf and NaN are cleaned on a copy."""
+    frame = churn_frame()[["charges"]].assign(ratio=lambda f: f["charges"] / 70.0)
+    frame["churn"] = churn_frame()["churn"]
+    frame.loc[4, "ratio"] = np.inf
+    frame.to_csv("floats.csv", index=False)
+    schema = run("floats", table("floats.csv", target="churn", nan="impute_mean"))
+    assert schema["features"] == ["charges", "ratio"]
+    assert all(np.isfinite(data.load_split("floats", s)[0]).all() for s in paths.SPLITS)
