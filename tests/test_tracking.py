@@ -101,3 +101,21 @@ def test_tracking_off_runs_the_pipeline_without_mlflow(tmp_path):
     assert tuning["states"]["COMPLETE"] + tuning["states"]["PRUNED"] == 2
     assert "champion" not in out.stderr
     assert "MLflow: off (tracking.enabled: false)" in (project / "reports/index.md").read_text()
+
+
+def test_dvc_data_hash_follows_dvc_lock(tmp_path, monkeypatch):
+    """The processed data's hash comes from dvc.lock; a rewritten lock is read again (each
+    version is parsed once per process, so a stage asking several times pays once)."""
+    monkeypatch.chdir(tmp_path)
+    assert tracking.dvc_data_hash("digits") == "untracked"
+
+    def write_lock(md5: str) -> None:
+        out = {"path": str(paths.processed_dir("digits")), "md5": md5}
+        lock = {"schema": "2.0", "stages": {"preprocess@digits": {"outs": [out]}}}
+        paths.DVC_LOCK.write_text(json.dumps(lock))  # JSON is YAML
+
+    write_lock("aaa.dir")
+    assert tracking.dvc_data_hash("digits") == "aaa.dir"
+    assert tracking.dvc_data_hash("sunspots") == "untracked"
+    write_lock("bbbb.dir")  # another size: a new version even within the same mtime tick
+    assert tracking.dvc_data_hash("digits") == "bbbb.dir"
