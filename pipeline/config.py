@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     field_validator,
     model_validator,
 )
@@ -257,6 +258,7 @@ MODEL_TASKS = {
     "gan": ("classification",),
     "diffusion": ("classification",),
 }
+GENERATIVE = ("vae", "gan", "diffusion")
 
 
 # ---- training, evaluation, tracking ---------------------------------------------------------
@@ -355,6 +357,14 @@ class TrainParams(Strict):
         False,
         description="torch.use_deterministic_algorithms: bit-identical reruns on one machine "
         "(some CUDA ops are slower or refused; checked before the first epoch)",
+    )
+    distributed: Literal["none", "ddp"] = Field(
+        "none",
+        description="ddp: DistributedDataParallel over nproc_per_node processes started by "
+        "torchrun (gloo on CPU, nccl on CUDA); batch_size stays the global batch",
+    )
+    nproc_per_node: int = Field(
+        2, ge=1, description="processes with distributed: ddp (on CUDA: one per GPU)"
     )
 
 
@@ -609,6 +619,12 @@ class Params(Strict):
     defaults: Defaults
     experiments: dict[str, ExperimentParams]
     schedule: ScheduleParams = ScheduleParams()
+    _source: str = PrivateAttr("params.yaml")
+
+    @property
+    def source(self) -> str:
+        """The file these params were read from."""
+        return self._source
 
 
 SECTIONS = ("datasets", "defaults", "experiments", "schedule")
@@ -692,10 +708,19 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if problems:
         # a bad default shows up once per experiment too; say it once
         raise ParamsError(path, list(dict.fromkeys(problems)))
-    return Params(datasets=datasets, defaults=defaults, experiments=experiments, schedule=schedule)
+    params = Params(
+        datasets=datasets, defaults=defaults, experiments=experiments, schedule=schedule
+    )
+    params._source = str(path)
+    return params
 
 
 def _compatibility(where: str, exp: ExperimentParams, dataset) -> list[str]:
+    if exp.train.distributed == "ddp" and exp.model.name in GENERATIVE:
+        return [
+            f"{where}.train.distributed: 'ddp' is for supervised models (mlp, cnn, rnn, "
+            f"pretrained); {exp.model.name} trains in one process: set distributed: none"
+        ]
     task = DATASET_TASK[dataset.source] or getattr(dataset, "task", "auto")
     able = MODEL_TASKS[exp.model.name]
     if task in able or (task == "auto" and {"classification", "regression"} & set(able)):

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
-from pipeline import atomic
+from pipeline import atomic, distributed
 from pipeline.config import OptimizerParams, SchedulerParams, TrainParams, higher_is_better
 from pipeline.errors import PipelineError
 
@@ -97,18 +97,24 @@ class Batches:
         seed: int = 0,
         weights=None,
         transform=None,
+        shard: tuple[int, int] = (0, 1),
     ):
         self.x = torch.as_tensor(x).to(device)
         self.y = torch.as_tensor(y).to(device)
-        self.batch_size = batch_size
         self.shuffle = shuffle
         self.generator = torch.Generator().manual_seed(seed)
         # per-sample draw weights: each epoch draws len(y) samples with replacement
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float)
         self.transform = transform  # applied to each yielded input batch (augmentation)
+        # (rank, world) of DistributedDataParallel: every worker draws the same epoch order and
+        # takes every world-th sample of it, in batches of its share of `batch_size`, so step k
+        # of all workers together covers the samples of step k in one process
+        self.rank, self.world = shard
+        self.batch_size = -(-batch_size // self.world)
+        self.samples = -(-len(self.y) // self.world)  # per worker and epoch
 
     def __len__(self) -> int:
-        return -(-len(self.y) // self.batch_size)
+        return -(-self.samples // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.y)
@@ -119,6 +125,9 @@ class Batches:
             order = torch.randperm(n, generator=self.generator).to(self.x.device)
         else:
             order = torch.arange(n, device=self.x.device)
+        if self.world > 1:  # padded with the first samples, so all take the same steps
+            order = torch.cat([order, order[: self.samples * self.world - n]])
+            order, n = order[self.rank :: self.world], self.samples
         for start in range(0, n, self.batch_size):
             idx = order[start : start + self.batch_size]
             xb = self.x[idx]
@@ -196,7 +205,7 @@ def train_one_epoch(
         losses.add(task.train_step(model, xb, yb, optimizers), len(xb), step)
         for scheduler in step_schedulers:
             scheduler.step()
-    return {f"train/{key}": value for key, value in losses.means(len(batches.y)).items()}
+    return {f"train/{key}": value for key, value in losses.means(batches.samples).items()}
 
 
 class EpochLosses:
@@ -329,7 +338,8 @@ def fit(
             f"choose from {', '.join(task.val_metrics)}"
         )
     mode = monitor_mode(metric)
-    runner = accelerate(model, train, val, cfg)
+    ddp, main = train.world > 1, train.rank == 0  # DistributedDataParallel workers
+    runner = accelerate(model, train, val, cfg, ddp)
     optimizers = task.optimizers(model)
     schedulers = {
         name: build_scheduler(opt, cfg.scheduler, cfg.epochs, mode, len(train))
@@ -366,12 +376,17 @@ def fit(
         unit="epoch",
         initial=state["epoch"],
         total=cfg.epochs,
-        disable=not sys.stderr.isatty(),
+        disable=not sys.stderr.isatty() or not main,
     )
     for epoch in bar:
         row = {"epoch": epoch + 1}
-        row.update(train_one_epoch(runner, train, task, optimizers, per_step, epoch + 1))
-        row.update(task.validate(runner, val))
+        losses = train_one_epoch(runner, train, task, optimizers, per_step, epoch + 1)
+        if ddp:  # rank 0 validates; every worker takes the same decisions from its numbers
+            row.update(distributed.mean_over_workers(losses))
+            row.update(distributed.from_main(task.validate(model, val) if main else None))
+        else:
+            row.update(losses)
+            row.update(task.validate(runner, val))
         row["lr"] = next(iter(optimizers.values())).param_groups[0]["lr"]
         state["history"].append(row)
         score = row[metric]
@@ -390,7 +405,7 @@ def fit(
         stop = 0 < cfg.early_stopping.patience <= state["bad_epochs"]
         finished = stop or epoch + 1 == cfg.epochs
         due = time.perf_counter() - saved_at >= cfg.checkpoint_interval
-        if checkpoint_path is not None and (finished or due):
+        if checkpoint_path is not None and main and (finished or due):
             _save_checkpoint(
                 checkpoint_path,
                 model,
@@ -421,10 +436,12 @@ def fit(
     return result
 
 
-def accelerate(model: nn.Module, train: Batches, val: Batches, cfg: TrainParams) -> nn.Module:
+def accelerate(
+    model: nn.Module, train: Batches, val: Batches, cfg: TrainParams, ddp: bool = False
+) -> nn.Module:
     """Apply `train.channels_last` (to the model and, once, to the data already on the
-    device) and `train.compile`; returns the module the training steps call. Weights are
-    shared, so checkpoints and the saved model come from `model` itself."""
+    device), DistributedDataParallel and `train.compile`; returns the module the training
+    steps call. Weights are shared, so checkpoints and the saved model come from `model`."""
     if cfg.channels_last:
         if train.x.dim() != 4:
             raise PipelineError(
@@ -434,7 +451,8 @@ def accelerate(model: nn.Module, train: Batches, val: Batches, cfg: TrainParams)
         model.to(memory_format=torch.channels_last)
         for batches in (train, val):
             batches.x = batches.x.contiguous(memory_format=torch.channels_last)
-    return torch.compile(model) if cfg.compile else model
+    runner = distributed.wrap(model, train.x.device) if ddp else model
+    return torch.compile(runner) if cfg.compile else runner
 
 
 def _cpu_copy(state_dict: dict) -> dict:

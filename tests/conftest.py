@@ -20,6 +20,22 @@ ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ("dvc.yaml", "params.yaml", "pyproject.toml", "pipeline", "models")
 
 
+# the smallest pipeline: one dataset, one 2-epoch MLP; every key dvc.yaml lists must exist
+TINY = {
+    "datasets": {"digits": {"source": "sklearn_digits"}},
+    "defaults": {
+        "seed": 42,
+        "device": "cpu",
+        "model": {"name": "mlp", "hidden_sizes": [16]},
+        "train": {"epochs": 2},
+        "evaluate": {"batch_size": 512},
+        "tracking": {"log_model": False},
+        "tune": {"enabled": False},
+    },
+    "experiments": {"mlp_digits": {"dataset": "digits"}},
+}
+
+
 def shipped_params() -> dict:
     return yaml.safe_load((ROOT / "params.yaml").read_text())
 
@@ -104,13 +120,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_mlflow_server(root: Path, port: int) -> subprocess.Popen:
-    """`mlflow server` on loopback with an embedded SQLite backend under `root`."""
+def start_mlflow_server(root: Path, port: int, backend: str | None = None) -> subprocess.Popen:
+    """`mlflow server` on loopback; its backend store is `backend` (a database URL) or an
+    embedded SQLite file under `root`, its artifacts a folder under `root`."""
     cmd = [
         str(Path(sys.executable).parent / "mlflow"),
         "server",
         "--backend-store-uri",
-        f"sqlite:///{root / 'server.db'}",
+        backend or f"sqlite:///{root / 'server.db'}",
         "--artifacts-destination",
         str(root / "artifacts"),
         "--host",
@@ -141,3 +158,74 @@ def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 120) -> Non
             assert proc.poll() is None, f"the server exited with {proc.returncode}"
             assert time.monotonic() < deadline, f"{url} did not answer"
             time.sleep(0.5)
+
+
+class Postgres:
+    """A throwaway PostgreSQL server on loopback (Debian's `postgresql` package, installed by
+    `make test`): its own data folder, trust authentication, stopped after the session."""
+
+    def __init__(self, root: Path, port: int):
+        self.root, self.port = root, port
+        self.data = root / "data"
+        bin_dir = _postgres_bin()
+        # PostgreSQL refuses to run as root: the server runs as the package's `postgres` user
+        self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self.pg_ctl = [*self._as, str(bin_dir / "pg_ctl")]
+        root.mkdir(parents=True, exist_ok=True)
+        if self._as:
+            shutil.chown(root, "postgres")
+        _must(
+            [*self._as, str(bin_dir / "initdb"), "-D", str(self.data), "-U", "postgres"]
+            + ["--auth=trust", "--encoding=UTF8", "--no-sync"]
+        )
+        options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        _must(
+            [*self.pg_ctl, "-D", str(self.data), "-l", str(root / "server.log")]
+            + ["-o", options, "-w", "-t", "60", "start"]
+        )
+
+    def url(self, database: str, driver: str = "postgresql") -> str:
+        return f"{driver}://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        """A new empty database; returns its URL."""
+        import psycopg
+
+        # CREATE DATABASE cannot run inside a transaction
+        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def stop(self) -> None:
+        subprocess.run(
+            [*self.pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "stop"], capture_output=True
+        )
+
+
+def _must(cmd: list[str]) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"{' '.join(cmd)}: {proc.stdout}{proc.stderr}"
+
+
+def _postgres_bin() -> Path:
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).resolve().parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    if not versions:
+        pytest.fail("PostgreSQL is not installed: `make test` installs Debian's postgresql")
+    return versions[-1].parent
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Postgres:
+    """One PostgreSQL server for the whole test session. Its folder is outside pytest's
+    (which only root may enter) so that the `postgres` user can reach it."""
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="dl-pipeline-postgres-"))
+    root.chmod(0o755)
+    server = Postgres(root, free_port())
+    yield server
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)

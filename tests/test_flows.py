@@ -16,23 +16,16 @@ import pytest
 import yaml
 
 from pipeline import paths
-from tests.conftest import free_port, make_project, run, start_mlflow_server, write_params
+from tests.conftest import (
+    TINY,
+    free_port,
+    make_project,
+    run,
+    start_mlflow_server,
+    write_params,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-
-TINY = {
-    "datasets": {"digits": {"source": "sklearn_digits"}},
-    "defaults": {  # every key dvc.yaml lists as a param must exist
-        "seed": 42,
-        "device": "cpu",
-        "model": {"name": "mlp", "hidden_sizes": [16]},
-        "train": {"epochs": 2},
-        "evaluate": {"batch_size": 512},
-        "tracking": {"log_model": False},
-        "tune": {"enabled": False},
-    },
-    "experiments": {"mlp_digits": {"dataset": "digits"}},
-}
 
 
 @pytest.fixture(scope="module")

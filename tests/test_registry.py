@@ -1,5 +1,7 @@
-"""A real `mlflow server` on loopback: the pipeline logs to it by URI, registers every model,
-moves the `champion` alias only on a real improvement, and `predict` serves the champion."""
+"""A real `mlflow server` on loopback, its backend store a PostgreSQL database (the production
+layout, with a local folder standing in for the S3-compatible artifact store): the pipeline
+logs to it by URI, registers every model, moves the `champion` alias only on a real
+improvement, and `predict` serves the champion."""
 
 from __future__ import annotations
 
@@ -39,11 +41,11 @@ def params(uri: str, variant: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`mlflow server` with an embedded SQLite backend, stopped after the module."""
+def server(tmp_path_factory, postgres):
+    """`mlflow server` backed by a PostgreSQL database, stopped after the module."""
     root = tmp_path_factory.mktemp("mlflow_server")
     port = free_port()
-    proc = start_mlflow_server(root, port)
+    proc = start_mlflow_server(root, port, backend=postgres.create_database("mlflow"))
     uri = f"http://127.0.0.1:{port}"
     wait_until_up(f"{uri}/health", proc)
     yield uri

@@ -482,7 +482,8 @@ def test_declared_pruners_are_optunas():
 @pytest.mark.slow
 @pytest.mark.integration
 def test_rdb_storage_and_timeout_stop_the_study_early(project):
-    raw = params_with(storage="sqlite:///optuna.db", timeout=4, n_trials=200, pruner="none")
+    # the budget counts from the study's creation, before the tracking store opens
+    raw = params_with(storage="sqlite:///optuna.db", timeout=10, n_trials=200, pruner="none")
     proc = tune_stage(project, raw)
     assert proc.returncode == 0, proc.stderr
     storage = tuning.open_storage("sqlite:///" + str(project / "optuna.db"), 1)
@@ -490,7 +491,8 @@ def test_rdb_storage_and_timeout_stop_the_study_early(project):
     trials = optuna.load_study(study_name=name, storage=storage).get_trials()
     assert 1 <= len(trials) < 200
     assert {t.state.name for t in trials} == {"COMPLETE"}
-    assert not (project / paths.study_journal(EXP)).exists()  # the database holds the study
+    # the database holds the study; the journal dvc.yaml declares is left empty
+    assert (project / paths.study_journal(EXP)).read_bytes() == b""
     assert yaml.safe_load((project / paths.tuned_file(EXP)).read_text())["train"]
 
 
@@ -533,3 +535,59 @@ def test_the_study_name_follows_training_not_evaluation_or_budget(tmp_path):
     training = exp.model_copy(update={"train": exp.train.model_copy(update={"epochs": 9})})
     assert tuning.study_name(EXP, budget) == tuning.study_name(EXP, evaluation) == name
     assert tuning.study_name(EXP, training) != name
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_workers_started_apart_share_one_postgresql_study(project, postgres):
+    """`tune.storage: postgresql://...`: three `pipeline.tune_worker` processes started on
+    their own (as on three machines) join the study the stage creates; one is killed mid-trial
+    and its trial is retried from the stale heartbeat; the study ends with exactly n_trials."""
+    url = postgres.create_database("optuna_workers")
+    raw = params_with(storage=url, workers=1, n_trials=6, pruner="none")
+    raw["defaults"]["train"].update(epochs=8, batch_size=32)  # trials of a few seconds
+    write_params(project / "params.yaml", raw)
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    join = [sys.executable, "-m", "pipeline.tune_worker", "--experiment", EXP, "--wait", "300"]
+    workers = [
+        subprocess.Popen(
+            join, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
+    stage = tune_stage(project, raw, wait=False)
+
+    def study():
+        storage = tuning.open_storage(url, 1)
+        names = optuna.get_all_study_names(storage)
+        return optuna.load_study(study_name=names[0], storage=storage) if names else None
+
+    def running_elsewhere():
+        s = study()
+        pids = {w.pid for w in workers}
+        running = s.get_trials(states=(optuna.trial.TrialState.RUNNING,)) if s else []
+        return next((t for t in running if t.user_attrs.get("worker_pid") in pids), None)
+
+    try:
+        victim = wait_for(running_elsewhere, what="a trial running in a joined worker")
+        os.kill(victim.user_attrs["worker_pid"], signal.SIGKILL)
+        _, err = stage.communicate(timeout=600)
+        outputs = [w.communicate(timeout=300) for w in workers]
+    finally:
+        for proc in [stage, *workers]:
+            if proc.poll() is None:
+                proc.kill()
+    assert stage.returncode == 0, err
+    killed = next(w for w in workers if w.pid == victim.user_attrs["worker_pid"])
+    assert killed.returncode == -signal.SIGKILL
+    assert [w.returncode for w in workers if w is not killed] == [0, 0], outputs
+    trials = study().get_trials()
+    assert not [t for t in trials if t.state.name == "RUNNING"]
+    assert len(tuning.finished(trials)) == 6
+    assert trials[victim.number].state.name == "FAIL"
+    [retry] = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert retry.params == victim.params and retry.state.name == "COMPLETE"
+    # the joined workers ran trials of their own
+    by_pid = {t.user_attrs["worker_pid"] for t in trials if t.state.name == "COMPLETE"}
+    assert len(by_pid & {w.pid for w in workers}) >= 2
+    assert (project / paths.study_journal(EXP)).read_bytes() == b""  # the database holds it

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 from collections.abc import Callable
 
-from pipeline import locks, paths
+from pipeline import distributed, locks, paths
 from pipeline.config import Params, load_params, require_declared
 from pipeline.errors import PipelineError
 
@@ -36,7 +37,9 @@ def stage_main(
         params = load_params(args.params)
         if target:
             require_declared(params, target, name, args.params)
-        with locks.stage_lock(f"{stage}@{name}" if name else stage):
+        # torchrun's workers run under the lock their launching stage process holds
+        held = contextlib.nullcontext() if distributed.in_worker() else None
+        with held or locks.stage_lock(f"{stage}@{name}" if name else stage):
             run(params, name)
     except PipelineError as err:
         print(f"error: {stage}{'@' + name if name else ''}: {err}", file=sys.stderr)

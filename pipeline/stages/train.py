@@ -5,13 +5,14 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import sys
 from dataclasses import dataclass
 
 import numpy as np
 import yaml
 
-from pipeline import atomic, augment, data, paths, plots, tracking
+from pipeline import atomic, augment, data, distributed, paths, plots, tracking
 from pipeline.config import ExperimentParams, Params, apply_overrides, flatten
 from pipeline.errors import PipelineError
 from pipeline.stages import stage_main
@@ -33,13 +34,18 @@ class Prepared:
 
 
 def prepare(exp: ExperimentParams, experiment: str) -> Prepared:
-    """Seed, build the model and the batches of `exp`; shared by train and tuning trials."""
+    """Seed, build the model and the batches of `exp`; shared by train and tuning trials.
+    In a torchrun worker (train.distributed: ddp) it joins the process group first and the
+    training batches are this worker's shard."""
     from models import build_model
     from models.layers import init_weights
     from pipeline import engine, tasks
 
     schema = data.load_schema(exp.dataset)
     device = engine.select_device(exp.device)
+    shard = (distributed.rank(), distributed.world_size())
+    if distributed.in_worker():
+        device = distributed.setup(device)
     engine.seed_everything(exp.seed)
     engine.set_deterministic(exp.train.deterministic)
     spec = data_spec(schema)
@@ -70,6 +76,7 @@ def prepare(exp: ExperimentParams, experiment: str) -> Prepared:
         seed=exp.seed,
         weights=weights,
         transform=augment_fn,
+        shard=shard,
     )
     val = engine.Batches(val_x, val_y, exp.evaluate.batch_size, device=device, shuffle=False)
     if exp.train.deterministic:
@@ -94,17 +101,31 @@ def resolved_experiment(params: Params, experiment: str) -> tuple[ExperimentPara
 
 
 def run(params: Params, experiment: str):
+    exp, tuned = resolved_experiment(params, experiment)
+    if exp.train.distributed == "ddp" and not distributed.in_worker():
+        distributed.launch(experiment, params.source, exp.train.nproc_per_node)
+        return json.loads(paths.train_summary_file(experiment).read_text())
+    try:
+        return train(exp, tuned, experiment)
+    finally:
+        distributed.teardown()
+
+
+def train(exp: ExperimentParams, tuned: dict, experiment: str) -> dict:
+    """Fit the resolved experiment and write its outputs (in a torchrun worker: train its
+    shard; rank 0 alone logs to MLflow and writes files)."""
     import torch
 
     from pipeline import engine
 
-    exp, tuned = resolved_experiment(params, experiment)
-    if tuned:
+    main = distributed.is_main()
+    if tuned and main:
         applied = ", ".join(f"{k}={v}" for k, v in flatten(tuned).items())
         print(f"train@{experiment}: tuned params from {paths.tuned_file(experiment)}: {applied}")
     config = exp.model_dump(mode="json", exclude={"tune"})
     prep = prepare(exp, experiment)
     model, schema, arrays = prep.model, prep.schema, prep.arrays
+    track = exp.tracking if main else exp.tracking.model_copy(update={"enabled": False})
 
     tags = {
         "stage": "train",
@@ -113,15 +134,17 @@ def run(params: Params, experiment: str):
         "model": exp.model.name,
         "dvc.data_hash": tracking.dvc_data_hash(exp.dataset),
         "tuned": str(bool(tuned)).lower(),
+        "world_size": str(distributed.world_size()),
     }
-    with tracking.stage_run(exp.tracking, name=f"{experiment}/train", tags=tags) as run:
+    with tracking.stage_run(track, name=f"{experiment}/train", tags=tags) as run:
         run.log_params(flatten(config))
         run.log_dict(config, "config.yaml")
         if tuned:
             run.log_dict(tuned, "tuned.yaml")
         preview = augmentation_preview(prep.train.x[:8], prep.augment_fn, experiment)
         run.log_figure(preview, "augmentations.png")
-        plots.save(preview, paths.augment_preview(experiment))
+        if main:
+            plots.save(preview, paths.augment_preview(experiment))
         run.log_dataset(schema, "train", arrays["train_x"], arrays["train_y"], context="training")
         run.log_dataset(schema, "val", arrays["val_x"], arrays["val_y"], context="validation")
         n_params = sum(p.numel() for p in model.parameters())
@@ -148,6 +171,7 @@ def run(params: Params, experiment: str):
             f"best_{exp.train.early_stopping.metric}": result.best_score,
             "stopped_early": result.stopped_early,
             "resumed_from_epoch": result.resumed_from_epoch,
+            "world_size": distributed.world_size(),
             "train_seconds": round(result.seconds, 3),
             "samples_per_second": round(result.samples_per_second, 1),
         }
@@ -159,7 +183,9 @@ def run(params: Params, experiment: str):
                 "samples_per_second": result.samples_per_second,
             }
         )
-        if exp.tracking.enabled and exp.tracking.log_model:
+        if not main:
+            return summary  # rank 0 writes the outputs
+        if track.enabled and track.log_model:
             summary["registered_model"] = {
                 "name": tracking.registered_name(exp.tracking, experiment),
                 "version": run.log_torch_model(

@@ -39,6 +39,10 @@ def tune_experiment(experiment: str, exp: ExperimentParams) -> dict:
     tune = exp.tune
     url = tuning.storage_url(experiment, tune)
     study = tuning.create_study(experiment, exp, tuning.open_storage(url, tune.heartbeat_seconds))
+    if tune.storage:  # the study lives in a database; dvc.yaml still declares the journal
+        journal = paths.study_journal(experiment)
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        journal.touch()  # empty: a valid journal should storage go back to the default
     start = time.time()
     deadline = start + tune.timeout if tune.timeout else None
     tags = {

@@ -14,8 +14,7 @@ import time
 import pytest
 
 from pipeline import locks, paths
-from tests.conftest import make_project, run, wait_for_file
-from tests.test_flows import TINY
+from tests.conftest import TINY, make_project, run, wait_for_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

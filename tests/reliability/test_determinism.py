@@ -11,9 +11,8 @@ from torch import nn
 
 from pipeline import engine, verify
 from pipeline.errors import PipelineError
-from tests.conftest import make_project, run
+from tests.conftest import TINY, make_project, run
 from tests.test_engine import fit, setup
-from tests.test_flows import TINY
 
 
 def test_two_runs_with_the_same_seed_give_identical_weights_and_metrics():

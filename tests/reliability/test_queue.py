@@ -8,8 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import make_project, run
-from tests.test_flows import TINY
+from tests.conftest import TINY, make_project, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

@@ -8,8 +8,7 @@ import os
 import pytest
 
 from pipeline.tracking import REDACTED, public_params
-from tests.conftest import make_project, run, shipped_params, shrink, write_params
-from tests.test_flows import TINY
+from tests.conftest import TINY, make_project, run, shipped_params, shrink, write_params
 
 CANARY = "c4n4ry-7f3e9a"
 
