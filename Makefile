@@ -44,7 +44,13 @@ $(CHROMIUM):
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium \
 	  || { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium; }
 
-test: lint $(CHROMIUM)
+# the scale-out tests start their own PostgreSQL server (Debian's package) on loopback
+PG_CTL := $(firstword $(wildcard /usr/lib/postgresql/*/bin/pg_ctl) /usr/lib/postgresql/pg_ctl)
+$(PG_CTL):
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q postgresql \
+	  || { $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q postgresql; }
+
+test: lint $(CHROMIUM) $(PG_CTL)
 	python -m pytest
 
 test-fast: $(STAMP)

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from tests.conftest import (
     make_project,
     run,
     start_mlflow_server,
+    wait_until_up,
     write_params,
 )
 
@@ -29,16 +31,28 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 @pytest.fixture(scope="module")
-def prefect_server():
-    """One temporary Prefect server (SQLite) for the module: its start-up is paid once."""
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_server(tmp_path_factory):
+    """A real `prefect server` on loopback for the module (its start-up is paid once), its
+    SQLite database in a temporary PREFECT_HOME; this process and its children talk to it."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry writes
-        with prefect_test_harness(server_startup_timeout=120):
-            from prefect.settings import PREFECT_API_URL
-
-            yield PREFECT_API_URL.value()
+    home = tmp_path_factory.mktemp("prefect_home")
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    cmd = [os.path.join(os.path.dirname(sys.executable), "prefect"), "server", "start"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    log = (home / "server.log").open("w")
+    server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        wait_until_up(f"{url}/health", server, timeout=180)
+        with pytest.MonkeyPatch.context() as mp, temporary_settings({PREFECT_API_URL: url}):
+            mp.setenv("PREFECT_API_URL", url)
+            yield url
+    finally:
+        interrupt(server)
+        log.close()
 
 
 def lock_outs(project) -> dict[str, str]:
@@ -378,7 +392,8 @@ def test_prefect_yaml_deploys_to_a_process_pool_whose_worker_runs_the_flow(
     prefect_server, tmp_path
 ):
     """pipeline/prefect.yaml as the README says to use it: create the `local` process pool,
-    `prefect deploy --all`, start a worker; a run of dl-pipeline/pipeline executes there."""
+    `prefect deploy --all`, start a worker; a run of dl-pipeline/pipeline scheduled a few
+    seconds ahead executes there at its time."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
@@ -405,14 +420,18 @@ def test_prefect_yaml_deploys_to_a_process_pool_whose_worker_runs_the_flow(
         stderr=subprocess.DEVNULL,
     )
     try:
+        # scheduled once, a few seconds ahead: the worker waits for its time, then runs it
+        at = datetime.now(UTC) + timedelta(seconds=5)
         flow_run = run_deployment(
             "dl-pipeline/pipeline",
             parameters={"targets": ["preprocess@digits"]},
+            scheduled_time=at,
             timeout=300,
             poll_interval=1,
             as_subflow=False,
         )
         assert flow_run.state.is_completed(), flow_run.state
+        assert flow_run.expected_start_time == at and flow_run.start_time >= at
         assert (project / paths.split_file("digits", "train")).is_file()
         lock = yaml.safe_load((project / "dvc.lock").read_text())
         assert set(lock["stages"]) == {"ingest@digits", "preprocess@digits"}
