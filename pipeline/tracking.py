@@ -482,7 +482,6 @@ def dvc_data_hash(dataset: str) -> str:
 
 @functools.lru_cache(maxsize=4)
 def _read_lock(path: Path, mtime_ns: int, size: int) -> dict:
-    """dvc.lock parsed once per version: it lists every stage of the zoo (about 100 kB), the
-    pure-Python YAML parser took 0.5 s a read, and a stage asks several times."""
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: about 10x faster
-    return yaml.load(path.read_text(), Loader=loader) or {}
+    """dvc.lock parsed once per version: it lists every stage of the zoo (about 100 kB, 0.5 s
+    to parse) and a stage asks for it up to three times."""
+    return yaml.safe_load(path.read_text()) or {}

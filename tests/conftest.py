@@ -83,6 +83,15 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
     return proc
 
 
+def run_stage(project: Path, stage: str, target: str) -> subprocess.CompletedProcess:
+    """`python -m pipeline.stages.<stage> <target>` in `project`; fails the test on an error."""
+    cmd = [sys.executable, "-m", f"pipeline.stages.{stage}", target]
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
 def make_project(dest: Path, raw_params: dict) -> Path:
     """A fresh git + DVC repository holding a copy of this project and the given params."""
     dest.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ import torch
 from pipeline import engine, paths
 from pipeline.config import load_params
 from pipeline.errors import ParamsError
-from tests.conftest import wait_for_file, write_params
+from tests.conftest import run_stage, wait_for_file, write_params
 
 CNN = {"name": "cnn", "channels": [8, 16], "hidden_size": 32, "dropout": 0.0, "batch_norm": False}
 DDP = {"distributed": "ddp", "nproc_per_node": 2}
@@ -60,20 +60,12 @@ def test_ddp_is_refused_for_generative_models(tmp_path):
     assert any("experiments.two.train.distributed" in p for p in info.value.problems)
 
 
-def stage(project: Path, name: str, target: str, **kw) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", f"pipeline.stages.{name}", target]
-    env = {**os.environ, "MPLBACKEND": "Agg"}
-    proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr
-    return proc
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ddp")
     write_params(root / "params.yaml", PARAMS)
     for name in ("ingest", "preprocess", "judge"):
-        stage(root, name, "digits")
+        run_stage(root, name, "digits")
     return root
 
 
@@ -91,8 +83,8 @@ def train_runs(project: Path, experiment: str) -> list:
 def test_two_gloo_processes_reach_the_accuracy_of_one(project):
     accuracy = {}
     for name in ("one", "two"):
-        stage(project, "train", name)
-        stage(project, "evaluate", name)
+        run_stage(project, "train", name)
+        run_stage(project, "evaluate", name)
         metrics = json.loads((project / paths.metrics_file(name)).read_text())
         accuracy[name] = metrics["test/accuracy"]
     assert accuracy["one"] > 0.9
@@ -125,7 +117,7 @@ def test_kill_9_under_ddp_resumes_from_the_checkpoint(project):
     saved = engine.load_tensors(checkpoint)["state"]["epoch"]
     assert 0 < saved < 40
 
-    stage(project, "train", "long")
+    run_stage(project, "train", "long")
     summary = json.loads((project / paths.train_summary_file("long")).read_text())
     assert summary["world_size"] == 2
     assert saved <= summary["resumed_from_epoch"] < 40

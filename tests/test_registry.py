@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 
 from pipeline import paths
-from tests.conftest import free_port, start_mlflow_server, wait_until_up, write_params
+from tests.conftest import free_port, run_stage, start_mlflow_server, wait_until_up, write_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -53,26 +52,18 @@ def server(tmp_path_factory, postgres):
     proc.wait(timeout=30)
 
 
-def stage(project: Path, name: str, target: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", f"pipeline.stages.{name}", target]
-    env = {**os.environ, "MPLBACKEND": "Agg"}
-    proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    return proc
-
-
 @pytest.fixture(scope="module")
 def project(server, tmp_path_factory):
     """Three train+evaluate rounds against the server: weak, strong, weak again."""
     root = tmp_path_factory.mktemp("registry_project")
     write_params(root / "params.yaml", params(server, WEAK))
-    stage(root, "ingest", "digits")
-    stage(root, "preprocess", "digits")
+    run_stage(root, "ingest", "digits")
+    run_stage(root, "preprocess", "digits")
     decisions = []
     for variant in (WEAK, STRONG, WEAK):
         write_params(root / "params.yaml", params(server, variant))
-        stage(root, "train", EXP)
-        stage(root, "evaluate", EXP)
+        run_stage(root, "train", EXP)
+        run_stage(root, "evaluate", EXP)
         decisions.append(json.loads((root / paths.details_file(EXP)).read_text())["registry"])
     (root / "decisions.json").write_text(json.dumps(decisions))
     return root
