@@ -72,11 +72,11 @@ def bench_pruning(exp) -> dict:
     return out
 
 
-def bench_storage(exp, workdir: Path) -> dict:
+def bench_storage(exp, workdir: Path, reps: int) -> dict:
     from pipeline import tune as tuning
 
     times = {"memory": [], "journal": []}
-    for rep in range(2):  # interleaved, best of two: less noise from whatever else runs
+    for rep in range(reps):  # interleaved, best of each: less noise from whatever else runs
         for kind in times:
             storage = None
             if kind == "journal":
@@ -165,8 +165,9 @@ def main(argv=None) -> int:
                 )
             )
         if "storage" in only:
-            n = max(4, int(10 * scale))
-            storage = bench_storage(with_tune(cnn, n_trials=n, epochs=8), Path(tmp))
+            # --quick: a smoke run of the code path (2 short trials), not a measurement
+            n, epochs, reps = (2, 2, 1) if args.quick else (10, 8, 2)
+            storage = bench_storage(with_tune(cnn, n_trials=n, epochs=epochs), Path(tmp), reps)
             print(
                 f"storage: journal {storage['journal_s']} s vs memory {storage['memory_s']} s "
                 f"-> {storage['ratio']:.3f}x"

@@ -1,6 +1,7 @@
 """The shipped params.yaml, unshrunk, reaches the quality the README promises (seeded).
 
-This tunes and trains the whole default zoo in-process (about 5 minutes on 2 CPU cores).
+This tunes and trains the whole default zoo in-process: 5 to 25 minutes on 2 CPU cores, so it
+runs in `make test-quality` rather than in `make test`.
 """
 
 import math
@@ -32,6 +33,7 @@ PROMISED = {
 
 
 @pytest.mark.slow
+@pytest.mark.quality
 def test_shipped_params_reach_the_promised_quality(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # data, artifacts and the MLflow store land in tmp
     params = load_params(ROOT / "params.yaml")
