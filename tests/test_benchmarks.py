@@ -62,7 +62,7 @@ def test_gpu_bench_on_cpu(tmp_path):
 
 
 def test_flow_bench(tmp_path):
-    results = bench(tmp_path, "flow_bench", "--targets", "evaluate@cnn_digits")
+    results = bench(tmp_path, "flow_bench", "--targets", "train@mlp_digits")
     assert results["task_runs"] == results["stages"]  # one task run per stage
     assert results["plain"]["plain_s"] > 0 and results["plain"]["flow_s"] > 0
 

@@ -1,5 +1,6 @@
 """params.yaml schema: the shipped file loads; mistakes get one clear message naming the key."""
 
+import json
 import subprocess
 import sys
 
@@ -8,7 +9,7 @@ import pytest
 from pipeline.__main__ import plan, stages_to_run
 from pipeline.config import CNNParams, MLPParams, load_params, merge_overrides
 from pipeline.errors import ParamsError
-from tests.conftest import ROOT, shipped_params, write_params
+from tests.conftest import ROOT, TINY, make_project, run, shipped_params, write_params
 
 
 def problems_for(tmp_path, mutate) -> list[str]:
@@ -194,10 +195,33 @@ def test_check_rejects_bad_params_with_one_message_and_writes_nothing(tmp_path):
 
 
 def test_check_imports_no_heavy_library():
+    # dvc is asked in-process for the status (cheaper than a `dvc status` subprocess)
     code = (
         "import sys, pipeline.__main__ as m; m.main(['check']);"
-        "heavy = [x for x in ('torch', 'mlflow', 'dvc', 'optuna', 'prefect') if x in sys.modules];"
+        "heavy = [x for x in ('torch', 'mlflow', 'optuna', 'prefect') if x in sys.modules];"
         "print('HEAVY', heavy)"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert "HEAVY []" in proc.stdout, proc.stdout + proc.stderr
+
+
+def will_run(check_stdout: str) -> set[str]:
+    return {line.split()[0] for line in check_stdout.splitlines() if "[will run]" in line}
+
+
+def test_check_marks_what_dvc_status_reports_out_of_date(tmp_path):
+    project = make_project(tmp_path / "p", TINY)
+    stale = set(json.loads(run(["dvc", "status", "--json"], project).stdout))
+    assert "ingest@digits" in stale
+    proc = run([sys.executable, "-m", "pipeline", "check"], project)
+    params = load_params(project / "params.yaml")
+    assert will_run(proc.stdout) == stages_to_run(params, stale)
+    assert f"would run 7 of {len(plan(params))} stages" in proc.stdout
+
+    # outside a DVC repository the plan is printed without marks
+    outside = tmp_path / "plain"
+    outside.mkdir()
+    write_params(outside / "params.yaml", TINY)
+    proc = run([sys.executable, "-m", "pipeline", "check"], outside)
+    assert "[will run]" not in proc.stdout and "[up to date]" not in proc.stdout
+    assert "would run" not in proc.stdout
