@@ -81,11 +81,14 @@ def dvc_changed_stages(params_file: str) -> set[str] | None:
     if params_file != str(paths.PARAMS):
         return None  # dvc.yaml reads params.yaml; another file has no status to compare
     try:
+        from dvc.exceptions import DvcException
         from dvc.repo import Repo
-
+    except ImportError:
+        return None
+    try:
         with Repo() as repo:
             return set(repo.status())
-    except Exception:  # the plan is still printed, without the marks, as when dvc fails
+    except DvcException:  # the plan is still printed, without the marks
         return None
 
 

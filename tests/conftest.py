@@ -92,6 +92,11 @@ def run_stage(project: Path, stage: str, target: str) -> subprocess.CompletedPro
     return proc
 
 
+def will_run(check_stdout: str) -> set[str]:
+    """The stages `python -m pipeline check` marks `[will run]`."""
+    return {line.split()[0] for line in check_stdout.splitlines() if "[will run]" in line}
+
+
 def make_project(dest: Path, raw_params: dict) -> Path:
     """A fresh git + DVC repository holding a copy of this project and the given params."""
     dest.mkdir(parents=True, exist_ok=True)

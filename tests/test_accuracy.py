@@ -1,7 +1,7 @@
 """The shipped params.yaml, unshrunk, reaches the quality the README promises (seeded).
 
-This tunes and trains the whole default zoo in-process: 5 to 25 minutes on 2 CPU cores, so it
-runs in `make test-quality` rather than in `make test`.
+This tunes and trains the whole default zoo in-process (25 minutes in the last run on 2 CPU
+cores), so it runs in `make test-quality` rather than in `make test`.
 """
 
 import math

@@ -9,7 +9,15 @@ import pytest
 from pipeline.__main__ import plan, stages_to_run
 from pipeline.config import CNNParams, MLPParams, load_params, merge_overrides
 from pipeline.errors import ParamsError
-from tests.conftest import ROOT, TINY, make_project, run, shipped_params, write_params
+from tests.conftest import (
+    ROOT,
+    TINY,
+    make_project,
+    run,
+    shipped_params,
+    will_run,
+    write_params,
+)
 
 
 def problems_for(tmp_path, mutate) -> list[str]:
@@ -203,10 +211,6 @@ def test_check_imports_no_heavy_library():
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert "HEAVY []" in proc.stdout, proc.stdout + proc.stderr
-
-
-def will_run(check_stdout: str) -> set[str]:
-    return {line.split()[0] for line in check_stdout.splitlines() if "[will run]" in line}
 
 
 def test_check_marks_what_dvc_status_reports_out_of_date(tmp_path):

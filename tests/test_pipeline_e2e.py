@@ -17,7 +17,14 @@ import pytest
 import yaml
 
 from pipeline import paths
-from tests.conftest import run, shipped_params, shrink, wait_for_file, write_params
+from tests.conftest import (
+    run,
+    shipped_params,
+    shrink,
+    wait_for_file,
+    will_run,
+    write_params,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -230,8 +237,7 @@ def test_check_predicts_what_a_param_edit_reruns(repro_project):
         check = run(["python", "-m", "pipeline", "check"], repro_project).stdout
     finally:
         params_file.write_text(original)
-    will_run = {line.split()[0] for line in check.splitlines() if "[will run]" in line}
-    assert will_run == {f"tune@{exp}", f"train@{exp}", f"evaluate@{exp}", "report"}
+    assert will_run(check) == {f"tune@{exp}", f"train@{exp}", f"evaluate@{exp}", "report"}
 
 
 def test_exp_run_with_set_param_reruns_only_what_changed(repro_project):
