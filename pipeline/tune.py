@@ -23,7 +23,7 @@ from typing import Any
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.storages._heartbeat import BaseHeartbeat  # the interface RDBStorage implements
-from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline import paths
@@ -41,6 +41,7 @@ from pipeline.config import (
 from pipeline.errors import PipelineError
 
 MAX_RETRIES = 3  # a trial whose worker died this often is left failed
+LOCK_GRACE_SECONDS = 30  # a journal lock untouched this long belongs to a dead worker: broken
 STUDY_KEYS = (  # the tune settings that define a study; the rest (n_trials, workers...) do not
     "space",
     "metric",
@@ -63,7 +64,13 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
     seconds and hands them to the retry callback."""
 
     def __init__(self, path: str, interval: int, grace: int, on_stale):
-        super().__init__(JournalFileBackend(path))
+        # Optuna's lock is a symlink to the journal, and it breaks a lock whose target has not
+        # changed for the grace period. A relative path would make that symlink dangle (it
+        # resolves from the lock's own directory): a worker killed while holding it would then
+        # block every other worker for ever. An absolute path keeps it resolvable.
+        path = os.path.abspath(path)
+        lock = JournalFileSymlinkLock(path, grace_period=LOCK_GRACE_SECONDS)
+        super().__init__(JournalFileBackend(path, lock))
         self._interval, self._grace, self._on_stale = interval, grace, on_stale
 
     def record_heartbeat(self, trial_id: int) -> None:

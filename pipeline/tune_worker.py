@@ -11,10 +11,24 @@ import argparse
 import os
 import signal
 import sys
+import threading
+import time
 
 from pipeline import paths
 from pipeline.config import ExperimentParams, load_params, require_declared
 from pipeline.errors import PipelineError
+
+
+def exit_with(parent: int) -> None:
+    """End this worker (as SIGTERM does) once process `parent` is gone: a tune stage that is
+    killed, even with SIGKILL, must not leave its local workers training on."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 def main(argv=None) -> int:
@@ -32,8 +46,11 @@ def main(argv=None) -> int:
         help="seconds to wait for the tune@ stage to create the study",
     )
     parser.add_argument("--config", help=argparse.SUPPRESS)  # the stage's resolved experiment
+    parser.add_argument("--parent", type=int, help=argparse.SUPPRESS)  # the stage that started it
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    if args.parent:
+        exit_with(args.parent)
     try:
         if args.config:
             exp = ExperimentParams.model_validate_json(args.config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -212,11 +213,24 @@ def tune_stage(project: Path, raw: dict, wait=True):
     write_params(project / "params.yaml", raw)
     cmd = [sys.executable, "-m", "pipeline.stages.tune", EXP]
     env = {**os.environ, "MPLBACKEND": "Agg"}
-    if not wait:
+    if not wait:  # in a session of its own, so that `stop` ends its workers with it
         return subprocess.Popen(
-            cmd, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            cmd,
+            cwd=project,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
         )
     return subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=600)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Kill a stage started with `tune_stage(wait=False)` and everything it started."""
+    with contextlib.suppress(ProcessLookupError):  # the session is already gone
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def study_of(project: Path) -> optuna.Study:
@@ -335,8 +349,7 @@ def test_a_worker_killed_mid_trial_is_retried_with_the_same_params(project):
         os.kill(victim.user_attrs["worker_pid"], signal.SIGKILL)
         out, err = proc.communicate(timeout=600)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop(proc)
     assert proc.returncode == 0, err
     assert f"exited with -{signal.SIGKILL}" in err
     trials = study_of(project).get_trials()
@@ -351,6 +364,83 @@ def test_a_worker_killed_mid_trial_is_retried_with_the_same_params(project):
     assert runs[killed.user_attrs["mlflow_run_id"]].info.status == "FAILED"
 
 
+HOLD_LOCK = """
+import sys, time
+from pipeline import tune as tuning
+storage = tuning.open_storage(sys.argv[1], 1)
+storage._backend._lock.acquire()  # as a worker does for each write to the journal
+print("held", flush=True)
+time.sleep(600)
+"""
+CREATE_STUDY = """
+import sys
+import optuna
+from pipeline import tune as tuning
+tuning.LOCK_GRACE_SECONDS = 2
+optuna.create_study(study_name="after", storage=tuning.open_storage(sys.argv[1], 1))
+"""
+
+
+@pytest.mark.integration
+def test_a_worker_killed_holding_the_journal_lock_does_not_block_the_others(tmp_path):
+    journal = "artifacts/mlp/study.journal"  # relative, as the stages name it
+    (tmp_path / "artifacts/mlp").mkdir(parents=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, journal],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        holder.kill()  # SIGKILL: the lock is left behind
+        holder.wait()
+        assert (tmp_path / (journal + ".lock")).is_symlink()
+        other = subprocess.run(
+            [sys.executable, "-c", CREATE_STUDY, journal],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    assert other.returncode == 0, other.stderr
+    assert "Forcibly releasing the lock file" in other.stderr
+    storage = tuning.open_storage(str(tmp_path / journal), 1)
+    assert optuna.get_all_study_names(storage) == ["after"]
+
+
+def alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_workers_end_when_their_tune_stage_is_killed(project):
+    raw = params_with(workers=2, n_trials=200, pruner="none")  # far more than 30 s of work
+    raw["defaults"]["train"].update(epochs=30, batch_size=8)
+    proc = tune_stage(project, raw, wait=False)
+    try:
+        trial = wait_for(lambda: running_trial(project), what="a running trial")
+        worker = trial.user_attrs["worker_pid"]
+        assert worker != proc.pid and alive(worker)
+        proc.kill()  # SIGKILL the stage alone; its workers are not told
+        proc.wait()
+        wait_for(lambda: not alive(worker), timeout=30, what=f"worker {worker} to exit")
+    finally:
+        stop(proc)
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 def test_an_interrupted_stage_resumes_its_study_and_raising_n_trials_continues_it(project):
@@ -362,8 +452,7 @@ def test_an_interrupted_stage_resumes_its_study_and_raising_n_trials_continues_i
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop(proc)
     assert proc.returncode != 0
     assert not (project / paths.tuned_file(EXP)).exists()  # nothing partial
     interrupted = study_of(project).get_trials()
@@ -574,7 +663,8 @@ def test_workers_started_apart_share_one_postgresql_study(project, postgres):
         _, err = stage.communicate(timeout=600)
         outputs = [w.communicate(timeout=300) for w in workers]
     finally:
-        for proc in [stage, *workers]:
+        stop(stage)
+        for proc in workers:
             if proc.poll() is None:
                 proc.kill()
     assert stage.returncode == 0, err

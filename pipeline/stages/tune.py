@@ -145,7 +145,7 @@ def run_workers(
         for i, env in enumerate(tuning.worker_envs(exp.tune.workers)):
             cmd = [sys.executable, "-m", "pipeline.tune_worker", "--experiment", experiment]
             cmd += ["--storage", url, "--study", name, "--worker", str(i)]
-            cmd += ["--config", exp.model_dump_json()]
+            cmd += ["--config", exp.model_dump_json(), "--parent", str(os.getpid())]
             if deadline is not None:
                 cmd += ["--deadline", str(deadline)]
             procs.append(subprocess.Popen(cmd, env={**os.environ, **env}))

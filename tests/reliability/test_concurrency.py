@@ -13,6 +13,7 @@ from tests.test_tune import (  # noqa: F401  (digits_data and project are fixtur
     params_with,
     project,
     running_trial,
+    stop,
     study_of,
     tune_stage,
     wait_for,
@@ -80,8 +81,7 @@ def test_four_workers_finish_exactly_forty_trials_and_retry_a_killed_one(project
         os.kill(victim.user_attrs["worker_pid"], signal.SIGKILL)
         out, err = proc.communicate(timeout=900)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop(proc)
     assert proc.returncode == 0, err
     trials = study_of(project).get_trials()
     finished = tuning.finished(trials)
