@@ -1,7 +1,5 @@
 """ingest@<dataset>: fetch a declared source into data/raw/<dataset>/."""
 
-import sys
-
 from pipeline import data, tracking
 from pipeline.config import Params, flatten
 from pipeline.stages import stage_main
@@ -25,4 +23,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipeline import shutdown
+
+    shutdown.exit(main())

@@ -8,8 +8,6 @@ applies.
 
 from __future__ import annotations
 
-import sys
-
 from pipeline import atomic, data, paths, tracking
 from pipeline.config import EarlyStoppingParams, Params
 from pipeline.errors import PipelineError
@@ -105,4 +103,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipeline import shutdown
+
+    shutdown.exit(main())

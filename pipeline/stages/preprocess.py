@@ -1,7 +1,5 @@
 """preprocess@<dataset>: seeded stratified split, train-fitted normalisation, schema.json."""
 
-import sys
-
 from pipeline import data, tracking
 from pipeline.config import Params, flatten
 from pipeline.stages import stage_main
@@ -27,4 +25,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipeline import shutdown
+
+    shutdown.exit(main())

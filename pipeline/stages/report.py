@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import sys
 
 import yaml
 
@@ -243,4 +242,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipeline import shutdown
+
+    shutdown.exit(main())

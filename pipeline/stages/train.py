@@ -6,7 +6,6 @@ import csv
 import dataclasses
 import io
 import json
-import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -288,4 +287,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipeline import shutdown
+
+    shutdown.exit(main())

@@ -201,4 +201,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipeline import shutdown
+
+    shutdown.exit(main())
