@@ -398,7 +398,14 @@ def test_prefect_yaml_deploys_to_a_process_pool_whose_worker_runs_the_flow(
     from prefect.deployments import run_deployment
 
     project = make_project(tmp_path / "p", TINY)
-    env = {**os.environ, "PREFECT_API_URL": prefect_server, "PREFECT_WORKER_QUERY_SECONDS": "1"}
+    # no prefetch: by default a worker takes a run up to 10 s before its time and starts the
+    # flow as soon as its process is up, which on a fast machine is before that time
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": prefect_server,
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_WORKER_PREFETCH_SECONDS": "0",
+    }
     env["PATH"] = f"{os.path.dirname(sys.executable)}{os.pathsep}{env['PATH']}"
 
     def prefect(*args: str) -> None:
