@@ -146,7 +146,8 @@ tracking.stage_run, tracking.StageRun.log_torch_model = timed_stage_run, timed_l
 code = train.main(sys.argv[2:])
 with open(sys.argv[1], "w") as out:
     json.dump(spent, out)
-sys.exit(code)
+from pipeline import shutdown  # ends as the stage's own script does
+shutdown.exit(code)
 """
 
 

@@ -14,8 +14,6 @@ from pipeline import shutdown
 
 out = Path(sys.argv[1])
 atexit.register(lambda: out.write_text(f"handler ran, frozen {gc.get_freeze_count()}"))
-cycle = []
-cycle.append(cycle)  # garbage the final collection would otherwise have to find
 print("buffered line")  # stdout is a pipe here: block-buffered until the process ends
 shutdown.exit(int(sys.argv[2]))
 """
