@@ -11,11 +11,13 @@ decides what is up to date and owns dvc.lock and the outputs. No training logic 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -25,11 +27,11 @@ from pipeline import paths
 from pipeline.config import Params, load_params
 from pipeline.errors import PipelineError
 from pipeline.metrics import MAIN_METRIC
+from pipeline.stages import ERROR_FILE, TIMEOUT, TIMEOUT_EXIT
 
 GPU_STAGES = ("judge", "tune", "train")
 GPU_TAG = "gpu"  # `prefect concurrency-limit create gpu 1`: one GPU stage at a time
 STAGE_TIMEOUT = 6 * 3600  # seconds; a stage that hangs fails instead of blocking the flow
-SKIPPED = "didn't change, skipping"
 WORKER_WAIT = 600  # seconds a fanned-out tune worker waits for its study to be created
 
 
@@ -107,35 +109,48 @@ def run_stage(
     env: dict[str, str] | None = None,
     timeout: float = STAGE_TIMEOUT,
 ) -> dict:
-    """`dvc repro --single-item <stage>` when DVC finds the stage changed (or `force`). A
-    failure raises with the stage's own error lines, so the task and flow states say what went
-    wrong."""
+    """What `dvc repro --single-item <stage>` does, in this process: DVC checks the stage and
+    runs its command only when it changed (or `force`). A `dvc repro` process per task would
+    check it again and cost a DVC start-up each time (measured on an unchanged stage: 1.0-1.35 s
+    against 0.24-0.31 s in process). The stage's output goes to this process's stdout and
+    stderr; a failure raises with the stage's own error line, so the task and flow states say
+    what went wrong. `env` is added to the stage's environment, and `python` there is this
+    process's interpreter; after `timeout` seconds the stage stops itself."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
     logger = get_run_logger()
-    if not force and up_to_date(root, stage):
-        logger.info("%s: up to date, skipped", stage)
-        return {"stage": stage, "ran": False}
-    cmd = ["dvc", "repro", "--single-item", stage] + (["--force"] if force else [])
-    try:
-        proc = subprocess.run(
-            cmd,
-            cwd=root,
-            env={**os.environ, **(env or {})},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"{stage}: still running after {timeout:.0f} s; stopped") from None
-    if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.splitlines() if "error" in ln.lower()]
-        message = "\n".join(lines[-5:]) or proc.stderr[-2000:]
-        if "exited with 2" in proc.stderr:  # the stage's own one-line rejection of bad input
-            raise StageInputError(f"{stage} failed on bad input (not retried):\n{message}")
-        raise RuntimeError(f"{stage} failed (exit {proc.returncode}):\n{message}")
-    ran = SKIPPED not in proc.stdout  # e.g. a forced ingest that fetched the same bytes
-    last = [ln for ln in proc.stderr.splitlines() if ln.startswith(stage)][-2:]
-    logger.info("%s: %s%s", stage, "ran" if ran else "unchanged", "".join(f"\n{ln}" for ln in last))
+    with tempfile.TemporaryDirectory(prefix="stage-") as tmp:
+        error_file = Path(tmp) / "error"
+        # dvc.yaml's `python` is this flow's interpreter, also when its venv is not activated
+        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+        run_env = {"PATH": path, **(env or {}), ERROR_FILE: str(error_file), TIMEOUT: str(timeout)}
+        try:
+            # in the repository, as `dvc repro` runs: DVC's run cache resolves paths from there
+            with contextlib.chdir(root), Repo(".") as repo:
+                ran = bool(
+                    repo.reproduce(
+                        f"dvc.yaml:{stage}", single_item=True, force=force, run_env=run_env
+                    )
+                )
+        except DvcException as err:
+            error = error_file.read_text().strip() if error_file.exists() else ""
+            raise stage_failure(stage, err, error, timeout) from None
+    logger.info("%s: %s", stage, "ran" if ran else "up to date, skipped")
     return {"stage": stage, "ran": ran}
+
+
+def stage_failure(stage: str, err: Exception, error: str, timeout: float) -> Exception:
+    """The exception a failed stage raises in the flow: DVC's reason (the command's exit
+    status) with the stage's own error line; StageInputError when it rejected its input."""
+    reason = f"{err}: {err.__cause__}" if err.__cause__ else str(err)
+    status = re.search(r"exited with (-?\d+)", reason)
+    code = int(status.group(1)) if status else None
+    if code == 2:  # the stage's own one-line rejection of bad input
+        return StageInputError(f"{stage} failed on bad input (not retried):\n{error}")
+    if code == TIMEOUT_EXIT:
+        return RuntimeError(f"{stage}: still running after {timeout:g} s; stopped")
+    return RuntimeError(f"{stage} failed ({reason})" + (f":\n{error}" if error else ""))
 
 
 def run_stages(
@@ -144,10 +159,11 @@ def run_stages(
     retries: int,
     retry_delay: float,
     forced: tuple[str, ...] = (),
+    timeout: float = STAGE_TIMEOUT,
 ) -> list[dict]:
     """The stages one at a time (DVC locks the repository while a stage runs), each retried
-    `retries` times, waiting `retry_delay` seconds, then doubling; stages whose kind is in
-    `forced` run even when DVC finds them unchanged."""
+    `retries` times, waiting `retry_delay` seconds, then doubling, and stopped after `timeout`
+    seconds; stages whose kind is in `forced` run even when DVC finds them unchanged."""
     results = []
     gpu_limit = gpu_limited()
     for stage in stages:
@@ -156,7 +172,8 @@ def run_stages(
             retries=retries,
             retry_delay_seconds=exponential_backoff(backoff_factor=retry_delay),
         )
-        results.append(stage_task(stage, str(root), force=stage.split("@")[0] in forced))
+        force = stage.split("@")[0] in forced
+        results.append(stage_task(stage, str(root), force=force, timeout=timeout))
     return results
 
 
@@ -167,14 +184,17 @@ def pipeline_flow(
     root: str = ".",
     retries: int = 2,
     retry_delay: float = 10.0,
+    stage_timeout: float = STAGE_TIMEOUT,
 ) -> list[dict]:
-    """Run the DVC pipeline (or `targets` and what they need) as Prefect tasks, in order.
+    """Run the DVC pipeline (or `targets` and what they need) as Prefect tasks, in order; a
+    stage still running after `stage_timeout` seconds is stopped and fails its task.
 
     `params` is validated first, so bad input fails the flow before any stage runs.
     """
     root_path = Path(root).resolve()
     load_params(root_path / params)
-    return run_stages(stage_order(root_path, targets), root_path, retries, retry_delay)
+    order = stage_order(root_path, targets)
+    return run_stages(order, root_path, retries, retry_delay, timeout=stage_timeout)
 
 
 # ---- retraining -------------------------------------------------------------------------------
@@ -245,13 +265,15 @@ def retrain_flow(
     push: bool | None = None,
     retries: int = 2,
     retry_delay: float = 10.0,
+    stage_timeout: float = STAGE_TIMEOUT,
 ) -> dict:
     """Retrain on fresh data: optional `dvc pull`, then every ingest@ stage forced (the source
     is read again: new rows in a table or new images in a folder are not files dvc.yaml can
     list), then the rest of the pipeline (DVC skips what the new data did not change). Each
     evaluate@ that runs moves the registry's `champion` alias only when the new model beats
     the champion by more than its own interval; the decisions end up in a markdown artifact.
-    Optional `dvc push` last. `pull`/`push` default to `schedule.pull`/`schedule.push`.
+    Optional `dvc push` last. `pull`/`push` default to `schedule.pull`/`schedule.push`; a
+    stage still running after `stage_timeout` seconds is stopped and fails the run.
     """
     from prefect.artifacts import create_markdown_artifact
 
@@ -260,7 +282,12 @@ def retrain_flow(
     if cfg.schedule.pull if pull is None else pull:
         dvc_command("pull", str(root_path))
     results = run_stages(
-        stage_order(root_path), root_path, retries, retry_delay, forced=("ingest",)
+        stage_order(root_path),
+        root_path,
+        retries,
+        retry_delay,
+        forced=("ingest",),
+        timeout=stage_timeout,
     )
     decisions = registry_decisions(root_path, cfg, {r["stage"] for r in results if r["ran"]})
     if cfg.schedule.push if push is None else push:

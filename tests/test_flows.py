@@ -147,6 +147,24 @@ def test_a_failing_stage_fails_the_flow_with_its_message_and_commits_nothing(
     assert not (project / paths.raw_dir("table")).exists()  # nothing written
 
 
+def test_a_stage_past_its_timeout_is_stopped_and_fails_the_flow(prefect_server, tmp_path):
+    from pipeline.flows import pipeline_flow
+
+    project = make_project(tmp_path / "p", TINY)
+    state = pipeline_flow(
+        root=str(project),
+        targets=["ingest@digits"],
+        retries=0,
+        stage_timeout=0.2,  # ingest imports MLflow and opens its store: over 0.2 s
+        return_state=True,
+    )
+    assert state.is_failed()
+    with pytest.raises(RuntimeError, match=r"ingest@digits: still running after 0.2 s; stopped"):
+        state.result()
+    assert not (project / "dvc.lock").exists()
+    assert not (project / paths.raw_dir("digits")).exists()
+
+
 def test_a_stage_retried_after_a_transient_failure_trains_once(
     prefect_server, tmp_path, monkeypatch
 ):

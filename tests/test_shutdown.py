@@ -3,6 +3,7 @@ output are kept, only the interpreter's final garbage collection is skipped."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 from tests.conftest import ROOT, run
@@ -40,3 +41,32 @@ def test_stage_cli_exit_code_on_bad_input(tmp_path):
     )
     assert proc.returncode == 2
     assert "no_such_experiment" in proc.stderr
+
+
+def test_stage_cli_reports_its_error_to_a_file_and_stops_at_its_timeout(tmp_path):
+    """Started by the Prefect flow (which cannot read its stderr), a stage also writes its
+    error to PIPELINE_ERROR_FILE; past PIPELINE_STAGE_TIMEOUT it stops through SystemExit
+    with exit 142 and leaves no output behind."""
+    import os
+    import signal
+
+    from pipeline import paths
+    from pipeline.stages import ERROR_FILE, TIMEOUT, TIMEOUT_EXIT
+    from tests.conftest import TINY, write_params
+
+    write_params(tmp_path / "params.yaml", TINY)
+    error_file = tmp_path / "error.txt"
+    env = {**os.environ, ERROR_FILE: str(error_file)}
+    cmd = [sys.executable, "-m", "pipeline.stages.train", "no_such_experiment"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 2
+    [line] = error_file.read_text().splitlines()
+    assert line.startswith("error: train@no_such_experiment: ") and line in proc.stderr
+
+    assert TIMEOUT_EXIT == 128 + signal.SIGALRM
+    env[TIMEOUT] = "0.2"  # ingest imports MLflow and opens its store: over 0.2 s
+    cmd = [sys.executable, "-m", "pipeline.stages.ingest", "digits"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == TIMEOUT_EXIT, proc.stderr
+    assert not (tmp_path / paths.raw_dir("digits")).exists()
+    assert error_file.read_text().count("\n") == 1  # a stop is not an error of the stage's

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -11,6 +13,12 @@ from collections.abc import Callable
 from pipeline import distributed, locks, paths
 from pipeline.config import Params, load_params, require_declared
 from pipeline.errors import PipelineError
+
+# Set by whoever starts the stage through DVC and cannot read its stderr (the Prefect flow):
+ERROR_FILE = "PIPELINE_ERROR_FILE"  # the stage's one-line error is also written here
+TIMEOUT = "PIPELINE_STAGE_TIMEOUT"  # seconds; then the stage stops and exits TIMEOUT_EXIT
+TIMEOUT_EXIT = 128 + signal.SIGALRM
+TIMEOUT_GRACE = 60  # seconds to close the MLflow run and the files before a hard exit
 
 
 def stage_main(
@@ -24,15 +32,20 @@ def stage_main(
 
     `target` is 'dataset', 'experiment' or None (the stage takes no name). Bad input prints
     one message and exits 2; SIGTERM ends the stage through SystemExit so the MLflow run is
-    closed as KILLED rather than left RUNNING.
+    closed as KILLED rather than left RUNNING. With PIPELINE_STAGE_TIMEOUT set, the stage
+    stops the same way once that many seconds have passed, and with PIPELINE_ERROR_FILE set,
+    the error that ends it is written to that file as well.
     """
     parser = argparse.ArgumentParser(prog=f"python -m pipeline.stages.{stage}")
     if target:
         parser.add_argument("name", help=f"the {target} to run, as named in params.yaml")
     parser.add_argument("--params", default=str(paths.PARAMS), help="params file")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    if os.environ.get(TIMEOUT):
+        _stop_after(float(os.environ[TIMEOUT]))
     name = getattr(args, "name", None)
+    label = f"{stage}{'@' + name if name else ''}"
     try:
         params = load_params(args.params)
         if target:
@@ -42,10 +55,29 @@ def stage_main(
         with held or locks.stage_lock(f"{stage}@{name}" if name else stage):
             run(params, name)
     except PipelineError as err:
-        print(f"error: {stage}{'@' + name if name else ''}: {err}", file=sys.stderr)
+        print(f"error: {label}: {err}", file=sys.stderr)
+        _report(f"error: {label}: {err}")
         return 2
+    except Exception as err:  # a crash: its traceback goes to stderr as usual
+        _report(f"{label}: {type(err).__name__}: {err}")
+        raise
     return 0
 
 
-def _exit_on_sigterm(signum, frame):
+def _report(message: str) -> None:
+    if os.environ.get(ERROR_FILE):
+        with open(os.environ[ERROR_FILE], "a") as f:
+            f.write(message + "\n")
+
+
+def _stop_after(seconds: float) -> None:
+    """SIGALRM after `seconds` ends the stage through SystemExit, as SIGTERM does. A process
+    stuck inside a C call never gets to raise it: faulthandler's own thread then prints every
+    thread's stack and exits TIMEOUT_GRACE seconds later."""
+    signal.signal(signal.SIGALRM, _exit_on_signal)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    faulthandler.dump_traceback_later(seconds + TIMEOUT_GRACE, exit=True)
+
+
+def _exit_on_signal(signum, frame):
     raise SystemExit(128 + signum)
