@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import subprocess
@@ -120,6 +121,9 @@ def run_stage(
     from dvc.repo import Repo
 
     logger = get_run_logger()
+    # DVC prints its own lines ("Running stage ...") as `dvc repro` does; passed on to the root
+    # logger as well, Prefect's console handler would print each of them a second time
+    logging.getLogger("dvc").propagate = False
     with tempfile.TemporaryDirectory(prefix="stage-") as tmp:
         error_file = Path(tmp) / "error"
         # dvc.yaml's `python` is this flow's interpreter, also when its venv is not activated
@@ -127,6 +131,7 @@ def run_stage(
         run_env = {"PATH": path, **(env or {}), ERROR_FILE: str(error_file), TIMEOUT: str(timeout)}
         try:
             # in the repository, as `dvc repro` runs: DVC's run cache resolves paths from there
+            # (a process-wide change; a flow runs one stage task at a time)
             with contextlib.chdir(root), Repo(".") as repo:
                 ran = bool(
                     repo.reproduce(
