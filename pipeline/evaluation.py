@@ -272,12 +272,12 @@ def sample_quality(judge, real: torch.Tensor, fake: torch.Tensor, num_classes: i
 def robustness(model, batches: Batches, schema: dict, corruptions) -> dict[str, float]:
     """Test accuracy of an image classifier under each declared corruption (seeded), and its
     ratio to the clean accuracy."""
+    if batches.x.dim() != 4 or not corruptions:
+        return {}  # before the imports: torchvision costs seconds to import
     from torchvision.transforms.v2 import functional as TF
 
     from pipeline.generative import ImageScale
 
-    if batches.x.dim() != 4 or not corruptions:
-        return {}
     scale = ImageScale(schema)
     clean = (predict(model, batches).argmax(1) == batches.y).float().mean().item()
     g = torch.Generator(device=batches.x.device).manual_seed(0)

@@ -131,10 +131,9 @@ class StageRun:
     def log_dict(self, obj: dict, name: str) -> None:
         self._mlflow.log_dict(obj, name)
 
-    def log_figure(self, figure, name: str) -> None:
-        self._mlflow.log_figure(figure, name)
-
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        """A file the stage wrote, under `folder` in the run. Figures go this way too, as the
+        PNG `plots.save` wrote: `mlflow.log_figure` would render each figure a second time."""
         self._mlflow.log_artifact(str(path), folder)
 
     def log_dataset(self, schema: dict, split: str, x, y, context: str) -> None:

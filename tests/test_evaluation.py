@@ -1,5 +1,8 @@
 """Evaluation helpers: bootstrap intervals, the classical baseline, robustness to corruptions."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +12,7 @@ from pipeline.config import Corruption, EvaluateParams
 from pipeline.engine import Batches
 from pipeline.evaluation import baseline_classifier, robustness
 from pipeline.metrics import classification_intervals, interval_half_width, rmse_interval
+from tests.conftest import ROOT
 
 SCHEMA = {"normalization": {"mean": [0.5], "std": [0.25]}}
 
@@ -64,6 +68,19 @@ def test_robustness_reports_accuracy_under_each_corruption():
     assert out[f"{noise}/accuracy_ratio_clean"] == pytest.approx(out[f"{noise}/accuracy"])
     assert robustness(Brightness(), batches, SCHEMA, corruptions) == out  # seeded
     assert robustness(Brightness(), batches, SCHEMA, ()) == {}
+
+
+def test_robustness_without_corruptions_does_not_import_torchvision():
+    # importing torchvision took 3 s of a 12 s evaluate stage that had nothing to corrupt
+    code = (
+        "import sys, torch; from pipeline.engine import Batches;"
+        "from pipeline.evaluation import robustness;"
+        "x, y = torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long);"
+        "b = Batches(x, y, 2, device='cpu', shuffle=False);"
+        "print(robustness(None, b, {}, ()), 'torchvision' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.stdout.split() == ["{}", "False"], proc.stdout + proc.stderr
 
 
 def test_unknown_corruption_is_rejected():

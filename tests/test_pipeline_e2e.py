@@ -144,6 +144,33 @@ def test_tuned_params_reach_train_and_the_report(repro_project):
     assert f"{mlp['test/accuracy_ratio_baseline']:.3f}x" in report
 
 
+def test_mlflow_holds_the_same_figures_as_the_reports(repro_project, tmp_path):
+    """Each figure is rendered once: the PNG written for the report is the one logged."""
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{repro_project / 'mlflow.db'}")
+    _, runs = mlflow_runs(repro_project)
+
+    def logged(run_name: str, folder: str | None) -> dict[str, bytes]:
+        [run] = [r for r in runs if r.info.run_name == run_name]
+        dest = mlflow.artifacts.download_artifacts(
+            run_id=run.info.run_id, artifact_path=folder or "augmentations.png", dst_path=tmp_path
+        )
+        files = Path(dest).glob("*.png") if folder else [Path(dest)]
+        return {p.name: p.read_bytes() for p in files}
+
+    def written(folder: Path) -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in folder.glob("*.png")}
+
+    for exp in EXPERIMENTS:
+        assert logged(f"{exp}/evaluate", "plots") == written(repro_project / paths.plots_dir(exp))
+        preview = repro_project / paths.augment_preview(exp)
+        assert logged(f"{exp}/train", None) == {preview.name: preview.read_bytes()}
+    for exp in TUNED:
+        tuning = written(repro_project / paths.tuning_plots_dir(exp))
+        assert tuning and logged(f"{exp}/tune", "tuning") == tuning
+
+
 def test_dvc_metrics_and_plots_render(repro_project):
     shown = run(["dvc", "metrics", "show", "--json"], repro_project).stdout
     assert "test/accuracy" in shown

@@ -99,8 +99,8 @@ def run(params: Params, experiment: str) -> dict[str, float]:
         run.log_dict(result.details, "details.json")
         with atomic.atomic_dir(paths.plots_dir(experiment)) as tmp:
             for name, fig in result.figures.items():
-                run.log_figure(fig, f"plots/{name}.png")
                 plots.save(fig, tmp / f"{name}.png")
+                run.log_artifact(tmp / f"{name}.png", "plots")
         atomic.write_text(paths.confusion_csv(experiment), result.confusion_csv)
         atomic.write_json(paths.details_file(experiment), result.details)
         summary = {

@@ -140,10 +140,10 @@ def train(exp: ExperimentParams, tuned: dict, experiment: str) -> dict:
         run.log_dict(config, "config.yaml")
         if tuned:
             run.log_dict(tuned, "tuned.yaml")
-        preview = augmentation_preview(prep.train.x[:8], prep.augment_fn, experiment)
-        run.log_figure(preview, "augmentations.png")
         if main:
+            preview = augmentation_preview(prep.train.x[:8], prep.augment_fn, experiment)
             plots.save(preview, paths.augment_preview(experiment))
+            run.log_artifact(paths.augment_preview(experiment))
         run.log_dataset(schema, "train", arrays["train_x"], arrays["train_y"], context="training")
         run.log_dataset(schema, "val", arrays["val_x"], arrays["val_y"], context="validation")
         n_params = sum(p.numel() for p in model.parameters())

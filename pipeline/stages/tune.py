@@ -108,8 +108,8 @@ def tune_experiment(experiment: str, exp: ExperimentParams) -> dict:
         )
         with atomic.atomic_dir(paths.tuning_plots_dir(experiment)) as tmp:
             for name, fig in figures.items():
-                run.log_figure(fig, f"tuning/{name}.png")
                 plots.save(fig, tmp / f"{name}.png")
+                run.log_artifact(tmp / f"{name}.png", "tuning")
         atomic.write_text(paths.trials_csv(experiment), history_csv(rows))
         atomic.write_json(paths.tuning_summary(experiment), summary)
         values = ", ".join(f"{k}={v:.6g}" for k, v in summary["best"]["values"].items())
