@@ -145,7 +145,7 @@ def test_tuned_params_reach_train_and_the_report(repro_project):
 
 
 def test_mlflow_holds_the_same_figures_as_the_reports(repro_project, tmp_path):
-    """Each figure is rendered once: the PNG written for the report is the one logged."""
+    """Every figure in MLflow is the PNG file the report uses, byte for byte, under its name."""
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{repro_project / 'mlflow.db'}")
@@ -153,8 +153,9 @@ def test_mlflow_holds_the_same_figures_as_the_reports(repro_project, tmp_path):
 
     def logged(run_name: str, folder: str | None) -> dict[str, bytes]:
         [run] = [r for r in runs if r.info.run_name == run_name]
+        (into := tmp_path / run.info.run_id).mkdir()
         dest = mlflow.artifacts.download_artifacts(
-            run_id=run.info.run_id, artifact_path=folder or "augmentations.png", dst_path=tmp_path
+            run_id=run.info.run_id, artifact_path=folder or "augmentations.png", dst_path=into
         )
         files = Path(dest).glob("*.png") if folder else [Path(dest)]
         return {p.name: p.read_bytes() for p in files}
