@@ -78,3 +78,15 @@ def make_config(name: str, config: Mapping[str, Any] | Any | None = None):
 def build_model(name: str, config: Mapping[str, Any] | Any | None, spec: DataSpec) -> nn.Module:
     """Build a registered model for data described by `spec`."""
     return get_entry(name).builder(config=make_config(name, config), spec=spec)
+
+
+def model_from_saved(saved: Mapping[str, Any], load_weights: bool = True) -> nn.Module:
+    """The model a training run saved as `{"model": {"name", **config}, "spec": DataSpec
+    fields, "state_dict"}` (artifacts/<exp>/model.pt and the registered model's weights), in
+    eval mode; with `load_weights=False` the same architecture, freshly initialised."""
+    spec = DataSpec(**{**saved["spec"], "input_shape": tuple(saved["spec"]["input_shape"])})
+    config = {k: v for k, v in saved["model"].items() if k != "name"}
+    model = build_model(saved["model"]["name"], config, spec)
+    if load_weights:
+        model.load_state_dict(saved["state_dict"])
+    return model.eval()

@@ -97,7 +97,7 @@ def predict_command(args) -> int:
 
     try:
         uri = args.tracking_uri or load_params(args.params).defaults.tracking.uri
-        count = predict.run(args.model, args.input, args.output, uri, args.device)
+        count = predict.run(args.model, args.input, args.output, uri, args.device, args.array)
     except PipelineError as err:
         print(f"error: predict: {err}", file=sys.stderr)
         return 2
@@ -143,7 +143,12 @@ def main(argv=None) -> int:
     )
     pred = sub.add_parser("predict", help="batch inference with a model from MLflow")
     pred.add_argument("--model", required=True, help="e.g. models:/dl-pipeline.cnn_digits@champion")
-    pred.add_argument("--input", required=True, help=".npy, .csv or a folder of images")
+    pred.add_argument(
+        "--input",
+        required=True,
+        help="raw rows: .csv or .parquet (the dataset's columns), .npy/.npz, or an image folder",
+    )
+    pred.add_argument("--array", help="which array of an .npz file (default: its only one)")
     pred.add_argument("--output", required=True, help="CSV of predictions")
     pred.add_argument("--tracking-uri", help="default: defaults.tracking.uri of --params")
     pred.add_argument("--params", default=str(paths.PARAMS))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import atomic, data_table, data_text, data_vision, paths
+from pipeline import atomic, data_table, data_text, data_vision, paths, preprocessing
 from pipeline.config import DatasetParams
 from pipeline.errors import PipelineError
 
@@ -115,8 +115,8 @@ def preprocess(name: str, cfg: DatasetParams) -> Path:
     if cfg.source == "table":
         return data_table.preprocess(name, cfg)  # streams: writes the splits itself
     if cfg.source == "text":
-        splits, schema = data_text.preprocess(name, cfg)
-        _write_processed(name, splits, schema)
+        splits, schema, prep = data_text.preprocess(name, cfg)
+        _write_processed(name, splits, schema, prep)
         return paths.processed_dir(name)
     x, y, meta = read_raw(name)
     with np.load(paths.raw_dir(name) / RAW_FILE, allow_pickle=False) as f:
@@ -133,14 +133,14 @@ def preprocess(name: str, cfg: DatasetParams) -> Path:
             rest, test_size=cfg.split.val, stratify=y[rest], random_state=cfg.split.seed
         )
         splits = {"train": np.sort(train), "val": np.sort(val), "test": np.flatnonzero(test_mask)}
-    x = x / np.float32(meta["value_range"][1])  # to [0, 1]
-    channel_axes = (0, *range(2, x.ndim))
-    train_x = x[splits["train"]]
-    mean = train_x.mean(axis=channel_axes) if cfg.normalize else np.zeros(x.shape[1], np.float32)
-    std = train_x.std(axis=channel_axes) if cfg.normalize else np.ones(x.shape[1], np.float32)
-    std = np.where(std > 0, std, 1.0).astype(np.float32)
-    shape = (1, -1) + (1,) * (x.ndim - 2)
-    x = ((x - mean.reshape(shape)) / std.reshape(shape)).astype(np.float32)
+    prep = preprocessing.ImagePreprocessor.fit(
+        x[splits["train"]],
+        meta["value_range"],
+        cfg.normalize,
+        {"classes": meta["classes"]},
+        size=getattr(cfg, "size", None),
+    )
+    x = prep.transform(x)
 
     n_classes = len(meta["classes"])
     schema = {
@@ -155,18 +155,31 @@ def preprocess(name: str, cfg: DatasetParams) -> Path:
             s: np.bincount(y[i], minlength=n_classes).tolist() for s, i in splits.items()
         },
         "value_range": list(meta["value_range"]),  # raw pixel values; divided by its top
-        "normalization": {"mean": mean.tolist(), "std": std.tolist(), "fitted_on": "train"},
+        "normalization": {
+            "mean": prep.mean.tolist(),
+            "std": prep.std.tolist(),
+            "fitted_on": "train",
+        },
         "split": cfg.split.model_dump(),
     }
-    _write_processed(name, {s: {"x": x[i], "y": y[i]} for s, i in splits.items()}, schema)
+    # `index`: each sample's row in data/raw/<name>, so a split can be found in the raw data
+    out = {s: {"x": x[i], "y": y[i], "index": i} for s, i in splits.items()}
+    _write_processed(name, out, schema, prep)
     return paths.processed_dir(name)
 
 
-def _write_processed(name: str, splits: dict[str, dict[str, np.ndarray]], schema: dict) -> None:
+def _write_processed(
+    name: str,
+    splits: dict[str, dict[str, np.ndarray]],
+    schema: dict,
+    prep: preprocessing.Preprocessor | None = None,
+) -> None:
     with atomic.atomic_dir(paths.processed_dir(name)) as tmp:
         for split, arrays in splits.items():
             np.savez(tmp / paths.split_file(name, split).name, **arrays)
         write_schema(tmp, name, schema)
+        if prep is not None:
+            prep.save(tmp / paths.preprocessor_file(name).name)
 
 
 def write_schema(folder: Path, name: str, schema: dict) -> None:
@@ -190,12 +203,14 @@ class SplitWriter:
         self.x.write(np.ascontiguousarray(x, dtype="<f4").tobytes())
         self.written += len(x)
 
-    def close(self, y: np.ndarray) -> None:
+    def close(self, y: np.ndarray, **extra: np.ndarray) -> None:
+        """Finish the file with `y` and any `extra` arrays (one value per row)."""
         self.x.close()
         if self.written != self.rows:
             raise RuntimeError(f"{self.zip.filename}: {self.written} rows written, not {self.rows}")
-        with self.zip.open("y.npy", "w", force_zip64=True) as f:
-            np.lib.format.write_array(f, np.ascontiguousarray(y), allow_pickle=False)
+        for key, values in {"y": y, **extra}.items():
+            with self.zip.open(f"{key}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.ascontiguousarray(values), allow_pickle=False)
         self.zip.close()
 
 
@@ -210,8 +225,14 @@ def _preprocess_series(name: str, cfg) -> Path:
     n_test, n_val = round(n * cfg.split.test), round(n * cfg.split.val)
     train_end, val_end = n - n_test - n_val, n - n_test
     mean, std = float(values[:train_end].mean()), float(values[:train_end].std() or 1.0)
-    scaled = ((values - mean) / std).astype(np.float32)
     lookback, horizon = cfg.lookback, cfg.horizon
+    windows = values[np.arange(lookback)[None, :] + np.arange(n - lookback + 1)[:, None]]
+    prep = preprocessing.SeriesPreprocessor(
+        {"mean": mean, "std": std, "horizon": horizon},
+        lookback,
+        example=windows[-3:].tolist(),  # the last windows of the series, for MLflow's example
+    )
+    scaled = prep.scale_target(values)
     parts = {"train": (lookback, train_end), "val": (train_end, val_end), "test": (val_end, n)}
     splits = {}
     for split, (lo, hi) in parts.items():
@@ -222,10 +243,11 @@ def _preprocess_series(name: str, cfg) -> Path:
                 f"lookback={lookback} + horizon={horizon}; lower them or enlarge split.{split}"
             )
         splits[split] = {
-            "x": np.stack([scaled[s - lookback : s] for s in starts])[:, :, None],
+            "x": prep.transform(windows[starts - lookback]),
             "y": np.stack([scaled[s : s + horizon] for s in starts]),
             "t": times[starts],
             "last_input": values[starts - 1],  # for the persistence baseline, original units
+            "index": starts,  # the first target's position in the raw series
         }
     splits["train"]["series"] = values[:train_end]  # for classical baselines (AR) in evaluate
     schema = {
@@ -241,7 +263,7 @@ def _preprocess_series(name: str, cfg) -> Path:
         "scaler": {"mean": mean, "std": std, "fitted_on": "train", "train_steps": train_end},
         "split": cfg.split.model_dump(),
     }
-    _write_processed(name, splits, schema)
+    _write_processed(name, splits, schema, prep)
     return paths.processed_dir(name)
 
 

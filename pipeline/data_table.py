@@ -1,8 +1,9 @@
 """The `table` source: a CSV or Parquet file with a target column (churn, house prices, ...).
 
 Ingest copies the file (validated) to data/raw/<name>/table.parquet. Preprocess splits it
-(stratified for classification, group-aware when `group` is set), applies the NaN policy,
-one-hot encodes categorical columns and standardises numeric ones with train statistics.
+(stratified for classification, group-aware when `group` is set), applies the NaN policy and
+fits `preprocessing.TablePreprocessor` on the train rows (one-hot categorical columns,
+standardised numeric ones, imputation), which writes the splits and travels with the model.
 
 Both stream: the file is read in batches of rows and the splits are written batch by batch,
 so memory grows with the row count (labels, NaN flags, split indices: about 100 bytes a row)
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import atomic, paths
+from pipeline import atomic, paths, preprocessing
 from pipeline.errors import PipelineError
 
 RAW_TABLE = "table.parquet"
@@ -151,23 +152,26 @@ def preprocess(name: str, cfg) -> Path:
         split_of[idx] = number
 
     train = split_of == list(splits).index("train")
-    encoder, fill = fit_encoder(table, features, keep, train, cfg)
-    scaler = {"mean": 0.0, "std": 1.0}
-    if not classes:  # regression: the target is scaled with train statistics too
-        scaler = {
+    if classes:
+        target = {"classes": classes}
+    else:  # regression: the target is scaled with train statistics too
+        target = {
             "mean": float(y[splits["train"]].mean()),
             "std": float(y[splits["train"]].std() or 1),
+            "horizon": 1,
         }
-        y = ((y - scaler["mean"]) / scaler["std"]).astype(np.float32)[:, None]
+    prep = fit(table, features, keep, train, cfg, target)
+    if not classes:
+        y = prep.scale_target(y)[:, None]
 
     schema = {
         "dataset": name,
         "source": "table",
         "task": task,
-        "input_shape": [len(encoder["columns"])],
-        "features": encoder["columns"],
+        "input_shape": [len(prep.columns)],
+        "features": prep.columns,
         "counts": {s: len(i) for s, i in splits.items()},
-        "encoding": {k: v for k, v in encoder.items() if k != "columns"},
+        "encoding": {"numeric": prep.numeric, "stats": prep.stats, "categorical": prep.categorical},
         "nan_policy": cfg.nan,
     }
     if classes:
@@ -179,18 +183,22 @@ def preprocess(name: str, cfg) -> Path:
             },
         )
     else:
-        schema.update(horizon=1, scaler={**scaler, "fitted_on": "train"})
+        schema.update(
+            horizon=1, scaler={"mean": target["mean"], "std": target["std"], "fitted_on": "train"}
+        )
 
-    width = (len(encoder["columns"]),)
+    width = (len(prep.columns),)
+    raw_rows = np.flatnonzero(keep)  # each kept row's row number in the raw table
     with atomic.atomic_dir(paths.processed_dir(name)) as tmp:
         writers = {s: SplitWriter(tmp, name, s, len(idx), width) for s, idx in splits.items()}
         for frame, owner in kept_frames(table, features, keep, split_of):
-            x = encode(clean(frame, fill), encoder)
+            x = prep.transform(frame)
             for number, writer in enumerate(writers.values()):
                 writer.write(x[owner == number])
         for split, writer in writers.items():
-            writer.close(y[splits[split]])
+            writer.close(y[splits[split]], index=raw_rows[splits[split]])
         write_schema(tmp, name, schema)
+        prep.save(tmp / paths.preprocessor_file(name).name)
     return paths.processed_dir(name)
 
 
@@ -268,12 +276,6 @@ def apply_nan_policy(name: str, counts, bad_rows: np.ndarray, policy: str, targe
     return keep
 
 
-def clean(frame, fill: dict | None):
-    """Infinite values become missing; missing numbers take the train fill values."""
-    frame = frame.replace([np.inf, -np.inf], np.nan)
-    return frame if fill is None else frame.fillna(fill)
-
-
 def split_rows(name: str, cfg, y, groups, classes) -> dict[str, np.ndarray]:
     from sklearn.model_selection import GroupShuffleSplit
 
@@ -305,17 +307,21 @@ def split_rows(name: str, cfg, y, groups, classes) -> dict[str, np.ndarray]:
     return {s: np.sort(i) for s, i in splits.items()}
 
 
-def fit_encoder(table, features: list[str], keep, train, cfg) -> tuple[dict, dict | None]:
-    """Numeric columns: train mean and std (missing values skipped, as pandas does);
-    categorical: one-hot over the train categories. Streamed over the train rows, with the
-    fill values of an imputing NaN policy (train means or medians)."""
+def fit(table, features: list[str], keep, train, cfg, target: dict):
+    """The table's preprocessing, fitted on the train rows: numeric columns' train mean and
+    std (missing values skipped, as pandas does); categorical ones' train categories (one-hot);
+    the fill values of an imputing NaN policy (train means or medians). Streamed."""
     import pandas as pd
 
     numeric = [c for c in features if pd.api.types.is_numeric_dtype(table_dtype(table, c))]
     n, mean, m2 = (np.zeros(len(numeric)) for _ in range(3))
     levels: dict[str, set] = {c: set() for c in features if c not in numeric}
+    example = []  # the first raw train rows, as MLflow's input example
     for frame, in_train in kept_frames(table, features, keep, train):
         frame = frame[in_train]
+        if len(example) < 5:
+            rows = frame.head(5 - len(example)).astype(object)
+            example += rows.where(rows.notna(), None).to_dict("records")
         values = frame[numeric].to_numpy(np.float64, copy=True)  # may be Arrow's read-only memory
         values[~np.isfinite(values)] = np.nan
         count = (~np.isnan(values)).sum(0)
@@ -335,14 +341,26 @@ def fit_encoder(table, features: list[str], keep, train, cfg) -> tuple[dict, dic
         for i, c in enumerate(numeric)
     }
     categorical = {c: sorted(values) for c, values in levels.items()}
-    columns = numeric + [f"{c}={v}" for c, values in categorical.items() for v in values]
     fill = None
     if cfg.nan == "impute_mean":
         fill = {c: float(mean[i]) for i, c in enumerate(numeric)}
     elif cfg.nan == "impute_median":
         fill = {c: train_median(table, c, keep, train) for c in numeric}
-    encoder = {"numeric": numeric, "stats": stats, "categorical": categorical, "columns": columns}
-    return encoder, fill
+    return preprocessing.TablePreprocessor(
+        target, numeric, stats, categorical, fill, cfg.nan, _json_ready(example)
+    )
+
+
+def _json_ready(records: list[dict]) -> list[dict]:
+    """numpy scalars as Python numbers; infinite values as missing."""
+    out = []
+    for record in records:
+        row = {}
+        for key, value in record.items():
+            value = value.item() if isinstance(value, np.generic) else value
+            row[key] = None if isinstance(value, float) and not np.isfinite(value) else value
+        out.append(row)
+    return out
 
 
 def table_dtype(table, column: str):
@@ -355,13 +373,3 @@ def train_median(table, column: str, keep, train) -> float:
     values = table.read(columns=[column]).column(0).to_pandas().to_numpy(np.float64)
     values = values[keep][train]
     return float(np.nanmedian(np.where(np.isfinite(values), values, np.nan)))
-
-
-def encode(frame, encoder: dict) -> np.ndarray:
-    parts = [
-        ((frame[c].to_numpy(np.float64) - m) / s)[:, None] for c, (m, s) in encoder["stats"].items()
-    ]
-    for col, values in encoder["categorical"].items():
-        as_text = frame[col].astype(str).to_numpy()
-        parts.append(np.stack([as_text == v for v in values], axis=1))  # unseen: all zero
-    return np.concatenate(parts, axis=1).astype(np.float32)

@@ -160,15 +160,15 @@ def _read_cifar(path: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(data, np.uint8).reshape(-1, 3, 32, 32), np.asarray(labels)
 
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
-
-
 def load_folder(name: str, cfg) -> tuple[np.ndarray, np.ndarray, dict]:
-    """torchvision's ImageFolder layout: <path>/<class>/<image>.png|jpg, resized to `size`.
+    """torchvision's ImageFolder layout: <path>/<class>/<image>.png|jpg|bmp, resized to `size`
+    (decoded as the registered model decodes image files).
 
-    Unreadable images are skipped and counted; more than `max_bad_fraction` of them fails.
+        Unreadable images are skipped and counted; more than `max_bad_fraction` of them fails.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
+
+    from pipeline.preprocessing import IMAGE_SUFFIXES, decode_image
 
     root = Path(cfg.path)
     if not root.is_dir():
@@ -176,17 +176,16 @@ def load_folder(name: str, cfg) -> tuple[np.ndarray, np.ndarray, dict]:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
         raise PipelineError(f"datasets.{name}.path: {root} has no class sub-folders")
-    mode = "L" if cfg.channels == 1 else "RGB"
     images, labels, bad = [], [], []
     for label, cls in enumerate(classes):
         files = sorted(p for p in (root / cls).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise PipelineError(f"datasets.{name}: class folder {root / cls} has no PNG/JPEG files")
+            raise PipelineError(
+                f"datasets.{name}: class folder {root / cls} has no PNG/JPEG/BMP files"
+            )
         for file in files:
             try:
-                with Image.open(file) as img:
-                    img = img.convert(mode).resize(tuple(reversed(cfg.size)), Image.BILINEAR)
-                    images.append(np.asarray(img, np.float32).reshape(*cfg.size, cfg.channels))
+                images.append(decode_image(file, cfg.size, cfg.channels))
                 labels.append(label)
             except (UnidentifiedImageError, OSError, ValueError):
                 bad.append(str(file))
@@ -196,7 +195,7 @@ def load_folder(name: str, cfg) -> tuple[np.ndarray, np.ndarray, dict]:
             f"datasets.{name}: {len(bad)} of {total} images are unreadable (more than "
             f"max_bad_fraction={cfg.max_bad_fraction}), e.g. {', '.join(bad[:3])}"
         )
-    x = np.stack(images).transpose(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
+    x = np.stack(images)  # (N, C, H, W)
     meta = {
         "source": "image_folder",
         "task": "classification",

@@ -31,6 +31,11 @@ def schema_file(dataset: str) -> Path:
     return processed_dir(dataset) / "schema.json"
 
 
+def preprocessor_file(dataset: str) -> Path:
+    """The preprocessing fitted on the train split; the registered model carries it."""
+    return processed_dir(dataset) / "preprocessor.json"
+
+
 def artifact_dir(experiment: str) -> Path:
     return ARTIFACTS / experiment
 

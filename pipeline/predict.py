@@ -1,27 +1,192 @@
 """`python -m pipeline predict --model URI --input PATH --output preds.csv`: batch inference.
 
-The model comes from MLflow (`models:/<name>@champion`, `models:/<name>/<version>`,
-`runs:/<id>/model`); the preprocessing it was trained with is read from its own metadata, so
-inputs are given as raw values: a .npy array or a .csv of numbers (one sample per row, in the
-dataset's raw units, e.g. 0-16 for digits pixels) or a folder of PNG/JPEG images.
+A thin wrapper over `mlflow.pyfunc.load_model(URI).predict(...)`: the registered model takes
+raw inputs (see pipeline/serving.py), so the file holds rows as the user has them: a .csv or
+.parquet table with the dataset's original columns (extra ones, such as the target, are
+ignored), a .npy/.npz array (images in their raw units, or a table's numeric columns), or a
+folder of images. The input is read and checked before MLflow or torch is imported, so a bad
+file fails within a second or two.
 """
 
 from __future__ import annotations
 
-import csv
-import io
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from pipeline import atomic
 from pipeline.errors import PipelineError
+from pipeline.preprocessing import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+SUFFIXES = (".csv", ".parquet", ".npy", ".npz")
 
 
-def load_model(uri: str, tracking_uri: str):
-    """The torch model and its preprocessing metadata."""
+def read_input(path: Path, array: str | None = None):
+    """(row names, a DataFrame or an array, or a list of image files) from `path`."""
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise PipelineError(f"--input {path}: no {'/'.join(IMAGE_SUFFIXES)} images in it")
+        return [str(f.relative_to(path)) for f in files], files
+    if not path.is_file():
+        raise PipelineError(f"--input {path}: no such file or folder")
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise PipelineError(
+            f"--input {path}: {suffix or 'no extension'}: expected a {', '.join(SUFFIXES)} "
+            "file or a folder of images"
+        )
+    if path.stat().st_size == 0:
+        raise PipelineError(f"--input {path}: the file is empty")
+    data = _read_table(path) if suffix in (".csv", ".parquet") else _read_array(path, array)
+    if len(data) == 0:
+        raise PipelineError(f"--input {path}: it has no rows")
+    return [str(i) for i in range(len(data))], data
+
+
+def _read_table(path: Path):
+    import pandas as pd
+
+    try:
+        if path.suffix.lower() == ".csv":
+            return pd.read_csv(path)
+        return pd.read_parquet(path)
+    except (ValueError, OSError, pd.errors.ParserError, ImportError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PipelineError(f"--input {path}: cannot read it: {first}") from None
+
+
+def _read_array(path: Path, name: str | None) -> np.ndarray:
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise PipelineError(f"--input {path}: not a NumPy {path.suffix} file: {err}") from None
+    if isinstance(loaded, np.ndarray):
+        return loaded
+    with loaded:
+        names = loaded.files
+        if name is None and len(names) == 1:
+            name = names[0]
+        if name is None:
+            raise PipelineError(
+                f"--input {path}: it holds {len(names)} arrays ({', '.join(names) or 'none'}); "
+                "name one with --array NAME"
+            )
+        if name not in names:
+            raise PipelineError(
+                f"--input {path}: --array {name!r} is not in it; its arrays: {', '.join(names)}"
+            )
+        return loaded[name]
+
+
+def conform(names: list[str], data, info, path: Path):
+    """The input as the model's signature wants it (columns checked and selected, images
+    decoded); returns (names, model input, notes for the user)."""
+    meta = info.metadata or {}
+    notes = []
+    if isinstance(data, list):  # image files
+        if meta.get("input") != "image":
+            raise PipelineError(f"--input {path}: a folder of images; the model takes a table")
+        return _read_images(names, data, meta, path)
+    if meta.get("input") == "image":
+        return names, _image_array(data, meta, path), notes
+    columns = [spec.name for spec in info.signature.inputs.inputs]
+    kinds = {spec.name: spec.type.name for spec in info.signature.inputs.inputs}
+    data = _as_frame(data, columns, path)
+    missing = [c for c in columns if c not in data.columns]
+    if missing:
+        raise PipelineError(
+            f"--input {path}: missing column(s) {', '.join(map(repr, missing))}; the model "
+            f"takes {', '.join(map(repr, columns))}"
+        )
+    extra = [str(c) for c in data.columns if c not in columns]
+    if extra:
+        notes.append(f"ignoring column(s) the model does not take: {', '.join(extra)}")
+    data = data[columns].copy()
+    for col, kind in kinds.items():
+        data[col] = _typed(data[col], kind, col, path)
+    return names, data, notes
+
+
+def _as_frame(data, columns: list[str], path: Path):
+    import pandas as pd
+
+    if isinstance(data, pd.DataFrame):
+        return data
+    if data.ndim != 2 or data.shape[1] != len(columns):
+        shown = ", ".join(columns[:5]) + (", ..." if len(columns) > 5 else "")
+        raise PipelineError(
+            f"--input {path}: an array of shape {data.shape}; the model takes rows of "
+            f"{len(columns)} columns ({shown}); a .csv or .parquet file with these column names "
+            "also works"
+        )
+    return pd.DataFrame(data, columns=columns)
+
+
+def _typed(values, kind: str, column: str, path: Path):
+    """A column as the signature types it: numbers (missing stay NaN) or text (missing stay
+    missing)."""
+    import pandas as pd
+
+    if kind == "string":
+        return (
+            values.astype(object)
+            .where(values.notna(), None)
+            .map(lambda v: v if v is None or isinstance(v, str) else str(v))
+        )
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = values[numbers.isna() & values.notna()]
+    if len(bad):
+        raise PipelineError(
+            f"--input {path}: column {column!r} holds {bad.iloc[0]!r} (row {bad.index[0]}); "
+            "it takes numbers"
+        )
+    return numbers.astype(np.float64)
+
+
+def _image_array(data, meta: dict, path: Path) -> np.ndarray:
+    shape = tuple(meta["shape"])
+    if not isinstance(data, np.ndarray):  # a CSV of pixel values, with or without a header
+        import pandas as pd
+
+        numeric = data.select_dtypes("number")
+        if numeric.shape[1] != data.shape[1]:
+            numeric = pd.read_csv(path, header=None).select_dtypes("number")
+        data = numeric.to_numpy(np.float32)
+    size = int(np.prod(shape))
+    if data.ndim < 2 or int(np.prod(data.shape[1:])) != size:
+        raise PipelineError(
+            f"--input {path}: samples of shape {tuple(data.shape[1:])}; the model takes {shape} "
+            f"({size} values per sample, in 0..{meta['value_range'][1]:g})"
+        )
+    return data.reshape(len(data), *shape).astype(np.float32)
+
+
+def _read_images(names: list[str], files: list[Path], meta: dict, path: Path):
+    """Decode every image as ingest does; unreadable ones are skipped and reported."""
+    from PIL import UnidentifiedImageError
+
+    from pipeline.preprocessing import read_image
+
+    kept, images, skipped = [], [], []
+    for name, file in zip(names, files, strict=True):
+        try:
+            images.append(read_image(file, meta))
+            kept.append(name)
+        except (UnidentifiedImageError, OSError, ValueError):
+            skipped.append(name)
+    if not images:
+        raise PipelineError(f"--input {path}: none of its {len(files)} images could be read")
+    notes = []
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+        notes.append(f"skipped {len(skipped)} unreadable image(s): {shown}")
+    return kept, np.stack(images), notes
+
+
+def model_info(uri: str, tracking_uri: str):
+    """The registered model's MLmodel (signature, metadata), without loading its weights."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -30,127 +195,41 @@ def load_model(uri: str, tracking_uri: str):
     mlflow.set_tracking_uri(store_uri(tracking_uri))
     try:
         info = mlflow.models.get_model_info(uri)
-        model = mlflow.pytorch.load_model(uri, map_location="cpu")
     except (MlflowException, OSError) as err:
-        raise PipelineError(f"--model {uri}: cannot load it from {tracking_uri}: {err}") from None
-    prep = info.metadata or {}
-    if "input_shape" not in prep:
+        first = str(err).strip().splitlines()[0]
+        raise PipelineError(f"--model {uri}: cannot load it from {tracking_uri}: {first}") from None
+    if "input" not in (info.metadata or {}) or info.signature is None:
         raise PipelineError(
-            f"--model {uri}: it has no preprocessing metadata (logged before this version of "
-            "the pipeline); retrain it with `dvc repro`"
+            f"--model {uri}: it does not take raw inputs (a language or generative model, or "
+            "one logged by an earlier version of the pipeline); retrain it with `dvc repro`"
         )
-    return model, prep
+    return info
 
 
-def read_inputs(path: Path, prep: dict) -> tuple[list[str], np.ndarray]:
-    """(names, raw values shaped like the model's input) from a .npy, a .csv or a folder."""
-    shape = tuple(prep["input_shape"])
-    if path.is_dir():
-        return read_images(path, shape)
-    if not path.is_file():
-        raise PipelineError(f"--input {path}: no such file or folder")
-    if path.suffix == ".npy":
-        x = np.load(path, allow_pickle=False)
-    elif path.suffix == ".csv":
-        import pandas as pd
+def run(
+    model_uri: str,
+    input_path: str,
+    output: str,
+    tracking_uri: str,
+    device: str,
+    array: str | None = None,
+) -> int:
+    path = Path(input_path)
+    names, data = read_input(path, array)
+    info = model_info(model_uri, tracking_uri)
+    names, model_input, notes = conform(names, data, info, path)
+    for note in notes:
+        print(f"predict: {note}", file=sys.stderr)
 
-        frame = pd.read_csv(path)
-        numeric = frame.select_dtypes("number")
-        if numeric.shape[1] != frame.shape[1]:
-            frame = pd.read_csv(path, header=None)  # no header row
-            numeric = frame.select_dtypes("number")
-        x = numeric.to_numpy(np.float32)
-    else:
-        raise PipelineError(f"--input {path}: expected a .npy or .csv file or an image folder")
-    size = int(np.prod(shape))
-    if x.ndim < 2 or int(np.prod(x.shape[1:])) != size:
-        raise PipelineError(
-            f"--input {path}: samples of shape {tuple(x.shape[1:])}; the model takes {shape} "
-            f"({size} values per sample)"
-        )
-    x = x.reshape(len(x), *shape).astype(np.float32)
-    top = prep.get("value_range", [0, 1])[1]
-    return [str(i) for i in range(len(x))], x / np.float32(top)
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
 
-
-def read_images(folder: Path, shape: tuple[int, ...]) -> tuple[list[str], np.ndarray]:
-    """Images resized to the model's input, in [0, 1]."""
-    from PIL import Image
-
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise PipelineError(f"--input {folder}: no {'/'.join(IMAGE_SUFFIXES)} images in it")
-    channels, height, width = shape
-    out = []
-    for f in files:
-        with Image.open(f) as img:
-            img = img.convert("L" if channels == 1 else "RGB").resize((width, height))
-            arr = np.asarray(img, np.float32) / 255.0
-        out.append(arr[None] if channels == 1 else arr.transpose(2, 0, 1))
-    return [str(f.relative_to(folder)) for f in files], np.stack(out)
-
-
-def normalize(x: np.ndarray, prep: dict) -> np.ndarray:
-    """The training split's scaling: per channel (images, tables) or one scaler (series)."""
-    norm = prep.get("normalization")
-    if not norm:
-        scaler = prep.get("scaler")
-        return x if not scaler else (x - scaler["mean"]) / scaler["std"]
-    shape = (1, -1) + (1,) * (x.ndim - 2)
-    mean = np.asarray(norm["mean"], np.float32).reshape(shape)
-    std = np.asarray(norm["std"], np.float32).reshape(shape)
-    return (x - mean) / std
-
-
-def predict(model, x: np.ndarray, device, batch_size: int = 512) -> np.ndarray:
-    import torch
-
-    if isinstance(model, torch.fx.GraphModule):
-        # a torch.export graph (MLflow's pt2 format): traced in eval mode on the CPU, where it
-        # stays; it refuses .eval()
-        device = torch.device("cpu")
-    else:
-        model = model.to(device).eval()
-    outs = []
-    with torch.no_grad():
-        for start in range(0, len(x), batch_size):
-            out = model(torch.as_tensor(x[start : start + batch_size], device=device))
-            outs.append((out[0] if isinstance(out, tuple) else out).cpu())
-    return torch.cat(outs).numpy()
-
-
-def rows_csv(names: list[str], outputs: np.ndarray, prep: dict) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    if prep.get("task") == "classification":
-        classes = prep["classes"]
-        exp = np.exp(outputs - outputs.max(1, keepdims=True))
-        probs = exp / exp.sum(1, keepdims=True)
-        writer.writerow(["input", "predicted", "confidence", *[f"p_{c}" for c in classes]])
-        for name, p in zip(names, probs, strict=True):
-            k = int(p.argmax())
-            writer.writerow([name, classes[k], f"{p[k]:.6f}", *[f"{v:.6f}" for v in p]])
-    else:
-        flat = outputs.reshape(len(outputs), -1)
-        scaler = prep.get("scaler")
-        if scaler:  # back to the target's own units
-            flat = flat * scaler["std"] + scaler["mean"]
-        writer.writerow(["input", *[f"prediction_{i}" for i in range(flat.shape[1])]])
-        for name, row in zip(names, flat, strict=True):
-            writer.writerow([name, *[f"{v:.6g}" for v in row]])
-    return buf.getvalue()
-
-
-def run(model_uri: str, input_path: str, output: str, tracking_uri: str, device: str) -> int:
-    from pipeline.engine import select_device
-
-    model, prep = load_model(model_uri, tracking_uri)
-    if prep.get("task") not in ("classification", "regression", "forecasting"):
-        raise PipelineError(
-            f"--model {model_uri}: predict serves classification and regression "
-            f"models; this one is a {prep.get('task')} model"
-        )
-    names, x = read_inputs(Path(input_path), prep)
-    outputs = predict(model, normalize(x, prep), select_device(device))
-    atomic.write_text(output, rows_csv(names, outputs, prep))
-    return len(names)
+    try:
+        model = mlflow.pyfunc.load_model(model_uri, model_config={"device": device})
+        predictions = model.predict(model_input)
+    except MlflowException as err:
+        first = str(err).strip().splitlines()[0]
+        raise PipelineError(f"--model {model_uri}: {first}") from None
+    predictions.insert(0, "input", names)
+    atomic.write_text(output, predictions.to_csv(index=False))
+    return len(predictions)

@@ -159,11 +159,11 @@ class StageRun:
         self._mlflow.log_input(dataset, context=context, tags=tags)
 
     def log_torch_model(
-        self, model, input_example, registered_name: str | None = None, metadata=None
+        self, model, input_example, registered_name: str | None = None
     ) -> str | None:
         """The model with a signature and input example (numpy), loadable by mlflow.pytorch;
-        with `registered_name`, a new version of that registered model (returned).
-        `metadata` (the preprocessing the model expects) is saved in its MLmodel file."""
+        with `registered_name`, a new version of that registered model (returned). For the
+        models that take the model's own tensors (language and generative models)."""
         import torch
         from mlflow.models import infer_signature
 
@@ -184,10 +184,95 @@ class StageRun:
                 # naming the requirement skips MLflow's slow import-based inference
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
                 registered_model_name=registered_name,
-                metadata=metadata,
             )
         version = getattr(info, "registered_model_version", None)
         return None if version is None else str(version)
+
+    def log_raw_input_model(
+        self, model, saved_path: Path, prep_path: Path, registered_name: str | None = None
+    ) -> str | None:
+        """The registered model of a predictive experiment: a pyfunc (pipeline/serving.py)
+        that takes raw rows and carries the weights at `saved_path` and the fitted
+        preprocessor at `prep_path`. Its signature names the raw columns and types; its
+        input example is raw training rows. Returns the registered version, if any."""
+        import tempfile
+
+        import numpy as np
+        import pandas as pd
+        import PIL
+        import torch
+        from mlflow.models import ModelSignature, infer_signature
+        from mlflow.types import ColSpec, Schema, TensorSpec
+
+        from pipeline import preprocessing, serving
+
+        prep = preprocessing.load(prep_path)
+        example = prep.example_input()
+        columns = prep.raw_columns()
+        if columns is None:
+            inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, *prep.shape))])
+        else:
+            inputs = Schema([ColSpec(kind, name) for name, kind in columns])
+        probe = serving.RawInputModel()  # the served path, run once on the example
+        probe.prep, probe.model, probe.device = prep, model.eval(), torch.device("cpu")
+        outputs = infer_signature(example, probe.predict(None, example)).outputs
+        with tempfile.TemporaryDirectory() as code, _quiet_cloudpickle_note():
+            code_paths = _serving_code(Path(code))
+            info = self._mlflow.pyfunc.log_model(
+                name="model",
+                python_model=serving.RawInputModel(),
+                artifacts={"weights": str(saved_path), "preprocessor": str(prep_path)},
+                code_paths=code_paths,
+                signature=ModelSignature(inputs=inputs, outputs=outputs),
+                input_example=example,
+                pip_requirements=[
+                    f"torch=={torch.__version__.split('+')[0]}",
+                    f"numpy=={np.__version__}",
+                    f"pandas=={pd.__version__}",
+                    f"pillow=={PIL.__version__}",
+                ],
+                registered_model_name=registered_name,
+                metadata={**prep.describe(), "task": prep.kind_of_task()},
+                model_config={"device": "auto"},  # load_model(..., model_config=) may change it
+            )
+        version = getattr(info, "registered_model_version", None)
+        return None if version is None else str(version)
+
+
+@contextmanager
+def _quiet_cloudpickle_note() -> Iterator[None]:
+    """MLflow warns that a pickled python_model may run code when loaded. Ours is an instance
+    of the shipped RawInputModel class with no state: loading it imports that class, and the
+    weights and preprocessing travel as tensors and JSON."""
+    import logging
+
+    logger = logging.getLogger("mlflow.pyfunc")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _serving_code(folder: Path) -> list[str]:
+    """Copies of the modules the registered model runs (its pyfunc, the preprocessing and
+    the model library), shipped inside it: the model loads without this project's folder."""
+    import shutil
+
+    import models
+    import pipeline
+
+    here = Path(pipeline.__file__).parent
+    (folder / "pipeline").mkdir()
+    for name in ("__init__.py", "errors.py", "preprocessing.py", "serving.py"):
+        shutil.copy2(here / name, folder / "pipeline" / name)
+    shutil.copytree(
+        Path(models.__file__).parent,
+        folder / "models",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    return [str(folder / "pipeline"), str(folder / "models")]
 
 
 def _FirstOutput(model):

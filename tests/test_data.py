@@ -26,7 +26,7 @@ def digits(tmp_path, monkeypatch):
 def test_splits_are_disjoint_stratified_and_complete(digits):
     schema = data.load_schema("digits")
     assert schema["input_shape"] == [1, 8, 8]
-    assert schema["dtypes"] == {"x": "float32", "y": "int64"}
+    assert schema["dtypes"] == {"x": "float32", "y": "int64", "index": "int64"}
     assert schema["num_classes"] == 10
     counts = schema["counts"]
     assert sum(counts.values()) == 1797
@@ -37,6 +37,9 @@ def test_splits_are_disjoint_stratified_and_complete(digits):
     # no sample is in two splits
     rows = [data.load_split("digits", s)[0].reshape(counts[s], -1) for s in paths.SPLITS]
     assert len({r.tobytes() for r in np.concatenate(rows)}) > 1700
+    # each split names its rows of the raw data: together, every row exactly once
+    index = np.concatenate([data.load_arrays("digits", s)["index"] for s in paths.SPLITS])
+    assert sorted(index.tolist()) == list(range(1797))
 
 
 def test_normalisation_uses_train_statistics_only(digits):

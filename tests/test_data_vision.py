@@ -165,7 +165,7 @@ def test_folder_errors_name_the_path_or_class(workdir):
     with pytest.raises(PipelineError, match="imgs has no class sub-folders"):
         data.ingest("f", folder_cfg())
     (workdir / "imgs/empty").mkdir()
-    with pytest.raises(PipelineError, match="class folder imgs/empty has no PNG/JPEG files"):
+    with pytest.raises(PipelineError, match="class folder imgs/empty has no PNG/JPEG/BMP files"):
         data.ingest("f", folder_cfg())
 
 

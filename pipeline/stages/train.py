@@ -184,25 +184,21 @@ def train(exp: ExperimentParams, tuned: dict, experiment: str) -> dict:
         )
         if not main:
             return summary  # rank 0 writes the outputs
+        saved = {
+            "model": exp.model.model_dump(mode="json"),
+            "spec": dataclasses.asdict(prep.spec),
+            "state_dict": model.cpu().state_dict(),
+        }
         if track.enabled and track.log_model:
+            name = tracking.registered_name(exp.tracking, experiment)
             summary["registered_model"] = {
-                "name": tracking.registered_name(exp.tracking, experiment),
-                "version": run.log_torch_model(
-                    model.cpu(),
-                    arrays["train_x"][:4],
-                    registered_name=tracking.registered_name(exp.tracking, experiment),
-                    metadata=preprocessing(schema, exp.model.name),
+                "name": name,
+                "version": log_model(
+                    run, model, saved, schema, exp.model.name, name, arrays["train_x"][:4]
                 ),
             }
         with atomic.atomic_path(paths.model_file(experiment)) as tmp:
-            torch.save(
-                {
-                    "model": exp.model.model_dump(mode="json"),
-                    "spec": dataclasses.asdict(prep.spec),
-                    "state_dict": model.state_dict(),
-                },
-                tmp,
-            )
+            torch.save(saved, tmp)
         atomic.write_text(paths.history_file(experiment), history_csv(result.history))
         atomic.write_text(
             paths.resolved_config_file(experiment), yaml.safe_dump(config, sort_keys=False)
@@ -211,15 +207,25 @@ def train(exp: ExperimentParams, tuned: dict, experiment: str) -> dict:
     return summary
 
 
-def preprocessing(schema: dict, model_name: str) -> dict:
-    """What `python -m pipeline predict` needs to turn raw inputs into what the model saw,
-    and its outputs back into labels or units; saved with the registered model."""
+def log_model(run, model, saved: dict, schema: dict, model_name: str, registered: str, example):
+    """Register the trained model. Predictive models become a pyfunc over raw inputs that
+    carries the dataset's fitted preprocessor; language and generative models are logged as
+    torch modules over the model's own tensors."""
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
     from pipeline import tasks
 
-    keep = ("dataset", "input_shape", "classes", "value_range", "normalization", "scaler")
-    out = {k: schema[k] for k in keep if k in schema}
-    out["task"] = tasks.task_kind(model_name, schema)
-    return out
+    prep_path = paths.preprocessor_file(schema["dataset"])
+    served = tasks.task_kind(model_name, schema) in ("classification", "regression", "forecasting")
+    if not served or not prep_path.is_file():
+        return run.log_torch_model(model, example, registered_name=registered)
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "model.pt"
+        torch.save(saved, weights)
+        return run.log_raw_input_model(model, weights, prep_path, registered_name=registered)
 
 
 def augmentation_preview(images, augment_fn, experiment: str):
@@ -255,21 +261,14 @@ def load_trained_model(experiment: str, trained: bool = True):
     With `trained=False`: the same architecture freshly initialised (seeded), a baseline."""
     import torch
 
-    from models import DataSpec, build_model
+    from models import model_from_saved
     from pipeline.engine import load_tensors
 
     path = paths.model_file(experiment)
     if not path.is_file():
         raise PipelineError(f"{path} not found; run `dvc repro train@{experiment}` first")
-    saved = load_tensors(path)
-    spec = saved["spec"]
-    spec = DataSpec(**{**spec, "input_shape": tuple(spec["input_shape"])})
-    config = {k: v for k, v in saved["model"].items() if k != "name"}
     torch.manual_seed(0)
-    model = build_model(saved["model"]["name"], config, spec)
-    if trained:
-        model.load_state_dict(saved["state_dict"])
-    return model.eval()
+    return model_from_saved(load_tensors(path), load_weights=trained)
 
 
 def history_csv(history: list[dict]) -> str:
