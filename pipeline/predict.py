@@ -225,7 +225,7 @@ def run(
     from mlflow.exceptions import MlflowException
 
     try:
-        model = mlflow.pyfunc.load_model(model_uri, model_config={"device": device})
+        model = mlflow.pyfunc.load_model(model_uri, model_config={"predict_device": device})
         predictions = model.predict(model_input)
     except MlflowException as err:
         first = str(err).strip().splitlines()[0]

@@ -233,7 +233,7 @@ class StageRun:
                 ],
                 registered_model_name=registered_name,
                 metadata={**prep.describe(), "task": prep.kind_of_task()},
-                model_config={"device": "auto"},  # load_model(..., model_config=) may change it
+                model_config={"predict_device": "auto"},  # load_model(model_config=...) overrides
             )
         version = getattr(info, "registered_model_version", None)
         return None if version is None else str(version)

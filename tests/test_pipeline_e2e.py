@@ -221,8 +221,9 @@ def test_logged_model_loads_and_predicts(repro_project):
     mlflow.set_tracking_uri(f"sqlite:///{repro_project / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model(f"runs:/{train.info.run_id}/model")
     assert model.metadata.signature is not None
-    out = model.predict(np.zeros((3, 1, 8, 8), dtype=np.float32))
-    assert np.asarray(out).shape == (3, 10)
+    out = model.predict(np.full((3, 1, 8, 8), 16, dtype=np.float32))  # raw pixels, 0..16
+    assert list(out.columns) == ["label", "confidence", *[f"p_{d}" for d in range(10)]]
+    assert len(out) == 3 and set(out["label"]) <= {str(d) for d in range(10)}
 
 
 def test_second_repro_is_a_noop(repro_project):

@@ -138,7 +138,7 @@ def test_predict_serves_the_champion_with_its_own_preprocessing(server, project)
     with (project / "preds.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(y)
-    predicted = np.array([schema["classes"].index(r["predicted"]) for r in rows])
+    predicted = np.array([schema["classes"].index(r["label"]) for r in rows])
     second = json.loads((project / "decisions.json").read_text())[1]
     # the champion's own test accuracy, reproduced from raw inputs outside the pipeline
     assert np.mean(predicted == y) == pytest.approx(second["value"], abs=1 / len(y))
@@ -155,11 +155,11 @@ def test_predict_serves_the_champion_with_its_own_preprocessing(server, project)
     with (project / "preds.csv").open() as f:
         images = list(csv.DictReader(f))
     assert [r["input"] for r in images] == [f"{i:02d}.png" for i in range(20)]
-    agree = np.mean([r["predicted"] == rows[i]["predicted"] for i, r in enumerate(images)])
+    agree = np.mean([r["label"] == rows[i]["label"] for i, r in enumerate(images)])
     assert agree >= 0.9  # 8-bit PNGs round the pixels a little
 
     np.save(project / "wrong.npy", np.zeros((3, 5), np.float32))
     proc = _predict(project, server, project / "wrong.npy")
     assert proc.returncode == 2
-    assert "the model takes (1, 8, 8) (64 values per sample)" in proc.stderr
+    assert "the model takes (1, 8, 8) (64 values per sample, in 0..16)" in proc.stderr
     assert "Traceback" not in proc.stderr
