@@ -119,14 +119,15 @@ def bench_throughput(params, epochs: dict[str, int], reps: int) -> dict:
 
 # The train stage's main() with its two MLflow steps timed from outside (our own functions,
 # wrapped; the stage's code is unchanged): entering tracking.stage_run (import mlflow, open the
-# store, start the run) and StageRun.log_torch_model (log + register the model).
+# store, start the run) and StageRun.log_raw_input_model / log_torch_model (log + register the
+# model: a raw-input pyfunc for predictive models, a torch module for the others).
 STAGE_TIMED = """
 import contextlib, json, sys, time
 from pipeline import tracking
 from pipeline.stages import train
 
 spent = {"mlflow_start_s": 0.0, "log_model_s": 0.0}
-stage_run, log_torch_model = tracking.stage_run, tracking.StageRun.log_torch_model
+stage_run = tracking.stage_run
 
 @contextlib.contextmanager
 def timed_stage_run(*args, **kwargs):
@@ -135,14 +136,18 @@ def timed_stage_run(*args, **kwargs):
         spent["mlflow_start_s"] += time.perf_counter() - start
         yield run
 
-def timed_log_torch_model(self, *args, **kwargs):
-    start = time.perf_counter()
-    try:
-        return log_torch_model(self, *args, **kwargs)
-    finally:
-        spent["log_model_s"] += time.perf_counter() - start
+def timed(log_model):
+    def wrapper(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return log_model(self, *args, **kwargs)
+        finally:
+            spent["log_model_s"] += time.perf_counter() - start
+    return wrapper
 
-tracking.stage_run, tracking.StageRun.log_torch_model = timed_stage_run, timed_log_torch_model
+tracking.stage_run = timed_stage_run
+for method in ("log_raw_input_model", "log_torch_model"):
+    setattr(tracking.StageRun, method, timed(getattr(tracking.StageRun, method)))
 code = train.main(sys.argv[2:])
 with open(sys.argv[1], "w") as out:
     json.dump(spent, out)

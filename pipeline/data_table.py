@@ -160,7 +160,8 @@ def preprocess(name: str, cfg) -> Path:
             "std": float(y[splits["train"]].std() or 1),
             "horizon": 1,
         }
-    prep = fit(table, features, keep, train, cfg, target)
+    with_gaps = {col for col, n in counts.items() if n > 0}
+    prep = fit(table, features, keep, train, cfg, target, with_gaps)
     if not classes:
         y = prep.scale_target(y)[:, None]
 
@@ -307,10 +308,11 @@ def split_rows(name: str, cfg, y, groups, classes) -> dict[str, np.ndarray]:
     return {s: np.sort(i) for s, i in splits.items()}
 
 
-def fit(table, features: list[str], keep, train, cfg, target: dict):
+def fit(table, features: list[str], keep, train, cfg, target: dict, with_gaps: set[str]):
     """The table's preprocessing, fitted on the train rows: numeric columns' train mean and
     std (missing values skipped, as pandas does); categorical ones' train categories (one-hot);
-    the fill values of an imputing NaN policy (train means or medians). Streamed."""
+    the fill values of an imputing NaN policy (train means or medians). Streamed.
+    `with_gaps`: the columns with missing values; they take floats from callers."""
     import pandas as pd
 
     numeric = [c for c in features if pd.api.types.is_numeric_dtype(table_dtype(table, c))]
@@ -346,9 +348,19 @@ def fit(table, features: list[str], keep, train, cfg, target: dict):
         fill = {c: float(mean[i]) for i, c in enumerate(numeric)}
     elif cfg.nan == "impute_median":
         fill = {c: train_median(table, c, keep, train) for c in numeric}
+    types = {c: raw_type(table_dtype(table, c), c in with_gaps) for c in numeric}
     return preprocessing.TablePreprocessor(
-        target, numeric, stats, categorical, fill, cfg.nan, _json_ready(example)
+        target, numeric, stats, categorical, fill, cfg.nan, _json_ready(example), types
     )
+
+
+def raw_type(dtype, with_gaps: bool) -> str:
+    """The MLflow column type callers pass a numeric column as: what pandas reads the file's
+    column as (whole numbers stay int64 unless the column has gaps)."""
+    kind = np.dtype(dtype).kind
+    if kind == "b":
+        return "boolean"
+    return "long" if kind in "iu" and not with_gaps else "double"
 
 
 def _json_ready(records: list[dict]) -> list[dict]:

@@ -125,8 +125,8 @@ def _as_frame(data, columns: list[str], path: Path):
 
 
 def _typed(values, kind: str, column: str, path: Path):
-    """A column as the signature types it: numbers (missing stay NaN) or text (missing stay
-    missing)."""
+    """A column as the signature types it: text (missing stay missing), or numbers (missing
+    stay NaN; a whole-number column the model saw without gaps takes none)."""
     import pandas as pd
 
     if kind == "string":
@@ -142,7 +142,17 @@ def _typed(values, kind: str, column: str, path: Path):
             f"--input {path}: column {column!r} holds {bad.iloc[0]!r} (row {bad.index[0]}); "
             "it takes numbers"
         )
-    return numbers.astype(np.float64)
+    if kind == "double":
+        return numbers.astype(np.float64)
+    if numbers.isna().any():
+        row = int(np.flatnonzero(numbers.isna().to_numpy())[0])
+        raise PipelineError(
+            f"--input {path}: column {column!r} is missing a value (row {row}); the model "
+            f"takes {kind} values there (its training data had no gaps in it)"
+        )
+    if kind == "long" and not (numbers == numbers.round()).all():
+        raise PipelineError(f"--input {path}: column {column!r} takes whole numbers")
+    return numbers.astype(np.int64 if kind == "long" else bool)
 
 
 def _image_array(data, meta: dict, path: Path) -> np.ndarray:

@@ -25,6 +25,10 @@ from pipeline.errors import PipelineError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
+# MLflow column type -> the pandas dtype a caller passes it as
+PANDAS_TYPES = {"double": np.float64, "long": np.int64, "boolean": bool, "string": object}
+
+
 class InputError(PipelineError, ValueError):
     """Raw inputs the model cannot take; the message names the column or value."""
 
@@ -60,7 +64,7 @@ class Preprocessor:
         columns = self.raw_columns()
         frame = pd.DataFrame(self.example, columns=[c for c, _ in columns])
         for col, kind in columns:
-            frame[col] = frame[col].astype(np.float64 if kind == "double" else object)
+            frame[col] = frame[col].astype(PANDAS_TYPES[kind])
         return frame
 
     def describe(self) -> dict:
@@ -206,8 +210,12 @@ class TablePreprocessor(Preprocessor):
 
     kind = "table"
 
-    def __init__(self, target, numeric, stats, categorical, fill, nan_policy, example=None):
+    def __init__(
+        self, target, numeric, stats, categorical, fill, nan_policy, example=None, types=None
+    ):
         super().__init__(target)
+        # the MLflow type of each numeric column as read from the file: long, double, boolean
+        self.types = types or {}
         self.numeric = list(numeric)
         self.stats = {c: tuple(v) for c, v in stats.items()}
         self.categorical = {c: list(v) for c, v in categorical.items()}
@@ -232,10 +240,12 @@ class TablePreprocessor(Preprocessor):
             "fill": self.fill,
             "nan_policy": self.nan_policy,
             "example": self.example,
+            "types": self.types,
         }
 
     def raw_columns(self) -> list[tuple[str, str]]:
-        return [(c, "double") for c in self.numeric] + [(c, "string") for c in self.categorical]
+        numeric = [(c, self.types.get(c, "double")) for c in self.numeric]
+        return numeric + [(c, "string") for c in self.categorical]
 
     def check(self, frame) -> None:
         """Every feature column present; numeric ones hold numbers; missing values only where

@@ -215,7 +215,9 @@ class StageRun:
             inputs = Schema([ColSpec(kind, name) for name, kind in columns])
         probe = serving.RawInputModel()  # the served path, run once on the example
         probe.prep, probe.model, probe.device = prep, model.eval(), torch.device("cpu")
-        outputs = infer_signature(example, probe.predict(None, example)).outputs
+        # the outputs' schema, inferred alone: the inputs' is declared above, from the
+        # training file's column types
+        outputs = infer_signature(probe.predict(None, example)).inputs
         with tempfile.TemporaryDirectory() as code, _quiet_cloudpickle_note():
             code_paths = _serving_code(Path(code))
             info = self._mlflow.pyfunc.log_model(

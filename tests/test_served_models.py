@@ -30,13 +30,14 @@ RNN = {"name": "rnn", "hidden_size": 16}
 
 def _clinic_table(n=240, seed=0) -> pd.DataFrame:
     """scikit-learn's breast cancer table (real measurements, first 6 columns) with a text
-    column and missing values in a numeric and in the text column."""
+    column, a whole-number column, and missing values in a numeric and in the text column."""
     from sklearn.datasets import load_breast_cancer
 
     bunch = load_breast_cancer(as_frame=True)
     frame = bunch.frame.iloc[:n, :6].copy()
     rng = np.random.default_rng(seed)
     frame["clinic"] = rng.choice(["north", "south", "east"], len(frame))
+    frame["visits"] = rng.integers(0, 9, len(frame))  # whole numbers: int64 when read back
     frame.loc[rng.random(len(frame)) < 0.15, "mean texture"] = np.nan
     frame.loc[rng.random(len(frame)) < 0.15, "clinic"] = None
     frame["diagnosis"] = np.asarray(bunch.target_names)[bunch.target.iloc[:n]]
