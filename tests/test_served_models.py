@@ -275,17 +275,22 @@ def test_predict_command_reproduces_evaluate_on_raw_files(project):
     assert_reproduces(kind, root, predictions, actual)
 
 
-def test_mlflow_models_serve_answers_raw_json_rows(tmp_path_factory):
-    """A real `mlflow models serve` of the champion on loopback: raw rows as JSON, with a
-    text column, JSON nulls for missing values and the target column along."""
+def test_mlflow_models_serve_answers_raw_json_rows(project):
+    """A real `mlflow models serve` of the champion on loopback, sent the raw test rows as
+    JSON: tables with text columns, nulls for missing values and the target column along;
+    images as nested lists of raw pixels."""
     import urllib.request
 
     from tests.conftest import free_port, wait_until_up
 
-    kind = "table_classes"
-    root = trained(kind, tmp_path_factory)
-    rows, _ = raw_test_rows(kind, root)
-    assert rows["clinic"].isna().any() and rows["mean texture"].isna().any()
+    kind, root = project
+    rows, actual = raw_test_rows(kind, root)
+    if kind == "table_classes":
+        assert rows["clinic"].isna().any() and rows["mean texture"].isna().any()
+    if isinstance(rows, pd.DataFrame):
+        body = {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}
+    else:
+        body = {"inputs": rows.tolist()}
     port = free_port()
     cmd = [str(Path(sys.executable).parent / "mlflow"), "models", "serve"]
     cmd += ["-m", f"models:/{_name(kind)}@champion", "--env-manager", "local"]
@@ -298,7 +303,6 @@ def test_mlflow_models_serve_answers_raw_json_rows(tmp_path_factory):
     server = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_until_up(f"http://127.0.0.1:{port}/ping", server)
-        body = {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations",
             data=json.dumps(body).encode(),
@@ -309,7 +313,46 @@ def test_mlflow_models_serve_answers_raw_json_rows(tmp_path_factory):
     finally:
         server.terminate()
         server.wait(timeout=30)
-    assert_reproduces(kind, root, pd.DataFrame(answer["predictions"]), None)
+    assert_reproduces(kind, root, pd.DataFrame(answer["predictions"]), actual)
+
+
+# Loads the champion in a fresh interpreter that cannot import this project's packages (the
+# editable install's finder removed) and scores the raw rows in ROWS (a pickle-free .npz/.csv)
+WITHOUT_PROJECT = """
+import importlib.util, json, sys
+editable = lambda finder: getattr(finder, "__module__", "").startswith("__editable")
+sys.meta_path = [f for f in sys.meta_path if not editable(f)]
+assert importlib.util.find_spec("pipeline") is None and importlib.util.find_spec("models") is None
+import mlflow, numpy as np, pandas as pd
+mlflow.set_tracking_uri(sys.argv[1])
+model = mlflow.pyfunc.load_model(sys.argv[2], model_config={"predict_device": "cpu"})
+rows = sys.argv[3]
+data = pd.read_csv(rows) if rows.endswith(".csv") else np.load(rows)["x"]
+out = model.predict(data)
+out.to_csv(sys.argv[4], index=False)
+print(json.dumps({m: sys.modules[m].__file__ for m in ("pipeline.serving", "models.registry")}))
+"""
+
+
+def test_the_registered_model_needs_nothing_from_the_project(project, tmp_path):
+    kind, root = project
+    rows, actual = raw_test_rows(kind, root)
+    if isinstance(rows, pd.DataFrame):
+        path = tmp_path / "rows.csv"
+        rows.to_csv(path, index=False)
+    else:
+        path = tmp_path / "rows.npz"
+        np.savez(path, x=rows)
+    args = [f"sqlite:///{root / 'mlflow.db'}", f"models:/{_name(kind)}@champion", str(path)]
+    cmd = [sys.executable, "-c", WITHOUT_PROJECT, *args, str(tmp_path / "out.csv")]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    files = json.loads(proc.stdout.strip().splitlines()[-1])
+    for file in files.values():  # the model's own copy of the code, not this project's
+        assert not file.startswith(str(Path(__file__).resolve().parents[1])), file
+        assert "/code/" in file
+    predictions = pd.read_csv(tmp_path / "out.csv", dtype={"label": str})
+    assert_reproduces(kind, root, predictions, actual)
 
 
 def _bad_inputs(root: Path) -> dict:
