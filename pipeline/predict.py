@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline import atomic
 from pipeline.errors import PipelineError
-from pipeline.preprocessing import IMAGE_SUFFIXES
+from pipeline.preprocessing import IMAGE_SUFFIXES, InputError, as_numbers
 
 SUFFIXES = (".csv", ".parquet", ".npy", ".npz")
 
@@ -127,21 +127,16 @@ def _as_frame(data, columns: list[str], path: Path):
 def _typed(values, kind: str, column: str, path: Path):
     """A column as the signature types it: text (missing stay missing), or numbers (missing
     stay NaN; a whole-number column the model saw without gaps takes none)."""
-    import pandas as pd
-
     if kind == "string":
         return (
             values.astype(object)
             .where(values.notna(), None)
             .map(lambda v: v if v is None or isinstance(v, str) else str(v))
         )
-    numbers = pd.to_numeric(values, errors="coerce")
-    bad = values[numbers.isna() & values.notna()]
-    if len(bad):
-        raise PipelineError(
-            f"--input {path}: column {column!r} holds {bad.iloc[0]!r} (row {bad.index[0]}); "
-            "it takes numbers"
-        )
+    try:
+        numbers = as_numbers(values, column)
+    except InputError as err:
+        raise PipelineError(f"--input {path}: {err}") from None
     if kind == "double":
         return numbers.astype(np.float64)
     if numbers.isna().any():

@@ -259,15 +259,8 @@ class TablePreprocessor(Preprocessor):
                 f"{', '.join(map(repr, self.features))}"
             )
         for col in self.numeric:
-            values = frame[col]
-            if not pd.api.types.is_numeric_dtype(values):
-                numbers = pd.to_numeric(values, errors="coerce")
-                bad = values[numbers.isna() & values.notna()]
-                if len(bad):
-                    raise InputError(
-                        f"column {col!r} holds {bad.iloc[0]!r} (row {bad.index[0]}); "
-                        "it takes numbers"
-                    )
+            if not pd.api.types.is_numeric_dtype(frame[col]):
+                as_numbers(frame[col], col)  # names the first value that is not a number
             if self.fill is None and frame[col].isna().any():
                 rows = np.flatnonzero(frame[col].isna().to_numpy())[:5].tolist()
                 raise InputError(
@@ -282,7 +275,7 @@ class TablePreprocessor(Preprocessor):
         self.check(frame)
         frame = frame[self.features].copy()
         for col in self.numeric:
-            frame[col] = pd.to_numeric(frame[col], errors="coerce").astype(np.float64)
+            frame[col] = as_numbers(frame[col], col).astype(np.float64)
         frame = frame.replace([np.inf, -np.inf], np.nan)
         if self.fill is not None:
             frame = frame.fillna(self.fill)
@@ -293,6 +286,20 @@ class TablePreprocessor(Preprocessor):
             as_text = frame[col].astype(str).to_numpy()
             parts.append(np.stack([as_text == v for v in values], axis=1))  # unseen: all zero
         return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def as_numbers(values, column: str):
+    """A column as numbers (missing values stay missing); text that is not a number is an
+    InputError naming the column, the value and its row."""
+    import pandas as pd
+
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = values[numbers.isna() & values.notna()]
+    if len(bad):
+        raise InputError(
+            f"column {column!r} holds {bad.iloc[0]!r} (row {bad.index[0]}); it takes numbers"
+        )
+    return numbers
 
 
 # ------------------------------------------------------------------------------------ text
