@@ -10,6 +10,7 @@ file fails within a second or two.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -229,6 +230,7 @@ def run(
     import mlflow.pyfunc
     from mlflow.exceptions import MlflowException
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr: our notes
     try:
         model = mlflow.pyfunc.load_model(model_uri, model_config={"predict_device": device})
         predictions = model.predict(model_input)

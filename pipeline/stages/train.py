@@ -184,8 +184,11 @@ def train(exp: ExperimentParams, tuned: dict, experiment: str) -> dict:
         )
         if not main:
             return summary  # rank 0 writes the outputs
+        model_config = exp.model.model_dump(mode="json")
+        if model_config.get("weights"):  # the state_dict holds every trained weight: a
+            model_config["weights"] = None  # rebuild (e.g. by a served model) loads no file
         saved = {
-            "model": exp.model.model_dump(mode="json"),
+            "model": model_config,
             "spec": dataclasses.asdict(prep.spec),
             "state_dict": model.cpu().state_dict(),
         }
