@@ -109,12 +109,24 @@ def serve_command(args) -> int:
     from pipeline import flows
 
     try:
+        if args.check:
+            return check_schedule_command(args)
         flows.serve(args.params, wait=args.wait)
     except PipelineError as err:
         print(f"error: serve: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C is how serving ends
         print("serve: stopped", file=sys.stderr)
+    return 0
+
+
+def check_schedule_command(args) -> int:
+    from pipeline import flows
+
+    runs = flows.check_schedule(args.params, wait=args.wait or 30)
+    print(f"{flows.RETRAIN}: the server has scheduled the next runs:")
+    for run in runs[:5]:
+        print(f"  {run.expected_start_time.isoformat()}  {run.state_name}  {run.name}")
     return 0
 
 
@@ -155,7 +167,18 @@ def main(argv=None) -> int:
     pred.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     serve = sub.add_parser("serve", help="serve the Prefect flows; needs PREFECT_API_URL")
     serve.add_argument("--params", default=str(paths.PARAMS))
-    serve.add_argument("--wait", type=float, default=0, help="seconds to wait for the server")
+    serve.add_argument(
+        "--wait",
+        type=float,
+        default=0,
+        help="seconds to wait for the server (with --check: for the scheduled run; default 30)",
+    )
+    serve.add_argument(
+        "--check",
+        action="store_true",
+        help="list the served retrain deployment's next scheduled runs and exit; fails when "
+        "the server scheduled none for the schedule's next slot",
+    )
     verify = sub.add_parser(
         "verify-determinism", help="train an experiment twice and compare bit for bit"
     )

@@ -406,19 +406,52 @@ def tune_flow(
 
 # ---- serving ----------------------------------------------------------------------------------
 
+RETRAIN = "dl-retrain/retrain"  # the served retrain deployment; prefect.yaml's is retrain-pool
+
 
 def serve(params: str = "params.yaml", root: str = ".", wait: float = 0) -> None:
     """Serve the four flows from this process against the configured Prefect server (waiting
     up to `wait` seconds for it to answer), the retrain flow on `schedule.cron`; runs until
     interrupted."""
-    import time
 
-    from prefect import serve as prefect_serve
-    from prefect.client.orchestration import get_client
     from prefect.schedules import Cron
-    from prefect.settings import PREFECT_API_URL
 
     cfg = load_params(Path(root) / params)
+    url = require_server(wait)
+    where = {"params": params, "root": str(Path(root).resolve())}
+    schedule = cfg.schedule
+    retrain = retrain_flow.to_deployment(
+        "retrain",
+        parameters=where,
+        schedules=[Cron(schedule.cron, timezone=schedule.timezone)] if schedule.cron else None,
+        description="re-fetch data, retrain what changed, promote better models",
+    )
+    print(
+        f"serving against {url}: {RETRAIN} "
+        + (
+            f"on cron {schedule.cron!r} ({schedule.timezone}); check it with "
+            "`python -m pipeline serve --check`"
+            if schedule.cron
+            else "when started (schedule.cron is not set)"
+        )
+        + ", dl-pipeline/pipeline, dl-tune/tune, dl-tune-worker/tune-worker",
+        file=sys.stderr,
+    )
+    run_served(
+        retrain,
+        pipeline_flow.to_deployment("pipeline", parameters=where),
+        tune_flow.to_deployment("tune", parameters=where),
+        tune_worker_flow.to_deployment("tune-worker", parameters=where),
+    )
+
+
+def require_server(wait: float = 0) -> str:
+    """The configured Prefect server's URL, once it answers (waiting up to `wait` seconds)."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
     url = PREFECT_API_URL.value()
     if not url:
         raise PipelineError(
@@ -435,31 +468,93 @@ def serve(params: str = "params.yaml", root: str = ".", wait: float = 0) -> None
                 f"no Prefect server answers at PREFECT_API_URL={url}; start it with "
                 "`prefect server start` or run `make serve`"
             )
-    where = {"params": params, "root": str(Path(root).resolve())}
-    schedule = cfg.schedule
-    retrain = retrain_flow.to_deployment(
-        "retrain",
-        parameters=where,
-        schedules=[Cron(schedule.cron, timezone=schedule.timezone)] if schedule.cron else None,
-        description="re-fetch data, retrain what changed, promote better models",
+    return url
+
+
+def run_served(*deployments) -> None:
+    """What `prefect.serve` does, but SIGTERM stops it as Ctrl-C does: Prefect's own SIGTERM
+    handler calls an async stop from inside the event loop, which is never awaited."""
+    import asyncio
+
+    from prefect.runner import Runner
+
+    runner = Runner(pause_on_shutdown=True)
+    runner.handle_sigterm = _interrupt  # the runner is cancelled, pauses its deployments, ends
+    for deployment in deployments:
+        runner.add_deployment(deployment)
+    asyncio.run(runner.start())
+
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
+def check_schedule(params: str = "params.yaml", root: str = ".", wait: float = 30) -> list:
+    """The served retrain deployment's next runs, as the server scheduled them; waits up to
+    `wait` seconds for the scheduler to create the run of the schedule's first slot. Raises
+    PipelineError when there is no such deployment, its schedule is paused or off, or no run
+    was scheduled for that slot."""
+    import time
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    from cronsim import CronSim
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterExpectedStartTime
+
+    schedule = load_params(Path(root) / params).schedule
+    if not schedule.cron:
+        raise PipelineError("schedule.cron is not set in params.yaml: nothing is scheduled")
+    require_server()
+    now = datetime.now(ZoneInfo(schedule.timezone))
+    first = next(CronSim(schedule.cron, now.replace(second=0, microsecond=0)))
+    from_first = FlowRunFilter(
+        expected_start_time=FlowRunFilterExpectedStartTime(after_=first - timedelta(seconds=1))
     )
-    print(
-        f"serving against {url}: dl-retrain/retrain "
-        + (
-            f"on cron {schedule.cron!r} ({schedule.timezone})"
-            if schedule.cron
-            else "when started (schedule.cron is not set)"
+    deadline = time.monotonic() + wait
+    with get_client(sync_client=True) as client:
+        while True:  # until the deployment is served and its first slot scheduled, or `wait`
+            problem, upcoming = _scheduled_runs(client, from_first)
+            if problem is None and upcoming and upcoming[0].expected_start_time == first:
+                return upcoming
+            if time.monotonic() >= deadline:
+                raise PipelineError(
+                    problem
+                    or f"{RETRAIN}: the server scheduled no run for the schedule's next slot "
+                    f"({first.isoformat()}) within {wait:g} s; look for errors in the Prefect "
+                    "server's log (its scheduler service)"
+                )
+            time.sleep(1)
+
+
+def _scheduled_runs(client, runs_filter) -> tuple[str | None, list]:
+    """(what is wrong with the served retrain deployment or None, its runs in `runs_filter`,
+    soonest first)."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        deployment = client.read_deployment_by_name(RETRAIN)
+    except ObjectNotFound:
+        return (
+            f"the Prefect server has no deployment {RETRAIN}: start `make serve` (or "
+            "`python -m pipeline serve`) first",
+            [],
         )
-        + ", dl-pipeline/pipeline, dl-tune/tune, dl-tune-worker/tune-worker",
-        file=sys.stderr,
+    if deployment.paused or not any(s.active for s in deployment.schedules):
+        return (
+            f"{RETRAIN}: its schedule is paused or off (a stopped `serve` pauses it); "
+            "start `make serve` again",
+            [],
+        )
+    runs = client.read_flow_runs(
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+        flow_run_filter=runs_filter,
+        sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+        limit=5,
     )
-    prefect_serve(
-        retrain,
-        pipeline_flow.to_deployment("pipeline", parameters=where),
-        tune_flow.to_deployment("tune", parameters=where),
-        tune_worker_flow.to_deployment("tune-worker", parameters=where),
-        print_starting_message=False,
-    )
+    return None, runs
 
 
 if __name__ == "__main__":
