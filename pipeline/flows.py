@@ -28,7 +28,7 @@ from pipeline import paths
 from pipeline.config import Params, load_params
 from pipeline.errors import PipelineError
 from pipeline.metrics import MAIN_METRIC
-from pipeline.stages import ERROR_FILE, TIMEOUT, TIMEOUT_EXIT
+from pipeline.stages import ERROR_FILE, OUTPUT_FILE, TIMEOUT, TIMEOUT_EXIT
 
 GPU_STAGES = ("judge", "tune", "train")
 GPU_TAG = "gpu"  # `prefect concurrency-limit create gpu 1`: one GPU stage at a time
@@ -125,10 +125,11 @@ def run_stage(
     # logger as well, Prefect's console handler would print each of them a second time
     logging.getLogger("dvc").propagate = False
     with tempfile.TemporaryDirectory(prefix="stage-") as tmp:
-        error_file = Path(tmp) / "error"
+        error_file, output_file = Path(tmp) / "error", Path(tmp) / "output"
         # dvc.yaml's `python` is this flow's interpreter, also when its venv is not activated
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
         run_env = {"PATH": path, **(env or {}), ERROR_FILE: str(error_file), TIMEOUT: str(timeout)}
+        run_env[OUTPUT_FILE] = str(output_file)
         try:
             # in the repository, as `dvc repro` runs: DVC's run cache resolves paths from there
             # (a process-wide change; a flow runs one stage task at a time)
@@ -141,8 +142,26 @@ def run_stage(
         except DvcException as err:
             error = error_file.read_text().strip() if error_file.exists() else ""
             raise stage_failure(stage, err, error, timeout) from None
+        finally:
+            forward_output(logger, stage, output_file)
     logger.info("%s: %s", stage, "ran" if ran else "up to date, skipped")
     return {"stage": stage, "ran": ran}
+
+
+OUTPUT_LINES = 200  # the last lines of a stage's output that reach the flow run's logs
+
+
+def forward_output(logger, stage: str, output_file: Path) -> None:
+    """The stage process's own lines (what it printed, logged, its progress bars' last state)
+    into the flow run's logs in Prefect, `<stage> | <line>`, once the stage has ended."""
+    if not output_file.exists():
+        return
+    text = output_file.read_text(encoding="utf-8", errors="replace")
+    # a progress bar rewrites its line after each "\r": its last state is the line
+    lines = [line.rsplit("\r", 1)[-1].rstrip() for line in text.split("\n")]
+    lines = [line for line in lines if line.strip()]
+    for line in lines[-OUTPUT_LINES:]:
+        logger.info("%s | %s", stage, line)
 
 
 def stage_failure(stage: str, err: Exception, error: str, timeout: float) -> Exception:

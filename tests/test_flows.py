@@ -449,6 +449,18 @@ def wait_for_run(deployment: str, timeout: float = 300):
     raise AssertionError(f"no scheduled run of {deployment} ended within {timeout} s")
 
 
+def flow_run_logs(flow_run_id) -> list[str]:
+    """The last messages Prefect holds for one flow run, its task runs' included."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+
+    mine = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+    with get_client(sync_client=True) as client:  # the newest 200 (the server's page)
+        logs = client.read_logs(mine, sort=LogSort.TIMESTAMP_DESC)
+    return [log.message for log in reversed(logs)]
+
+
 def soon() -> datetime:
     """A whole minute 60-120 s ahead: time for the server to schedule it, and one run only."""
     return (datetime.now(UTC) + timedelta(seconds=120)).replace(second=0, microsecond=0)
@@ -461,6 +473,7 @@ def test_a_cron_schedule_makes_a_run_that_completes(prefect_server, tmp_path):
     at = soon()
     raw = json.loads(json.dumps(TINY))
     raw["schedule"] = {"cron": f"{at.minute} {at.hour} * * *", "timezone": "UTC"}
+    raw["defaults"]["tracking"]["log_model"] = True  # evaluate then says what it promoted
     project = make_project(tmp_path / "p", raw)
     server = serve_process(project, prefect_server)
     try:
@@ -471,6 +484,10 @@ def test_a_cron_schedule_makes_a_run_that_completes(prefect_server, tmp_path):
         assert flow_run.auto_scheduled and flow_run.state.is_completed(), flow_run.state
         assert flow_run.expected_start_time == at and flow_run.start_time >= at
         assert (project / paths.metrics_file("mlp_digits")).is_file()
+        # the stages' own lines are in the flow run's logs, not only on serve's console
+        messages = flow_run_logs(flow_run.id)
+        champion = "evaluate@mlp_digits | evaluate@mlp_digits: dl-pipeline.mlp_digits v1 is now"
+        assert any(m.startswith(champion) for m in messages), messages
     finally:
         server.terminate()  # SIGTERM, as a service manager stops it
         output = server.communicate(timeout=60)[0]

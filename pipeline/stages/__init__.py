@@ -16,6 +16,7 @@ from pipeline.errors import PipelineError
 
 # Set by whoever starts the stage through DVC and cannot read its stderr (the Prefect flow):
 ERROR_FILE = "PIPELINE_ERROR_FILE"  # the stage's one-line error is also written here
+OUTPUT_FILE = "PIPELINE_OUTPUT_FILE"  # and everything it prints (stdout and stderr) here
 TIMEOUT = "PIPELINE_STAGE_TIMEOUT"  # seconds; then the stage stops and exits TIMEOUT_EXIT
 TIMEOUT_EXIT = 128 + signal.SIGALRM
 TIMEOUT_GRACE = 60  # seconds to close the MLflow run and the files before a hard exit
@@ -42,6 +43,8 @@ def stage_main(
     parser.add_argument("--params", default=str(paths.PARAMS), help="params file")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _exit_on_signal)
+    if os.environ.get(OUTPUT_FILE):
+        _copy_output(os.environ[OUTPUT_FILE])
     if os.environ.get(TIMEOUT):
         _stop_after(float(os.environ[TIMEOUT]))
     name = getattr(args, "name", None)
@@ -62,6 +65,31 @@ def stage_main(
         _report(f"{label}: {type(err).__name__}: {err}")
         raise
     return 0
+
+
+class _Tee:
+    """A text stream that also writes to a copy; everything else is the stream's own."""
+
+    def __init__(self, stream, copy):
+        self._stream, self._copy = stream, copy
+
+    def write(self, text: str) -> int:
+        self._copy.write(text)
+        return self._stream.write(text)
+
+    def flush(self) -> None:
+        self._copy.flush()
+        self._stream.flush()
+
+    def __getattr__(self, name: str):  # isatty, fileno, encoding, ...
+        return getattr(self._stream, name)
+
+
+def _copy_output(path: str) -> None:
+    """What this process prints through Python (its lines, logging, progress bars) also goes
+    to `path`, line-buffered, as well as to the terminal or DVC's pipe."""
+    copy = open(path, "a", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
+    sys.stdout, sys.stderr = _Tee(sys.stdout, copy), _Tee(sys.stderr, copy)
 
 
 def _report(message: str) -> None:
