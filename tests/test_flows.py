@@ -482,7 +482,9 @@ def test_a_cron_schedule_makes_a_run_that_completes(prefect_server, tmp_path):
         assert f"  {at.isoformat()}  Scheduled" in check.stdout
         flow_run = wait_for_run("dl-retrain/retrain")
         assert flow_run.auto_scheduled and flow_run.state.is_completed(), flow_run.state
-        assert flow_run.expected_start_time == at and flow_run.start_time >= at
+        assert flow_run.expected_start_time == at
+        # the runner may start a run a moment before its time (it fetches runs ahead)
+        assert abs((flow_run.start_time - at).total_seconds()) < 60
         assert (project / paths.metrics_file("mlp_digits")).is_file()
         # the stages' own lines are in the flow run's logs, not only on serve's console
         messages = flow_run_logs(flow_run.id)
@@ -560,7 +562,7 @@ def test_prefect_yaml_deploys_to_a_process_pool_whose_worker_runs_the_flow(
     try:
         flow_run = wait_for_run("dl-pipeline/pipeline-pool")
         assert flow_run.auto_scheduled and flow_run.state.is_completed(), flow_run.state
-        assert flow_run.expected_start_time == at and flow_run.start_time >= at
+        assert flow_run.expected_start_time == at and flow_run.start_time >= at  # no prefetch
         assert (project / paths.split_file("digits", "train")).is_file()
         lock = yaml.safe_load((project / "dvc.lock").read_text())
         assert set(lock["stages"]) == {"ingest@digits", "preprocess@digits"}
