@@ -657,7 +657,9 @@ def test_workers_started_apart_share_one_postgresql_study(project, postgres):
         s = study()
         pids = {w.pid for w in workers}
         running = s.get_trials(states=(optuna.trial.TrialState.RUNNING,)) if s else []
-        return next((t for t in running if t.user_attrs.get("worker_pid") in pids), None)
+        # one whose params are drawn: a retry repeats those, and they are what we compare
+        mine = (t for t in running if t.user_attrs.get("worker_pid") in pids and t.params)
+        return next(mine, None)
 
     try:
         victim = wait_for(running_elsewhere, what="a trial running in a joined worker")
