@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from abc import ABC, abstractmethod
 from collections import Counter
 from pathlib import Path
 
@@ -33,7 +34,7 @@ class InputError(PipelineError, ValueError):
     """Raw inputs the model cannot take; the message names the column or value."""
 
 
-class Preprocessor:
+class Preprocessor(ABC):
     """Base: the target side (classes, or the target scaler) shared by every input kind."""
 
     kind = ""
@@ -46,12 +47,13 @@ class Preprocessor:
         """Everything `load` needs, as JSON-ready values."""
         return {"kind": self.kind, "target": self.target, **self._state()}
 
+    @abstractmethod
     def _state(self) -> dict:
-        raise NotImplementedError
+        """The kind's own fitted numbers."""
 
+    @abstractmethod
     def transform(self, raw) -> np.ndarray:
         """Raw inputs -> the array the model takes."""
-        raise NotImplementedError
 
     def raw_columns(self) -> list[tuple[str, str]] | None:
         """(column, "double" | "string") of the raw rows; None when inputs are arrays."""

@@ -369,16 +369,7 @@ def test_served_deployments_run_tune_workers_as_flow_runs(prefect_server, tmp_pa
     raw = json.loads(json.dumps(TUNED))
     raw["schedule"] = {"cron": "30 2 * * 1-5", "timezone": "Europe/Berlin"}
     project = make_project(tmp_path / "p", raw)
-    env = {**os.environ, "PREFECT_API_URL": prefect_server, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
-    env["PATH"] = f"{os.path.dirname(sys.executable)}{os.pathsep}{env['PATH']}"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "serve"],
-        cwd=project,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    server = serve_process(project, prefect_server)
     try:
         with get_client(sync_client=True) as client:
             for _ in range(120):
