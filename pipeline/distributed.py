@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 
+from pipeline import cores
 from pipeline.errors import PipelineError
 
 
@@ -37,8 +38,7 @@ def is_main() -> bool:
 def launch(experiment: str, params_file: str, nproc: int) -> None:
     """Run train@`experiment` as `nproc` torchrun workers on this machine; raise on failure.
     Each worker gets its share of the cores (torchrun would give each one thread)."""
-    threads = max(1, (os.cpu_count() or 1) // nproc)
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
+    env = {**os.environ, **cores.for_children(nproc)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     cmd += [f"--nproc-per-node={nproc}", "--max-restarts=0"]
     cmd += ["-m", "pipeline.stages.train", experiment, "--params", params_file]

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
-from pipeline import atomic, distributed
+from pipeline import atomic, cores, distributed
 from pipeline.config import OptimizerParams, SchedulerParams, TrainParams, higher_is_better
 from pipeline.errors import PipelineError
 
@@ -289,6 +289,7 @@ class FitResult:
     resumed_from_epoch: int = 0
     seconds: float = 0.0
     samples_per_second: float = 0.0
+    threads: int = 0  # torch's CPU threads in the last epoch (the process's share of the cores)
 
 
 def load_tensors(path: Path) -> dict:
@@ -379,6 +380,7 @@ def fit(
         disable=not sys.stderr.isatty() or not main,
     )
     for epoch in bar:
+        result.threads = cores.rebalance()  # another stage may have started or ended
         row = {"epoch": epoch + 1}
         losses = train_one_epoch(runner, train, task, optimizers, per_step, epoch + 1)
         if ddp:  # rank 0 validates; every worker takes the same decisions from its numbers

@@ -26,7 +26,7 @@ from optuna.storages._heartbeat import BaseHeartbeat  # the interface RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from pipeline import paths
+from pipeline import cores, paths
 from pipeline.config import (
     PRIMITIVE,
     CategoricalSpace,
@@ -485,28 +485,25 @@ def work(
 
 def worker_env(worker: int, workers: int, gpus: int, cpus: int) -> dict[str, str]:
     """Environment of local worker `worker`: a GPU of its own (round-robin when there are more
-    workers than GPUs), or on CPU its share of the cores as threads."""
+    workers than GPUs), or on CPU its share of the `cpus` threads."""
     if gpus:
         return {"CUDA_VISIBLE_DEVICES": str(worker % gpus)}
     threads = str(max(1, cpus // workers))
-    return {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    return {
+        "CUDA_VISIBLE_DEVICES": "",
+        **dict.fromkeys(cores.THREAD_VARS, threads),
+        cores.SHARED: "",
+    }
 
 
 def worker_envs(workers: int) -> list[dict[str, str]]:
+    """The environments of `workers` local workers started by this process: on CPU they split
+    this process's own share of the cores."""
     import torch
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return [worker_env(i, workers, gpus, cpus or 1) for i in range(workers)]
-
-
-def apply_thread_share() -> None:
-    """Inside a worker: use the thread count its environment gives it."""
-    import torch
-
-    threads = os.environ.get("OMP_NUM_THREADS")
-    if threads:
-        torch.set_num_threads(int(threads))
+    cpus = int(os.environ.get("OMP_NUM_THREADS") or cores.available())
+    return [worker_env(i, workers, gpus, cpus) for i in range(workers)]
 
 
 # ---- results ----------------------------------------------------------------------------------

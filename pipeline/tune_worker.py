@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 
-from pipeline import paths
+from pipeline import cores, paths
 from pipeline.config import ExperimentParams, load_params, require_declared
 from pipeline.errors import PipelineError
 
@@ -48,6 +48,7 @@ def main(argv=None) -> int:
     parser.add_argument("--config", help=argparse.SUPPRESS)  # the stage's resolved experiment
     parser.add_argument("--parent", type=int, help=argparse.SUPPRESS)  # the stage that started it
     args = parser.parse_args(argv)
+    cores.join()  # before torch starts its threads: the stage's share, or this machine's
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if args.parent:
         exit_with(args.parent)
@@ -62,7 +63,6 @@ def main(argv=None) -> int:
             raise PipelineError(f"experiments.{args.experiment}.tune.enabled is false")
         from pipeline import tune as tuning
 
-        tuning.apply_thread_share()
         url = args.storage or tuning.storage_url(args.experiment, exp.tune)
         name = args.study or tuning.study_name(args.experiment, exp)
         worker = os.getpid() if args.worker is None else args.worker

@@ -83,10 +83,13 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
     return proc
 
 
-def run_stage(project: Path, stage: str, target: str) -> subprocess.CompletedProcess:
-    """`python -m pipeline.stages.<stage> <target>` in `project`; fails the test on an error."""
+def run_stage(
+    project: Path, stage: str, target: str, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """`python -m pipeline.stages.<stage> <target>` in `project` (environment: this process's,
+    or `env`); fails the test on an error."""
     cmd = [sys.executable, "-m", f"pipeline.stages.{stage}", target]
-    env = {**os.environ, "MPLBACKEND": "Agg"}
+    env = {**(os.environ if env is None else env), "MPLBACKEND": "Agg"}
     proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr
     return proc

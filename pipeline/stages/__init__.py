@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-from pipeline import distributed, locks, paths
+from pipeline import cores, distributed, locks, paths
 from pipeline.config import Params, load_params, require_declared
 from pipeline.errors import PipelineError
 
@@ -42,6 +42,7 @@ def stage_main(
         parser.add_argument("name", help=f"the {target} to run, as named in params.yaml")
     parser.add_argument("--params", default=str(paths.PARAMS), help="params file")
     args = parser.parse_args(argv)
+    cores.join()  # before torch and NumPy start their thread pools
     signal.signal(signal.SIGTERM, _exit_on_signal)
     if os.environ.get(OUTPUT_FILE):
         _copy_output(os.environ[OUTPUT_FILE])

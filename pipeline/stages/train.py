@@ -173,6 +173,7 @@ def train(exp: ExperimentParams, tuned: dict, experiment: str) -> dict:
             "world_size": distributed.world_size(),
             "train_seconds": round(result.seconds, 3),
             "samples_per_second": round(result.samples_per_second, 1),
+            "threads": result.threads,
         }
         run.log_metrics(
             {
