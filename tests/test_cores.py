@@ -13,7 +13,10 @@ from pipeline import cores
 from tests.conftest import ROOT, TINY, make_project, run_stage
 
 # a registered pipeline process that holds its place until killed
-HOLDER = "import time; from pipeline import cores; cores.join(); print('in', flush=True); time.sleep(600)"
+HOLDER = (
+    "import time; from pipeline import cores; cores.join(); print('in', flush=True); "
+    "time.sleep(600)"
+)
 
 
 @pytest.fixture
