@@ -52,11 +52,16 @@ $(PG_CTL):
 
 # the quality floors train the shipped params in full (about 25 minutes on 2 slow cores):
 # `make test-quality` runs them; `make test` leaves them out to stay inside the CI budget
+# pytest-xdist: TEST_WORKERS processes, each test file in one of them (a module's server or
+# shared project is set up once); each worker and what it starts takes its share of the cores
+TEST_WORKERS ?= 2
+PYTEST := python -m pytest -n $(TEST_WORKERS) --dist loadfile
+
 test: lint $(CHROMIUM) $(PG_CTL)
-	python -m pytest -m "not quality"
+	$(PYTEST) -m "not quality"
 
 test-fast: $(STAMP)
-	python -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 test-quality: $(STAMP)
 	python -m pytest -m quality
@@ -70,6 +75,7 @@ bench: $(STAMP)
 	python -m benchmarks.memory_bench
 	python -m benchmarks.tune_bench
 	python -m benchmarks.flow_bench
+	python -m benchmarks.concurrency_bench
 
 ui: $(STAMP)
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

@@ -15,9 +15,20 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline import cores
+
 ROOT = Path(__file__).resolve().parents[1]
 # what a project copy needs to run `dvc repro`
 PROJECT_FILES = ("dvc.yaml", "params.yaml", "pyproject.toml", "pipeline", "models")
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (`make test` runs -n 2), each worker process and everything it starts
+    (stages, dvc, servers) keeps to its share of the cores: two workers that each ran torch on
+    every core would slow each other down many times over."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        os.environ.update(cores.for_children(int(workers)))
 
 
 # the smallest pipeline: one dataset, one 2-epoch MLP; every key dvc.yaml lists must exist

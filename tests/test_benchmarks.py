@@ -37,7 +37,9 @@ def test_train_bench(tmp_path):
         assert t["mlflow_start_s"] > 0 and t["log_model_s"] > 0
         assert t["mlflow_start_s"] + t["log_model_s"] < t["wall_on_s"]
     existing = results["tracking"]["fixed_costs"]["existing_store"]
-    assert existing["run_start_s"] > 0
+    for part in ("import_torch_s", "optimizer_s", "import_mlflow_s", "store_open_s"):
+        assert existing[part] > 0, part
+    assert existing["run_start_s"] > 0 and existing["register_s"] > 0
     assert existing["log_model_s"] > 0 and existing["package_scan_s"] > 0
 
 
@@ -76,3 +78,19 @@ def test_memory_bench(tmp_path):
     results = bench(tmp_path, "memory_bench")
     assert results["csv_rows"] > 0 and set(results["stages"]) == {"ingest", "preprocess"}
     assert results["pandas_read_csv"]["peak_rss_mb"] > 0
+
+
+def test_concurrency_bench(tmp_path):
+    from pipeline import cores
+
+    results = bench(tmp_path, "concurrency_bench")
+    half = max(1, cores.available() // 2)
+    # alone, a stage takes every core; two at once take half each (the one that ends last
+    # may take the cores back for its last epoch), unless told otherwise
+    assert results["sequence"]["threads"] == [cores.available()] * 2
+    assert min(results["shared"]["threads"]) == half
+    assert results["every_core"]["threads"] == [cores.available()] * 2
+    assert [r["ratio"] for r in results["rows"]] == [
+        pytest.approx(results[m]["seconds"] / results["sequence"]["seconds"], rel=0.01)
+        for m in ("shared", "every_core")
+    ]

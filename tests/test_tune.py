@@ -636,7 +636,8 @@ def test_workers_started_apart_share_one_postgresql_study(project, postgres):
     and its trial is retried from the stale heartbeat; the study ends with exactly n_trials."""
     url = postgres.create_database("optuna_workers")
     raw = params_with(storage=url, workers=1, n_trials=6, pruner="none")
-    raw["defaults"]["train"].update(epochs=8, batch_size=32)  # trials of a few seconds
+    # trials of a few seconds, so that the joined workers (starting beside the stage) get some
+    raw["defaults"]["train"].update(epochs=30, batch_size=32)
     write_params(project / "params.yaml", raw)
     env = {**os.environ, "MPLBACKEND": "Agg"}
     join = [sys.executable, "-m", "pipeline.tune_worker", "--experiment", EXP, "--wait", "300"]

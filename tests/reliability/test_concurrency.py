@@ -73,7 +73,9 @@ def test_four_workers_finish_exactly_forty_trials_and_retry_a_killed_one(project
 
     from pipeline import tune as tuning
 
-    raw = params_with(workers=4, n_trials=40, pruner="none")
+    # heartbeats every 20 s: on a busy machine (make test runs two test processes) a worker
+    # slowed down at start-up is not taken for dead; the killed one's trial is retried 40 s on
+    raw = params_with(workers=4, n_trials=40, pruner="none", heartbeat_seconds=20)
     raw["defaults"]["train"].update(epochs=6, batch_size=32)
     proc = tune_stage(project, raw, wait=False)
     try:
@@ -91,4 +93,6 @@ def test_four_workers_finish_exactly_forty_trials_and_retry_a_killed_one(project
     assert not [t for t in trials if t.state.name == "RUNNING"]
     [retry] = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
     assert retry.params == victim.params and retry.state.name == "COMPLETE"
-    assert len({t.user_attrs["worker_pid"] for t in trials}) == 4  # all four took trials
+    # all four took trials (the killed one's retry may run in the stage process itself, when
+    # its trial goes stale after the workers ran out of trials to claim)
+    assert len({t.user_attrs["worker_pid"] for t in trials} - {proc.pid}) == 4
