@@ -705,6 +705,10 @@ def load_params(path: str | Path = "params.yaml") -> Params:
             problems += _space_problems(where, merged, exp.tune)
         experiments[name] = exp
     schedule = validate(ScheduleParams, schedule_raw, lambda _: "schedule", problems)
+    if "experiments" in raw and isinstance(raw["experiments"], dict) and not experiments_raw:
+        problems.append("experiments: empty; declare at least one (a dataset and a model)")
+    if path.name == "params.yaml" and path.with_name("dvc.yaml").is_file():
+        problems += dvc_params_problems(raw, path.with_name("dvc.yaml"))
     if problems:
         # a bad default shows up once per experiment too; say it once
         raise ParamsError(path, list(dict.fromkeys(problems)))
@@ -713,6 +717,45 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     )
     params._source = str(path)
     return params
+
+
+def dvc_params_problems(raw: dict, dvc_yaml: Path) -> list[str]:
+    """The keys that dvc.yaml's stages track (their `params:`) and params.yaml lacks. DVC
+    refuses to run such a stage only when it gets there, after the stages before it ran; the
+    schema's defaults do not help, since DVC reads the file itself. Reported here, before any
+    stage runs, with the first stage that needs each key."""
+    try:
+        stages = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages") or {}
+    except (OSError, yaml.YAMLError):
+        return []  # DVC reports the problems of its own file
+    needed: dict[str, str] = {}  # key -> the first stage that tracks it
+    for name, stage in stages.items():
+        if not isinstance(stage, dict):
+            continue
+        body, items = stage, [(None, None)]
+        if "foreach" in stage:  # `foreach: ${datasets}` or `${experiments}`
+            over = raw.get(str(stage["foreach"]).strip("${} "))
+            body, items = (
+                stage.get("do") or {},
+                list(over.items()) if isinstance(over, dict) else [],
+            )
+        for key, item in items:
+            for param in body.get("params") or []:
+                if not isinstance(param, str):
+                    continue  # {file: [keys]}: another params file
+                if key is not None:
+                    param = param.replace("${key}", str(key))
+                    if isinstance(item, dict):
+                        param = param.replace("${item.dataset}", str(item.get("dataset")))
+                if "${" not in param:
+                    needed.setdefault(param, name if key is None else f"{name}@{key}")
+    return [
+        f"{param}: missing; dvc.yaml's stage {stage} tracks it, and `dvc repro` would stop "
+        f"there. Add it to params.yaml (for a section, `{param.rsplit('.', 1)[-1]}: {{}}` "
+        "keeps every default)"
+        for param, stage in needed.items()
+        if not has_path(raw, param.split("."))
+    ]
 
 
 def _compatibility(where: str, exp: ExperimentParams, dataset) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import json
 import math
 import os
@@ -307,6 +308,16 @@ def load_tensors(path: Path) -> dict:
         ) from None
 
 
+def save_tensors(path: Path, obj: dict) -> None:
+    """`torch.save` of `obj` to `path`, atomically and byte for byte the same for the same
+    tensors: torch names the entries inside its zip file after the file written to, so it
+    writes to memory first rather than to a temporary file with a random name."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with atomic.atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getbuffer())
+
+
 def config_key(config: dict) -> str:
     """A stable fingerprint of a resolved config: a checkpoint only resumes the same run."""
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
@@ -510,5 +521,4 @@ def _save_checkpoint(
         "best_weights": best_weights,
         "state": state,
     }
-    with atomic.atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
+    save_tensors(path, ckpt)

@@ -229,3 +229,30 @@ def test_check_marks_what_dvc_status_reports_out_of_date(tmp_path):
     proc = run([sys.executable, "-m", "pipeline", "check"], outside)
     assert "[will run]" not in proc.stdout and "[up to date]" not in proc.stdout
     assert "would run" not in proc.stdout
+
+
+@pytest.mark.parametrize("key", ["tune", "device", "evaluate"])
+def test_a_key_dvc_yaml_tracks_is_required_by_check_and_by_every_stage(tmp_path, capsys, key):
+    """The schema has defaults for these, but DVC reads params.yaml itself and refuses a stage
+    whose tracked params are missing, after running the stages before it: check says so first,
+    and so does every stage, before any work."""
+    import shutil
+
+    from pipeline.stages import ingest
+
+    raw = shipped_params()
+    del raw["defaults"][key]
+    shutil.copy2(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    path = write_params(tmp_path / "params.yaml", raw)
+    proc = run_check(ROOT, "--params", str(path), "--no-status")
+    assert proc.returncode == 2
+    assert f"defaults.{key}: missing; dvc.yaml's stage " in proc.stderr
+    assert f"(for a section, `{key}: {{}}` keeps every default)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert ingest.main(["digits", "--params", str(path)]) == 2
+    assert f"defaults.{key}: missing" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dvc.yaml", "params.yaml"]
+    # an empty section keeps the defaults and is what DVC needs
+    raw["defaults"][key] = {} if key != "device" else "auto"
+    write_params(path, raw)
+    assert run_check(ROOT, "--params", str(path), "--no-status").returncode == 0

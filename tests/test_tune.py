@@ -635,7 +635,7 @@ def test_workers_started_apart_share_one_postgresql_study(project, postgres):
     their own (as on three machines) join the study the stage creates; one is killed mid-trial
     and its trial is retried from the stale heartbeat; the study ends with exactly n_trials."""
     url = postgres.create_database("optuna_workers")
-    raw = params_with(storage=url, workers=1, n_trials=6, pruner="none")
+    raw = params_with(storage=url, workers=1, n_trials=10, pruner="none")
     # trials of a few seconds, so that the joined workers (starting beside the stage) get some
     raw["defaults"]["train"].update(epochs=30, batch_size=32)
     write_params(project / "params.yaml", raw)
@@ -649,8 +649,9 @@ def test_workers_started_apart_share_one_postgresql_study(project, postgres):
     ]
     stage = tune_stage(project, raw, wait=False)
 
+    storage = tuning.open_storage(url, 1)  # one connection pool for all the polling below
+
     def study():
-        storage = tuning.open_storage(url, 1)
         names = optuna.get_all_study_names(storage)
         return optuna.load_study(study_name=names[0], storage=storage) if names else None
 
@@ -678,7 +679,7 @@ def test_workers_started_apart_share_one_postgresql_study(project, postgres):
     assert [w.returncode for w in workers if w is not killed] == [0, 0], outputs
     trials = study().get_trials()
     assert not [t for t in trials if t.state.name == "RUNNING"]
-    assert len(tuning.finished(trials)) == 6
+    assert len(tuning.finished(trials)) == 10
     assert trials[victim.number].state.name == "FAIL"
     [retry] = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
     assert retry.params == victim.params and retry.state.name == "COMPLETE"

@@ -113,7 +113,6 @@ def run(params: Params, experiment: str):
 def train(exp: ExperimentParams, tuned: dict, experiment: str) -> dict:
     """Fit the resolved experiment and write its outputs (in a torchrun worker: train its
     shard; rank 0 alone logs to MLflow and writes files)."""
-    import torch
 
     from pipeline import engine
 
@@ -201,8 +200,7 @@ def train(exp: ExperimentParams, tuned: dict, experiment: str) -> dict:
                     run, model, saved, schema, exp.model.name, name, arrays["train_x"][:4]
                 ),
             }
-        with atomic.atomic_path(paths.model_file(experiment)) as tmp:
-            torch.save(saved, tmp)
+        engine.save_tensors(paths.model_file(experiment), saved)
         atomic.write_text(paths.history_file(experiment), history_csv(result.history))
         atomic.write_text(
             paths.resolved_config_file(experiment), yaml.safe_dump(config, sort_keys=False)

@@ -80,6 +80,7 @@ CASES = [
         "experiments.mlp_digits: expected a mapping",
     ),
     ("missing datasets section", edit(datasets=DELETE), "datasets: missing section"),
+    ("no experiment", edit(experiments={}), "experiments: empty; declare at least one"),
     (
         "table without a path",
         edit(datasets__digits={"source": "table", "target": "y"}),

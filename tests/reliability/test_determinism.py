@@ -77,3 +77,24 @@ def test_verify_determinism_command_on_a_real_project(tmp_path):
     assert "mlp_digits: deterministic" in out and "3 epochs of metrics are bit-identical" in out
     missing = run(["python", "-m", "pipeline", "verify-determinism", "nope"], project, check=False)
     assert missing.returncode == 2 and "'nope' is not in params.yaml" in missing.stderr
+
+
+def test_retraining_writes_the_same_model_and_checkpoint_bytes(tmp_path):
+    """DVC compares outputs by md5: the same training (seed, data, params) must write the same
+    files, or every retrained model looks changed."""
+    import hashlib
+
+    from pipeline import paths
+    from tests.conftest import run_stage
+
+    project = make_project(tmp_path / "project", TINY)
+    for stage in ("ingest", "preprocess"):
+        run_stage(project, stage, "digits")
+    outputs = [paths.model_file("mlp_digits"), paths.checkpoint_file("mlp_digits")]
+    digests = []
+    for _ in range(2):
+        for path in outputs:
+            (project / path).unlink(missing_ok=True)
+        run_stage(project, "train", "mlp_digits")
+        digests.append([hashlib.md5((project / p).read_bytes()).hexdigest() for p in outputs])
+    assert digests[0] == digests[1]

@@ -4,10 +4,15 @@ metrics, and its MLflow runs land in the project's store (not the queue's tempor
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
+from benchmarks.common import venv_env
 from tests.conftest import TINY, make_project, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -18,6 +23,26 @@ QUEUED = {
     **TINY,
     "defaults": {**TINY["defaults"], "train": {"epochs": 3, "optimizer": {"lr": 0.001}}},
 }
+
+
+def start_queue(project: Path, jobs: int) -> None:
+    """`dvc queue start`: it returns once its detached workers run. They inherit its output,
+    so it writes to a file rather than to a pipe this process would read until they exit."""
+    with (project.parent / "queue-start.log").open("w") as log:
+        cmd = ["dvc", "queue", "start", "-j", str(jobs)]
+        code = subprocess.run(cmd, cwd=project, env=venv_env(), stdout=log, stderr=log).returncode
+    assert code == 0, (project.parent / "queue-start.log").read_text()
+
+
+def kill_processes_in(folder: Path) -> None:
+    """Kill whatever still runs in `folder` (a queue worker that did not stop)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if Path(os.readlink(entry / "cwd")) == folder:
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except OSError:  # gone, or not ours to read
+                pass
 
 
 def finished_experiments(project) -> dict[str, dict]:
@@ -41,7 +66,7 @@ def test_four_queued_experiments_run_two_at_a_time(tmp_path):
     for i, rate in enumerate(RATES):
         setting = f"defaults.train.optimizer.lr={rate}"
         run(["dvc", "exp", "run", "--queue", "-n", f"lr-{i}", "-S", setting], project)
-    run(["dvc", "queue", "start", "-j", "2"], project)
+    start_queue(project, 2)
     deadline = time.monotonic() + 900
     try:
         while True:
@@ -52,6 +77,7 @@ def test_four_queued_experiments_run_two_at_a_time(tmp_path):
             time.sleep(5)
     finally:
         run(["dvc", "queue", "stop"], project, check=False)
+        kill_processes_in(project)
     assert status.count("Success") == len(RATES), status
 
     done = finished_experiments(project)
