@@ -519,7 +519,10 @@ def test_prefect_yaml_deploys_to_a_process_pool_whose_worker_runs_the_flow(
     try:
         with get_client(sync_client=True) as client:
             for _ in range(120):
-                if "pipeline" in {d.name for d in client.read_deployments()}:
+                # live: an earlier test's serve left it paused at its shutdown, and this serve
+                # process takes it over (unpaused) only once it is up
+                live = [d for d in client.read_deployments() if d.name == "pipeline"]
+                if live and not live[0].paused:
                     break
                 assert served.poll() is None, served.stdout.read()
                 time.sleep(0.5)
