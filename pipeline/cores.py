@@ -56,7 +56,7 @@ def share() -> int:
     """cores // the registered processes that are alive (the files of dead ones are removed)."""
     live = 0
     for entry in REGISTRY.glob("[0-9]*"):
-        if _alive(int(entry.name)):
+        if alive(int(entry.name)):
             live += 1
         else:
             entry.unlink(missing_ok=True)
@@ -82,7 +82,8 @@ def for_children(children: int) -> dict[str, str]:
     return {**dict.fromkeys(THREAD_VARS, str(max(1, own // children))), SHARED: ""}
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (by `kill(pid, 0)`)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from pipeline import paths
+from pipeline import cores, paths
 from pipeline.config import TrackingParams
 
 SECRET = re.compile(
@@ -56,16 +56,6 @@ def owner_tags() -> dict[str, str]:
     return {TAG_PREFIX + k: v for k, v in owner.items()}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
 def close_orphaned_runs(client, experiment_id: str) -> list[str]:
     """End KILLED the runs of this project on this machine left RUNNING by a process that is
     gone (killed with SIGKILL, or the machine went down); returns their ids."""
@@ -78,7 +68,7 @@ def close_orphaned_runs(client, experiment_id: str) -> list[str]:
     closed = []
     for run in client.search_runs([experiment_id], filter_string=query, max_results=1000):
         pid = int(run.data.tags.get(TAG_PREFIX + "pid", "0"))
-        if pid and pid != os.getpid() and not _alive(pid):
+        if pid and pid != os.getpid() and not cores.alive(pid):
             client.set_terminated(run.info.run_id, "KILLED")
             closed.append(run.info.run_id)
     return closed

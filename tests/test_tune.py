@@ -417,7 +417,7 @@ def test_a_worker_killed_holding_the_journal_lock_does_not_block_the_others(tmp_
 
 def alive(pid: int) -> bool:
     """Running, zombies counted as gone (an orphan's reaper may be slow to collect it), which
-    is why this is not `tracking._alive`."""
+    is why this is not `cores.alive`."""
     import psutil
 
     try:
