@@ -46,8 +46,9 @@ def params(epochs: int) -> dict:
     return raw
 
 
-def train_stages(workdir: Path, env: dict) -> tuple[float, list[dict]]:
-    """Start the train stage of every experiment, wait for all: (wall seconds, summaries)."""
+def train_stages(workdir: Path, env: dict, names=EXPERIMENTS) -> tuple[float, list[dict]]:
+    """Start the train stage of every experiment in `names` at once and wait for all:
+    (wall seconds, their train.json summaries)."""
     start = time.perf_counter()
     procs = [
         subprocess.Popen(
@@ -57,31 +58,20 @@ def train_stages(workdir: Path, env: dict) -> tuple[float, list[dict]]:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        for name in EXPERIMENTS
+        for name in names
     ]
     for proc in procs:
         _, err = proc.communicate()
         if proc.returncode != 0:
             raise SystemExit(f"concurrency_bench: a train stage failed:\n{err.decode()[-3000:]}")
     seconds = time.perf_counter() - start
-    return seconds, [summary(workdir, name) for name in EXPERIMENTS]
+    return seconds, [summary(workdir, name) for name in names]
 
 
 def in_sequence(workdir: Path, env: dict) -> tuple[float, list[dict]]:
-    start = time.perf_counter()
-    summaries = []
-    for name in EXPERIMENTS:
-        proc = subprocess.run(
-            [sys.executable, "-m", "pipeline.stages.train", name],
-            cwd=workdir,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode != 0:
-            raise SystemExit(f"concurrency_bench: train@{name} failed:\n{proc.stderr[-3000:]}")
-        summaries.append(summary(workdir, name))
-    return time.perf_counter() - start, summaries
+    """The same stages one after the other."""
+    runs = [train_stages(workdir, env, [name]) for name in EXPERIMENTS]
+    return sum(seconds for seconds, _ in runs), [s for _, [s] in runs]
 
 
 def summary(workdir: Path, name: str) -> dict:

@@ -39,9 +39,9 @@ def join() -> int:
     """Take this process's share of the cores before torch or NumPy start their thread pools
     (they read the variables set here once, when first imported); returns the thread count."""
     global _dynamic
-    fixed = os.environ.get("OMP_NUM_THREADS")
+    fixed = _omp_threads()
     if fixed and not os.environ.get(SHARED):
-        return max(1, int(fixed))
+        return fixed
     REGISTRY.mkdir(parents=True, exist_ok=True)
     entry = REGISTRY / str(os.getpid())
     entry.touch()
@@ -78,8 +78,18 @@ def rebalance() -> int:
 def for_children(children: int) -> dict[str, str]:
     """The environment that gives each of `children` CPU processes this one starts (tune
     workers, DDP workers) a fixed part of this process's own threads."""
-    own = int(os.environ.get("OMP_NUM_THREADS") or available())
-    return {**dict.fromkeys(THREAD_VARS, str(max(1, own // children))), SHARED: ""}
+    return {**dict.fromkeys(THREAD_VARS, str(max(1, own_threads() // children))), SHARED: ""}
+
+
+def own_threads() -> int:
+    """The threads this process may use: its `OMP_NUM_THREADS`, else every available core."""
+    return _omp_threads() or available()
+
+
+def _omp_threads() -> int | None:
+    """`OMP_NUM_THREADS` as a count (its first level: OpenMP also takes "4,2"), or None."""
+    first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return max(1, int(first)) if first.isdigit() else None
 
 
 def alive(pid: int) -> bool:

@@ -502,8 +502,7 @@ def worker_envs(workers: int) -> list[dict[str, str]]:
     import torch
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    cpus = int(os.environ.get("OMP_NUM_THREADS") or cores.available())
-    return [worker_env(i, workers, gpus, cpus) for i in range(workers)]
+    return [worker_env(i, workers, gpus, cores.own_threads()) for i in range(workers)]
 
 
 # ---- results ----------------------------------------------------------------------------------

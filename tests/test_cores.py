@@ -65,6 +65,8 @@ def test_a_fixed_thread_count_is_kept_and_children_split_it(registry, monkeypatc
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "1"
     assert env[cores.SHARED] == ""  # the children's count is fixed, not inherited as a share
     assert cores.for_children(2)["OMP_NUM_THREADS"] == "3"
+    monkeypatch.setenv("OMP_NUM_THREADS", "4,2")  # OpenMP's nested form: the first level
+    assert cores.join() == 4 and cores.for_children(2)["OMP_NUM_THREADS"] == "2"
 
 
 def test_a_child_of_a_registered_process_takes_a_share_not_a_fixed_count(

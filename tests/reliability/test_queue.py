@@ -3,6 +3,7 @@ metrics, and its MLflow runs land in the project's store (not the queue's tempor
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -12,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.common import venv_env
-from tests.conftest import TINY, make_project, run
+from tests.conftest import TINY, make_project, run, venv_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -37,12 +37,10 @@ def start_queue(project: Path, jobs: int) -> None:
 def kill_processes_in(folder: Path) -> None:
     """Kill whatever still runs in `folder` (a queue worker that did not stop)."""
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if Path(os.readlink(entry / "cwd")) == folder:
-                    os.kill(int(entry.name), signal.SIGKILL)
-            except OSError:  # gone, or not ours to read
-                pass
+        # OSError: the process is gone, or not ours to read
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and Path(os.readlink(entry / "cwd")) == folder:
+                os.kill(int(entry.name), signal.SIGKILL)
 
 
 def finished_experiments(project) -> dict[str, dict]:
