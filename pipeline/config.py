@@ -259,6 +259,17 @@ MODEL_TASKS = {
     "diffusion": ("classification",),
 }
 GENERATIVE = ("vae", "gan", "diffusion")
+# the validation metrics each task reports, for early stopping and tuning (the task classes in
+# tasks.py and generative.py declare theirs from here, so `check` knows them without torch)
+VAL_METRICS = {
+    "classification": ("val/loss", "val/accuracy"),
+    "forecasting": ("val/loss", "val/rmse"),
+    "regression": ("val/loss", "val/rmse"),
+    "language_model": ("val/loss", "val/perplexity"),
+    "vae": ("val/loss", "val/recon", "val/kl"),
+    "diffusion": ("val/loss",),
+    "gan": ("val/loss", "val/d_loss", "val/diversity"),
+}
 
 
 # ---- training, evaluation, tracking ---------------------------------------------------------
@@ -701,6 +712,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
             )
         elif exp is not None and datasets.get(exp.dataset) is not None:
             problems += _compatibility(where, exp, datasets[exp.dataset])
+            problems += _metric_problems(where, overrides, exp, datasets[exp.dataset])
         if exp is not None and exp.tune.enabled:
             problems += _space_problems(where, merged, exp.tune)
         experiments[name] = exp
@@ -772,6 +784,28 @@ def _compatibility(where: str, exp: ExperimentParams, dataset) -> list[str]:
     return [
         f"{where}.model.name: {exp.model.name!r} cannot learn dataset {exp.dataset!r} ({task}); "
         f"models for {task}: {fits}"
+    ]
+
+
+def _metric_problems(where: str, overrides: dict, exp: ExperimentParams, dataset) -> list[str]:
+    """Early stopping and tuning must watch a metric the experiment's task reports; training
+    would stop on it only after tuning ran. Each problem names the section that set the key."""
+    if exp.model.name in GENERATIVE:
+        tasks = [exp.model.name]
+    else:
+        task = DATASET_TASK[dataset.source] or getattr(dataset, "task", "auto")
+        task = {"text_classification": "classification"}.get(task, task)
+        tasks = ["classification", "regression"] if task == "auto" else [task]
+    reported = tuple(dict.fromkeys(m for t in tasks for m in VAL_METRICS[t]))
+    watched = [(("train", "early_stopping", "metric"), exp.train.early_stopping.metric)]
+    if exp.tune.enabled:
+        watched += [(("tune", "metric"), m) for m in exp.tune.metrics() if m.startswith("val/")]
+    return [
+        f"{where if has_path(overrides, keys) else 'defaults'}.{'.'.join(keys)}: "
+        f"{metric!r} is not reported when {exp.model.name} learns dataset "
+        f"{exp.dataset!r}; choose from {', '.join(reported)}"
+        for keys, metric in watched
+        if metric not in reported
     ]
 
 

@@ -10,7 +10,7 @@ import torch
 from torch.nn import functional as F
 
 from pipeline import plots
-from pipeline.config import ExperimentParams, TrainParams
+from pipeline.config import VAL_METRICS, ExperimentParams, TrainParams
 from pipeline.engine import Batches, build_optimizer, optimizer_step
 from pipeline.errors import PipelineError
 from pipeline.evaluation import Evaluation, sample_quality
@@ -35,7 +35,7 @@ class ImageScale:
 
 
 class VAETask(SupervisedTask):
-    val_metrics = ("val/loss", "val/recon", "val/kl")
+    val_metrics = VAL_METRICS["vae"]
 
     def __init__(self, cfg: TrainParams, schema: dict):
         super().__init__(cfg, schema)
@@ -61,7 +61,7 @@ class VAETask(SupervisedTask):
 
 
 class DiffusionTask(SupervisedTask):
-    val_metrics = ("val/loss",)
+    val_metrics = VAL_METRICS["diffusion"]
 
     def __init__(self, cfg: TrainParams, schema: dict):
         super().__init__(cfg, schema)
@@ -84,7 +84,7 @@ class GANTask:
     """Adversarial training: `d_steps` discriminator steps per generator step, one-sided
     label smoothing, separate optimizers, and a collapse detector."""
 
-    val_metrics = ("val/loss", "val/d_loss", "val/diversity")
+    val_metrics = VAL_METRICS["gan"]
 
     def __init__(self, cfg: TrainParams, schema: dict):
         self.cfg, self.adv = cfg, cfg.adversarial

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pipeline.config import TrainParams
+from pipeline.config import VAL_METRICS, TrainParams
 from pipeline.engine import Batches, build_optimizer, optimizer_step, predict
 from pipeline.errors import PipelineError
 
@@ -75,7 +75,7 @@ def l1_penalty(model: nn.Module) -> torch.Tensor:
 
 
 class Classification(SupervisedTask):
-    val_metrics = ("val/loss", "val/accuracy")
+    val_metrics = VAL_METRICS["classification"]
 
     def __init__(self, cfg: TrainParams, schema: dict):
         super().__init__(cfg, schema)
@@ -103,7 +103,7 @@ class Classification(SupervisedTask):
 class Forecasting(SupervisedTask):
     """Predict the next `horizon` values of a scaled series; loss is MSE."""
 
-    val_metrics = ("val/loss", "val/rmse")
+    val_metrics = VAL_METRICS["forecasting"]
 
     def loss(self, model, xb, yb):
         return F.mse_loss(model(xb), yb)
@@ -116,7 +116,7 @@ class Forecasting(SupervisedTask):
 class LanguageModel(SupervisedTask):
     """Next-token prediction at every step; perplexity = exp(mean loss per token)."""
 
-    val_metrics = ("val/loss", "val/perplexity")
+    val_metrics = VAL_METRICS["language_model"]
 
     def loss(self, model, xb, yb):
         return F.cross_entropy(model(xb).flatten(0, 1), yb.flatten())

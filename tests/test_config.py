@@ -256,3 +256,36 @@ def test_a_key_dvc_yaml_tracks_is_required_by_check_and_by_every_stage(tmp_path,
     raw["defaults"][key] = {} if key != "device" else "auto"
     write_params(path, raw)
     assert run_check(ROOT, "--params", str(path), "--no-status").returncode == 0
+
+
+def test_check_refuses_a_metric_the_task_does_not_report(tmp_path):
+    """Train and tune would refuse these only when they start (train: after tuning ran)."""
+
+    def mutate(raw):
+        raw["defaults"]["train"]["early_stopping"]["metric"] = "val/los"
+        raw["experiments"]["cnn_digits"]["tune"]["metric"] = "val/rmse"
+        raw["experiments"]["vae_digits"]["train"] = {"early_stopping": {"metric": "val/recon"}}
+        raw["experiments"]["gan_digits"]["train"] = {"early_stopping": {"metric": "val/kl"}}
+
+    found = problems_for(tmp_path, mutate)
+    assert (
+        "defaults.train.early_stopping.metric: 'val/los' is not reported when mlp learns "
+        "dataset 'digits'; choose from val/loss, val/accuracy"
+    ) in found
+    assert any(p.startswith("experiments.cnn_digits.tune.metric: 'val/rmse'") for p in found)
+    assert any(
+        p.startswith("experiments.gan_digits.train.early_stopping.metric: 'val/kl' ")
+        and p.endswith("choose from val/loss, val/d_loss, val/diversity")
+        for p in found
+    )
+    # the VAE's own metric is fine for it
+    assert not any(p.startswith("experiments.vae_digits.") for p in found)
+    proc = run_check(ROOT, "--params", str(tmp_path / "params.yaml"), "--no-status")
+    assert proc.returncode == 2 and "'val/los' is not reported" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_no_experiments_is_refused(tmp_path):
+    found = problems_for(tmp_path, lambda raw: raw.update(experiments={}))
+    assert "experiments: empty; declare at least one (a dataset and a model)" in found
