@@ -339,6 +339,7 @@ def stratified_split(
     from sklearn.model_selection import train_test_split
 
     counts = np.bincount(y, minlength=len(classes))
+    require_two_classes(dataset, classes, counts)
     few = [f"{classes[i]!r} ({c})" for i, c in enumerate(counts) if c < 3]
     if few:
         raise PipelineError(
@@ -351,6 +352,19 @@ def stratified_split(
         rest, test_size=val / (1 - test), stratify=y[rest], random_state=seed
     )
     return {"train": np.sort(train_idx), "val": np.sort(val_idx), "test": np.sort(test_idx)}
+
+
+def require_two_classes(dataset: str, classes: list[str], counts) -> None:
+    """A classifier of one class learns nothing, and evaluation cannot score it; stop before
+    anything is trained or registered."""
+    present = [(name, int(n)) for name, n in zip(classes, counts, strict=True) if n > 0]
+    if len(present) < 2:
+        found = ", ".join(f"{name!r}: {n}" for name, n in present) or "no samples"
+        raise PipelineError(
+            f"datasets.{dataset}: one class only ({found}); a classifier needs samples of at "
+            "least two classes: add another class (an image folder: one sub-folder per class) "
+            "or choose another target"
+        )
 
 
 def raw_meta(name: str) -> dict:

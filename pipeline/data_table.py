@@ -119,7 +119,7 @@ def preprocess(name: str, cfg) -> Path:
     import pandas as pd
     import pyarrow.parquet as pq
 
-    from pipeline.data import SplitWriter, write_schema
+    from pipeline.data import SplitWriter, require_two_classes, write_schema
 
     table = pq.ParquetFile(paths.raw_dir(name) / RAW_TABLE, pre_buffer=False)
     names = table.schema_arrow.names
@@ -135,15 +135,33 @@ def preprocess(name: str, cfg) -> Path:
         targets.append(compact(frame[cfg.target]))
         if cfg.group:
             groups.append(compact(frame[cfg.group]))
-    keep = apply_nan_policy(name, counts, np.concatenate(bad_rows), cfg.nan, cfg.target)
+    bad_rows = np.concatenate(bad_rows)
+    empty = [c for c in features if counts[c] == len(bad_rows)]
+    if empty:
+        raise PipelineError(
+            f"datasets.{name}: feature column(s) {', '.join(map(repr, empty))} hold no value in "
+            f"any of the {len(bad_rows)} rows; "
+            + (
+                f"leave them out of datasets.{name}.features"
+                if cfg.features
+                else f"list the columns to learn from in datasets.{name}.features"
+            )
+        )
+    keep = apply_nan_policy(name, counts, bad_rows, cfg.nan, cfg.target)
     target = concat(targets)[keep].reset_index(drop=True)
     group = concat(groups)[keep].reset_index(drop=True) if groups else None
 
     task = infer_task(target) if cfg.task == "auto" else cfg.task
     if task == "classification":
         classes, y = class_codes(target)
+        require_two_classes(name, classes, np.bincount(y, minlength=len(classes)))
     else:
         classes, y = [], target.to_numpy(np.float32)
+        if len(y) and y.min() == y.max():
+            raise PipelineError(
+                f"datasets.{name}: target {cfg.target!r} is constant ({y[0]:g} in all "
+                f"{len(y)} rows); there is nothing to learn: choose another target column"
+            )
     if group is not None and isinstance(group.dtype, pd.CategoricalDtype):
         group = pd.Series(group.cat.codes)  # the same grouping, without the labels
     splits = split_rows(name, cfg, y, group, classes)
