@@ -10,6 +10,7 @@ from torch import nn
 
 from pipeline.config import Corruption, EvaluateParams
 from pipeline.engine import Batches
+from pipeline import evaluation
 from pipeline.evaluation import baseline_classifier, robustness
 from pipeline.metrics import classification_intervals, interval_half_width, rmse_interval
 from tests.conftest import ROOT
@@ -86,3 +87,32 @@ def test_robustness_without_corruptions_does_not_import_torchvision():
 def test_unknown_corruption_is_rejected():
     with pytest.raises(ValueError, match="gaussian_noise"):
         EvaluateParams(corruptions=[{"name": "blur", "severity": 1}])
+
+
+def test_regression_stands_beside_ridge_and_the_train_mean():
+    """On scikit-learn's diabetes table a ridge regression beats the train mean by far; the
+    better of the two is the reported baseline. A model that predicts the train mean is then
+    worse than the baseline, by the ratio of the two baselines' errors."""
+    from sklearn.datasets import load_diabetes
+
+    x, y = load_diabetes(return_X_y=True)
+    x = ((x - x[:300].mean(0)) / x[:300].std(0)).astype(np.float32)
+    mean, std = float(y[:300].mean()), float(y[:300].std())
+    scaled = ((y - mean) / std).astype(np.float32)[:, None]
+    schema = {"scaler": {"mean": mean, "std": std}}
+    train = (x[:300], scaled[:300])
+    test = Batches(x[300:], scaled[300:], 64, device="cpu", shuffle=False)
+
+    class Zero(nn.Module):  # scaled zero: the train mean
+        def forward(self, xb):
+            return torch.zeros(len(xb), 1)
+
+    result = evaluation.regression(Zero(), test, schema, "diabetes", train)
+    ridge, mean_only = (result.details["baselines"][k] for k in ("ridge", "train_mean"))
+    assert result.details["baseline"] == "ridge"
+    assert ridge["rmse"] < 0.8 * mean_only["rmse"]
+    assert result.metrics["test/rmse"] == pytest.approx(mean_only["rmse"], rel=1e-5)
+    assert result.metrics["test/baseline_rmse"] == ridge["rmse"]
+    ratio = result.metrics["test/rmse_ratio_baseline"]
+    assert ratio == pytest.approx(mean_only["rmse"] / ridge["rmse"], rel=1e-5) and ratio > 1.2
+    assert result.metrics["test/rmse_ratio_mean"] == pytest.approx(1.0, rel=1e-5)

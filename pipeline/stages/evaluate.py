@@ -34,7 +34,8 @@ def run(params: Params, experiment: str) -> dict[str, float]:
         if exp.model.name == "cnn":
             result.figures.update(evaluation.cnn_insight(model, batches.x, experiment))
     elif kind == "regression":
-        result = evaluation.regression(model, batches, schema, experiment)
+        train = data.load_split(exp.dataset, "train")
+        result = evaluation.regression(model, batches, schema, experiment, train)
     elif kind == "language_model":
         counts = data.load_arrays(exp.dataset, "train")["char_counts"]
         result = evaluation.language_model(model, batches, counts, schema, experiment)
