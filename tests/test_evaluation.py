@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from pipeline import evaluation
 from pipeline.config import Corruption, EvaluateParams
 from pipeline.engine import Batches
-from pipeline import evaluation
 from pipeline.evaluation import baseline_classifier, robustness
 from pipeline.metrics import classification_intervals, interval_half_width, rmse_interval
 from tests.conftest import ROOT
