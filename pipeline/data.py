@@ -162,6 +162,8 @@ def preprocess(name: str, cfg: DatasetParams) -> Path:
         },
         "split": cfg.split.model_dump(),
     }
+    if "skipped_unreadable" in meta:  # image folders
+        schema["skipped_unreadable"] = meta["skipped_unreadable"]
     # `index`: each sample's row in data/raw/<name>, so a split can be found in the raw data
     out = {s: {"x": x[i], "y": y[i], "index": i} for s, i in splits.items()}
     _write_processed(name, out, schema, prep)
@@ -352,6 +354,36 @@ def stratified_split(
         rest, test_size=val / (1 - test), stratify=y[rest], random_state=seed
     )
     return {"train": np.sort(train_idx), "val": np.sort(val_idx), "test": np.sort(test_idx)}
+
+
+def handling_notes(described: dict) -> list[str]:
+    """One line per thing ingest or preprocess did to the user's data that the numbers alone
+    would hide (skipped files, filled or dropped values), from raw meta.json or schema.json."""
+    notes = []
+    skipped = described.get("skipped_unreadable") or []
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (
+            f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        )
+        notes.append(f"skipped {len(skipped)} unreadable image(s): {shown}")
+    missing = described.get("missing_values") or {}
+    policy = described.get("nan_policy")
+    numeric = set(described.get("encoding", {}).get("numeric", []))
+    filled = {c: n for c, n in missing.items() if c in numeric}
+    if policy == "drop" and missing:
+        per_column = ", ".join(f"{col}: {n}" for col, n in missing.items())
+        notes.append(
+            f"dropped {described['rows_dropped']} row(s) with missing values ({per_column})"
+        )
+    elif policy in ("impute_mean", "impute_median") and filled:
+        counts = [f"{n} in {col}" for col, n in filled.items()]
+        counts[0] = counts[0].replace(" in ", " value(s) in ", 1)
+        how = policy.removeprefix("impute_")
+        notes.append(f"imputed {', '.join(counts)} ({how} of the train split)")
+    if policy in ("impute_mean", "impute_median") and len(filled) < len(missing):
+        empty = ", ".join(f"{n} in {c}" for c, n in missing.items() if c not in filled)
+        notes.append(f"left missing categories as no category (all-zero one-hot): {empty}")
+    return notes
 
 
 def require_two_classes(dataset: str, classes: list[str], counts) -> None:

@@ -192,6 +192,8 @@ def preprocess(name: str, cfg) -> Path:
         "counts": {s: len(i) for s, i in splits.items()},
         "encoding": {"numeric": prep.numeric, "stats": prep.stats, "categorical": prep.categorical},
         "nan_policy": cfg.nan,
+        "missing_values": {col: int(n) for col, n in counts.items() if n > 0},
+        "rows_dropped": int((~keep).sum()),
     }
     if classes:
         schema.update(

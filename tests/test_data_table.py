@@ -72,6 +72,7 @@ def test_parquet_regression_imputes_with_train_means(workdir):
     frame.drop(columns=["churn", "customer"]).to_parquet("houses.parquet")
     schema = run("houses", table("houses.parquet", target="price", nan="impute_mean"))
     assert schema["task"] == "regression" and schema["horizon"] == 1
+    assert schema["missing_values"] == {"charges": 3}  # NaN and inf alike
     for split in paths.SPLITS:
         x, y = data.load_split("houses", split)
         assert np.isfinite(x).all() and np.isfinite(y).all()
@@ -89,6 +90,14 @@ def test_nan_policy_fail_reports_per_column_and_drop_drops(workdir):
     assert not paths.processed_dir("churn").exists()  # nothing written
     schema = run("churn", table("churn.csv", target="churn", nan="drop"))
     assert sum(schema["counts"].values()) == len(frame) - 3
+    assert data.handling_notes(schema) == [
+        "dropped 3 row(s) with missing values (tenure: 2, contract: 1)"
+    ]
+    schema = run("churn", table("churn.csv", target="churn", nan="impute_median"))
+    assert data.handling_notes(schema) == [
+        "imputed 2 value(s) in tenure (median of the train split)",
+        "left missing categories as no category (all-zero one-hot): 1 in contract",
+    ]
 
 
 def test_group_column_keeps_each_group_in_one_split(workdir):

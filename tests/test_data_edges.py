@@ -1,6 +1,8 @@
-"""Data a model cannot learn from stops at preprocess under a real `dvc repro`: one message
-naming the dataset and what is wrong, and nothing trained, written or registered."""
+"""Users' own data under a real `dvc repro`: what cannot be learned from stops at preprocess
+with one message (nothing trained, written or registered); what was skipped or filled is
+said on the console, in schema.json and on the MLflow run."""
 
+import json
 import sqlite3
 
 import numpy as np
@@ -76,3 +78,56 @@ def test_degenerate_data_stops_at_preprocess(tmp_path, make_data, message):
     with sqlite3.connect(project / "mlflow.db") as db:  # ingest and preprocess were tracked
         assert db.execute("select count(*) from runs").fetchone()[0] == 2
         assert db.execute("select count(*) from registered_models").fetchone()[0] == 0
+
+
+def test_skipped_images_and_filled_values_are_reported_where_users_look(tmp_path):
+    project = tmp_path / "p"
+    project.mkdir()
+    folder = one_class_folder(project)
+    (project / "imgs/dog").mkdir()
+    for i in range(12):
+        (project / f"imgs/dog/{i}.png").write_bytes((project / f"imgs/cat/{i}.png").read_bytes())
+    (project / "imgs/dog/broken.png").write_bytes(b"not a png")
+    rng = np.random.default_rng(0)
+    wine = pd.DataFrame(
+        {"alcohol": rng.normal(13, 1, 60), "magnesium": rng.normal(100, 10, 60), "y": [0, 1] * 30}
+    )
+    wine.loc[[1, 5, 9, 20, 30], "alcohol"] = np.nan
+    wine.loc[[2, 4], "magnesium"] = np.nan
+    wine.to_csv(project / "wine.csv", index=False)
+    params = {
+        **TINY,
+        "datasets": {
+            "imgs": {**folder, "max_bad_fraction": 0.1},
+            "wine": {"source": "table", "path": "wine.csv", "target": "y", "nan": "impute_median"},
+        },
+        "experiments": {"mlp_wine": {"dataset": "wine"}},
+    }
+    make_project(project, params)
+    out = run(["dvc", "repro", "preprocess@imgs", "preprocess@wine"], project).stdout
+    assert "preprocess@imgs: skipped 1 unreadable image(s): imgs/dog/broken.png\n" in out
+    expected = "imputed 5 value(s) in alcohol, 2 in magnesium (median of the train split)"
+    assert f"preprocess@wine: {expected}\n" in out
+    schema = json.loads((project / "data/processed/wine/schema.json").read_text())
+    assert schema["missing_values"] == {"alcohol": 5, "magnesium": 2}
+    assert schema["nan_policy"] == "impute_median" and schema["rows_dropped"] == 0
+    schema = json.loads((project / "data/processed/imgs/schema.json").read_text())
+    assert schema["skipped_unreadable"] == ["imgs/dog/broken.png"]
+    with sqlite3.connect(project / "mlflow.db") as db:
+        tags = dict(
+            db.execute(
+                "select r.name, t.value from tags t join runs r on r.run_uuid = t.run_uuid "
+                "where t.key = 'data_handling'"
+            ).fetchall()
+        )
+        counts = dict(
+            db.execute(
+                "select key, value from latest_metrics where key in "
+                "('skipped_unreadable', 'missing_values')"
+            ).fetchall()
+        )
+    assert tags == {
+        "imgs/preprocess": "skipped 1 unreadable image(s): imgs/dog/broken.png",
+        "wine/preprocess": expected,
+    }
+    assert counts == {"skipped_unreadable": 1, "missing_values": 7}
