@@ -20,7 +20,9 @@ from pipeline.errors import PipelineError
 
 def plan(params: Params) -> list[tuple[str, str]]:
     """(stage, what it does) for every stage `dvc repro` defines, in run order."""
-    stages = []
+    from pipeline.stages.judge_plan import judged_by
+
+    stages = [("judge_plan", f"which datasets need a judge -> {paths.JUDGE_PLAN}")]
     for name, ds in params.datasets.items():
         stages.append((f"ingest@{name}", f"source={ds.source} -> {paths.raw_dir(name)}"))
         stages.append(
@@ -29,8 +31,14 @@ def plan(params: Params) -> list[tuple[str, str]]:
                 f"split val={ds.split.val} test={ds.split.test} -> {paths.processed_dir(name)}",
             )
         )
+        judged = judged_by(params, name)
         stages.append(
-            (f"judge@{name}", f"classifier scoring generated images -> {paths.judge_dir(name)}")
+            (
+                f"judge@{name}",
+                f"classifier scoring {len(judged)} generative experiment(s) -> {paths.judge_dir(name)}"
+                if judged
+                else "no generative experiment uses it: nothing to train",
+            )
         )
     for name, exp in params.experiments.items():
         tune = exp.tune
@@ -57,11 +65,15 @@ def plan(params: Params) -> list[tuple[str, str]]:
 
 def stages_to_run(params: Params, changed: set[str]) -> set[str]:
     """`changed` (stages DVC reports out of date) plus every stage downstream of them."""
+    from pipeline.stages.judge_plan import judged_by
+
     out = set(changed)
     for name in params.datasets:
         if f"ingest@{name}" in out:
             out.add(f"preprocess@{name}")
-        if f"preprocess@{name}" in out:
+        if f"preprocess@{name}" in out or (
+            "judge_plan" in out and _judge_answer(name) != bool(judged_by(params, name))
+        ):
             out.add(f"judge@{name}")
     for name, exp in params.experiments.items():
         if f"preprocess@{exp.dataset}" in out:
@@ -73,6 +85,17 @@ def stages_to_run(params: Params, changed: set[str]) -> set[str]:
         if f"evaluate@{name}" in out or f"tune@{name}" in out:
             out.add("report")
     return out
+
+
+def _judge_answer(dataset: str) -> bool | None:
+    """What judge_plan wrote last for `dataset` (None: nothing yet); judge@ re-runs when the
+    new answer differs, as DVC sees its dependency change."""
+    import json
+
+    try:
+        return json.loads(paths.judge_plan_file(dataset).read_text())["judge"]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def dvc_changed_stages(params_file: str) -> set[str] | None:

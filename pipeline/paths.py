@@ -100,6 +100,14 @@ def judge_dir(dataset: str) -> Path:
     return ARTIFACTS / "judges" / dataset
 
 
+JUDGE_PLAN = ARTIFACTS / "judge_plan"  # whether each dataset needs a judge (judge_plan.py)
+
+
+def judge_plan_file(dataset: str) -> Path:
+    """Whether `dataset` needs a judge; judge@<dataset> depends on this file alone."""
+    return JUDGE_PLAN / f"{dataset}.json"
+
+
 def tuned_file(experiment: str) -> Path:
     """The best trial's params as nested overrides (`{}` when tuning is off); train reads it."""
     return artifact_dir(experiment) / "tuned.yaml"

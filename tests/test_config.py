@@ -220,7 +220,7 @@ def test_check_marks_what_dvc_status_reports_out_of_date(tmp_path):
     proc = run([sys.executable, "-m", "pipeline", "check"], project)
     params = load_params(project / "params.yaml")
     assert will_run(proc.stdout) == stages_to_run(params, stale)
-    assert f"would run 7 of {len(plan(params))} stages" in proc.stdout
+    assert f"would run 8 of {len(plan(params))} stages" in proc.stdout
 
     # outside a DVC repository the plan is printed without marks
     outside = tmp_path / "plain"

@@ -18,6 +18,8 @@ import yaml
 
 from pipeline import paths
 from tests.conftest import (
+    TINY,
+    make_project,
     run,
     shipped_params,
     shrink,
@@ -85,7 +87,7 @@ def test_repro_runs_every_stage_and_writes_metrics(repro_project):
     ran = stages_run((repro_project / "first_repro.log").read_text())
     expected = [f"{s}@{d}" for d in DATASETS for s in DATASET_STAGES]
     expected += [f"{s}@{e}" for e in EXPERIMENTS for s in ("tune", "train", "evaluate")]
-    expected += ["report"]
+    expected += ["judge_plan", "report"]
     assert sorted(ran) == sorted(expected)
     assert {summary(repro_project, e)["task"] for e in EXPERIMENTS} == set(TASK_METRICS)
     for exp in EXPERIMENTS:
@@ -183,8 +185,10 @@ def test_dvc_metrics_and_plots_render(repro_project):
 def test_every_stage_is_an_mlflow_run_grouped_by_experiment(repro_project):
     client, runs = mlflow_runs(repro_project)
     by_name = {r.info.run_name: r for r in runs}
-    expected = {f"{d}/{s}" for d in DATASETS for s in DATASET_STAGES}
+    expected = {f"{d}/{s}" for d in DATASETS for s in ("ingest", "preprocess")}
     expected |= {f"{e}/{s}" for e in EXPERIMENTS for s in ("train", "evaluate")} | {"report"}
+    expected |= {"digits/judge"}  # only digits has generative experiments; the others no run
+    assert not {f"{d}/judge" for d in DATASETS} - {"digits/judge"} & set(by_name)
     expected |= {f"{e}/tune" for e in TUNED}
     assert expected <= set(by_name)
     assert all(r.info.status == "FINISHED" for r in runs)
@@ -266,13 +270,15 @@ def test_check_predicts_what_a_param_edit_reruns(repro_project):
         check = run(["python", "-m", "pipeline", "check"], repro_project).stdout
     finally:
         params_file.write_text(original)
-    assert will_run(check) == {f"tune@{exp}", f"train@{exp}", f"evaluate@{exp}", "report"}
+    # judge_plan re-runs on any experiment edit; no judge does, the answers being the same
+    expected = {"judge_plan", f"tune@{exp}", f"train@{exp}", f"evaluate@{exp}", "report"}
+    assert will_run(check) == expected
 
 
 def test_exp_run_with_set_param_reruns_only_what_changed(repro_project):
     exp = EXPERIMENTS[0]
     proc = run(["dvc", "exp", "run", "-S", f"experiments.{exp}.train.epochs=3"], repro_project)
-    expected = [f"tune@{exp}", f"train@{exp}", f"evaluate@{exp}", "report"]
+    expected = ["judge_plan", f"tune@{exp}", f"train@{exp}", f"evaluate@{exp}", "report"]
     assert sorted(stages_run(proc.stdout)) == sorted(expected)
     summary = json.loads((repro_project / paths.train_summary_file(exp)).read_text())
     assert summary["epochs_run"] == 3
@@ -390,3 +396,32 @@ def test_report_renders_in_headless_chromium(repro_project):
     assert len(decoded) >= len(EXPERIMENTS) and all(decoded)
     assert rows == len(EXPERIMENTS)  # one leaderboard row per experiment
     assert SCREENSHOT.stat().st_size > 10_000
+
+
+def test_a_judge_is_trained_only_for_datasets_a_generative_experiment_uses(tmp_path):
+    import copy
+
+    params = copy.deepcopy(TINY)
+    project = make_project(tmp_path / "p", params)
+    proc = run(["dvc", "repro", "judge@digits"], project)
+    assert "judge@digits: not trained: no generative experiment (vae, gan, diffusion) uses it" in (
+        proc.stdout
+    )
+    assert not (project / paths.judge_dir("digits") / "model.pt").exists()
+
+    # a VAE on digits needs the judge: the plan's answer changes, so DVC re-runs judge@digits
+    params["experiments"]["vae"] = {"dataset": "digits", "model": {"name": "vae", "latent_dim": 2}}
+    write_params(project / "params.yaml", params)
+    check = run(["python", "-m", "pipeline", "check"], project).stdout
+    assert {"judge_plan", "judge@digits"} <= will_run(check)
+    proc = run(["dvc", "repro", "judge@digits"], project)
+    assert stages_run(proc.stdout) == ["judge_plan", "judge@digits"]
+    assert (project / paths.judge_dir("digits") / "model.pt").is_file()
+
+    # another experiment on digits changes no answer: the judge is not trained again
+    params["experiments"]["mlp2"] = {"dataset": "digits"}
+    write_params(project / "params.yaml", params)
+    check = run(["python", "-m", "pipeline", "check"], project).stdout
+    assert "judge_plan" in will_run(check) and "judge@digits" not in will_run(check)
+    proc = run(["dvc", "repro", "judge@digits"], project)
+    assert stages_run(proc.stdout) == ["judge_plan"]

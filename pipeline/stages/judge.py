@@ -2,16 +2,17 @@
 
 Generative experiments are scored in its feature space (a Frechet distance, like FID but with
 no Inception download) and by its confidence and class coverage on samples. It trains with
-`defaults.train`. For datasets that are not labelled images the stage records that no judge
-applies.
+`defaults.train`. Only datasets that a generative experiment uses get one (judge_plan.py);
+for the others, and for datasets that are not labelled images, the stage records why not.
 """
 
 from __future__ import annotations
 
 from pipeline import atomic, data, paths, tracking
-from pipeline.config import EarlyStoppingParams, Params
+from pipeline.config import GENERATIVE, EarlyStoppingParams, Params
 from pipeline.errors import PipelineError
 from pipeline.stages import stage_main
+from pipeline.stages.judge_plan import judged_by
 
 MODEL_FILE, INFO_FILE = "model.pt", "judge.json"
 JUDGE_MODEL = {"channels": (32, 64), "hidden_size": 128, "dropout": 0.2}
@@ -22,6 +23,16 @@ def applies(schema: dict) -> bool:
 
 
 def run(params: Params, dataset: str) -> dict:
+    if not judged_by(params, dataset):  # costs a process start, no torch and no MLflow run
+        info = {
+            "applicable": False,
+            "reason": f"no generative experiment ({', '.join(GENERATIVE)}) uses it",
+        }
+        with atomic.atomic_dir(paths.judge_dir(dataset)) as tmp:
+            atomic.write_json(tmp / INFO_FILE, info)
+        print(f"judge@{dataset}: not trained: {info['reason']}")
+        return info
+
     import torch
 
     from models import build_model
