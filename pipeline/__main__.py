@@ -35,7 +35,7 @@ def plan(params: Params) -> list[tuple[str, str]]:
         stages.append(
             (
                 f"judge@{name}",
-                f"classifier scoring {len(judged)} generative experiment(s) -> {paths.judge_dir(name)}"
+                f"scores {len(judged)} generative experiment(s) -> {paths.judge_dir(name)}"
                 if judged
                 else "no generative experiment uses it: nothing to train",
             )

@@ -13,7 +13,6 @@ import json
 import math
 import os
 import random
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from torch.optim import lr_scheduler
 from pipeline import atomic, cores, distributed
 from pipeline.config import OptimizerParams, SchedulerParams, TrainParams, higher_is_better
 from pipeline.errors import PipelineError
+from pipeline.progress import EpochProgress
 
 
 def select_device(preference: str) -> torch.device:
@@ -341,8 +341,6 @@ def fit(
     epoch's end) and after the last epoch, and a matching unfinished checkpoint (same
     `run_key`) is resumed.
     """
-    from tqdm.auto import tqdm
-
     metric = cfg.early_stopping.metric
     if metric not in task.val_metrics:
         raise PipelineError(
@@ -381,16 +379,16 @@ def fit(
             state = ckpt["state"]
             result.resumed_from_epoch = state["epoch"]
 
+    if result.resumed_from_epoch and main:
+        saved = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(checkpoint_path.stat().st_mtime))
+        print(
+            f"{desc}: resumed from epoch {result.resumed_from_epoch} of {cfg.epochs} "
+            f"(checkpoint {saved})",
+            flush=True,
+        )
     start = saved_at = time.perf_counter()
-    bar = tqdm(
-        range(state["epoch"], cfg.epochs),
-        desc=desc,
-        unit="epoch",
-        initial=state["epoch"],
-        total=cfg.epochs,
-        disable=not sys.stderr.isatty() or not main,
-    )
-    for epoch in bar:
+    progress = EpochProgress(desc, state["epoch"], cfg.epochs, metric, enabled=main)
+    for epoch in range(state["epoch"], cfg.epochs):
         result.threads = cores.rebalance()  # another stage may have started or ended
         row = {"epoch": epoch + 1}
         losses = train_one_epoch(runner, train, task, optimizers, per_step, epoch + 1)
@@ -431,7 +429,7 @@ def fit(
                 finished=finished,
             )
             saved_at = time.perf_counter()
-        bar.set_postfix({"loss": f"{row['train/loss']:.4f}", metric: f"{score:.4f}"})
+        progress.update(epoch + 1, row, last=finished)
         if on_epoch is not None:
             on_epoch(epoch + 1, row)
         if stop:

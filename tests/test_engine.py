@@ -1,5 +1,7 @@
 """The training engine: learns, stops early, resumes from a checkpoint exactly, guards NaN."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -90,7 +92,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
     # a new process would rebuild everything from scratch with other RNG draws in between
     model, tr, va, cfg = setup(seed=123)
     tr.generator.manual_seed(0)
-    result = fit(model, tr, va, cfg, checkpoint_path=ckpt, run_key="k")
+    result = fit(model, tr, va, cfg, checkpoint_path=ckpt, run_key="k", desc="blobs")
     assert result.resumed_from_epoch == 3
     assert len(result.history) == cfg.epochs
     for key, value in model.state_dict().items():
@@ -239,3 +241,35 @@ def test_compile_trains_the_same_weights_and_saves_plain_keys():
     assert model.state_dict().keys() == expected.keys()  # no torch.compile prefixes
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, expected[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_progress_without_a_terminal_is_a_line_every_few_seconds(capsys, monkeypatch):
+    """Under `dvc repro` stderr is a pipe: no bar, but a line per PIPELINE_PROGRESS_SECONDS
+    and one for the last epoch."""
+    model, tr, va, cfg = setup(epochs=4)
+    fit(model, tr, va, cfg, desc="blobs")
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1  # 4 quick epochs: the last one only
+    assert re.fullmatch(
+        r"blobs: epoch 4/4, loss \d\.\d{4}, val/loss \d\.\d{4}, \d+ s, done", lines[0]
+    )
+    monkeypatch.setenv("PIPELINE_PROGRESS_SECONDS", "0")
+    model, tr, va, cfg = setup(epochs=4)
+    fit(model, tr, va, cfg, desc="blobs")
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(",")[0] for line in lines] == [f"blobs: epoch {i}/4" for i in range(1, 5)]
+    assert re.search(r", ETA \d+ s$", lines[0]) and lines[-1].endswith(", done")
+
+
+def test_a_resumed_run_says_so(tmp_path, capsys):
+    model, tr, va, cfg = setup()
+    ckpt = tmp_path / "checkpoint.pt"
+    with pytest.raises(Crash):
+        fit(model, tr, va, cfg, checkpoint_path=ckpt, run_key="k", on_epoch=crash_after(3))
+    capsys.readouterr()
+    model, tr, va, cfg = setup()
+    fit(model, tr, va, cfg, checkpoint_path=ckpt, run_key="k", desc="blobs")
+    first = capsys.readouterr().out.splitlines()[0]
+    assert re.fullmatch(
+        r"blobs: resumed from epoch 3 of 6 \(checkpoint \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\)", first
+    )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -60,7 +61,11 @@ def test_kill_9_during_dvc_repro_then_repro_resumes_to_the_same_weights(tmp_path
     import torch
 
     whole = make_project(tmp_path / "whole", LONG)
-    run(["dvc", "repro", "train@mlp_digits"], whole)
+    proc = run(["dvc", "repro", "train@mlp_digits"], whole)
+    # no terminal: progress is a line every few seconds and at the end, never a bar
+    assert re.search(
+        r"^mlp_digits: epoch 60/60, loss [\d.]+, val/loss [\d.]+, \d+ s, done$", proc.stdout, re.M
+    ), proc.stdout
 
     killed = make_project(tmp_path / "killed", LONG)
     checkpoint = killed / paths.checkpoint_file("mlp_digits")
@@ -105,12 +110,16 @@ def test_kill_9_during_dvc_repro_then_repro_resumes_to_the_same_weights(tmp_path
     # stage's lock, and the checkpoint is kept (persist)
     again = run(["dvc", "repro", "train@mlp_digits"], killed)
     assert "Running stage 'train@mlp_digits'" in again.stdout
+    resumed = re.search(
+        r"^mlp_digits: resumed from epoch (\d+) of 60 \(checkpoint ", again.stdout, re.M
+    )
+    assert resumed, again.stdout
     first, second = train_runs(killed)
     assert first.info.run_id == orphan.info.run_id
     assert first.info.status == "KILLED" and first.info.end_time is not None
     assert second.info.status == "FINISHED"
     summary = json.loads((killed / paths.train_summary_file("mlp_digits")).read_text())
-    assert summary["resumed_from_epoch"] >= 1 and summary["epochs_run"] == 60
+    assert summary["resumed_from_epoch"] == int(resumed[1]) >= 1 and summary["epochs_run"] == 60
 
     expected, resumed = model_weights(whole), model_weights(killed)
     assert expected.keys() == resumed.keys()

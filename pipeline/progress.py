@@ -1,0 +1,47 @@
+"""Progress of a training loop: a tqdm bar on a terminal; elsewhere (under `dvc repro`, in a
+log file or CI) one short line every PIPELINE_PROGRESS_SECONDS seconds (default 10, 0: every
+epoch) and one for the last epoch, since a bar redrawn in a pipe is noise or nothing."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+SECONDS = "PIPELINE_PROGRESS_SECONDS"
+
+
+class EpochProgress:
+    def __init__(self, desc: str, done: int, total: int, metric: str, enabled: bool = True):
+        from tqdm.auto import tqdm
+
+        self.desc, self.total, self.metric = desc, total, metric
+        self.start_epoch, self.start = done, time.perf_counter()
+        self.every = float(os.environ.get(SECONDS) or 10)
+        self.last = self.start
+        self.lines = enabled and not sys.stderr.isatty()
+        self.bar = None
+        if enabled and not self.lines:
+            self.bar = tqdm(desc=desc, unit="epoch", initial=done, total=total)
+
+    def update(self, epoch: int, row: dict, last: bool) -> None:
+        """After epoch `epoch` (1-based) with its history `row`; `last`: training ends now."""
+        loss, score = row["train/loss"], row[self.metric]
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix({"loss": f"{loss:.4f}", self.metric: f"{score:.4f}"})
+            if last:
+                self.bar.close()
+            return
+        now = time.perf_counter()
+        if not self.lines or not (last or now - self.last >= self.every):
+            return
+        self.last = now
+        elapsed = now - self.start
+        per_epoch = elapsed / max(epoch - self.start_epoch, 1)
+        eta = "done" if last else f"ETA {per_epoch * (self.total - epoch):.0f} s"
+        print(
+            f"{self.desc}: epoch {epoch}/{self.total}, loss {loss:.4f}, {self.metric} "
+            f"{score:.4f}, {elapsed:.0f} s, {eta}",
+            flush=True,
+        )
