@@ -478,9 +478,33 @@ def work(
             if not has_work(study, exp.tune.n_trials):
                 break
             # the objective releases the lock once its trial is RUNNING (claimed and counted)
-            study.optimize(objective, n_trials=1, catch=(PipelineError,), gc_after_trial=False)
+            study.optimize(
+                objective,
+                n_trials=1,
+                catch=(PipelineError,),
+                gc_after_trial=False,
+                callbacks=[lambda study, trial: print(trial_line(experiment, exp, study, trial))],
+            )
         ran += 1
     return ran
+
+
+def trial_line(experiment: str, exp: ExperimentParams, study, trial: FrozenTrial) -> str:
+    """One line per finished trial (any worker's console, and `dvc repro`'s): its number,
+    state and value(s), and the best so far."""
+    line = f"tune@{experiment}: trial {trial.number} {trial.state.name}"
+    if trial.state.name == "PRUNED" and trial.last_step is not None:
+        line += f" after epoch {trial.last_step}"
+    metrics = exp.tune.metrics()
+    if trial.values is not None:  # a pruned trial's is its last reported value
+        line += ", " + ", ".join(f"{m} {v:.6g}" for m, v in zip(metrics, trial.values, strict=True))
+    if len(metrics) > 1:
+        return line + f"; Pareto front: {len(study.best_trials)} trial(s)"
+    try:
+        best = study.best_trial
+    except ValueError:  # none complete yet
+        return line
+    return line + f"; best {metrics[0]} {best.value:.6g} (trial {best.number})"
 
 
 def worker_env(worker: int, workers: int, gpus: int, cpus: int) -> dict[str, str]:

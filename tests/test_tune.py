@@ -6,6 +6,7 @@ import contextlib
 import copy
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -280,6 +281,12 @@ def test_two_workers_finish_exactly_n_trials_nested_in_mlflow(project):
     assert [t.state.name for t in trials] == ["COMPLETE"] * 6
     assert sorted(t.number for t in trials) == list(range(6))
     assert len({t.user_attrs["worker_pid"] for t in trials}) == 2  # both workers ran trials
+    # a line per finished trial, from whichever worker ran it
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(f"tune@{EXP}: trial ")]
+    assert sorted(int(line.split()[2]) for line in lines) == list(range(6))
+    pattern = rf"tune@{EXP}: trial \d COMPLETE, val/accuracy [\d.]+; best val/accuracy [\d.]+ "
+    pattern += r"\(trial \d\)"
+    assert all(re.fullmatch(pattern, line) for line in lines), lines
 
     summary = json.loads((project / paths.tuning_summary(EXP)).read_text())
     best = max(trials, key=lambda t: t.value)
@@ -331,6 +338,12 @@ def test_pruning_stops_hopeless_trials_and_a_nan_trial_fails_while_the_study_goe
     for t in trials:
         by_lr.setdefault(t.params["train.optimizer.lr"], []).append(t)
     assert {t.state.name for t in by_lr[1e12]} == {"FAIL"}  # diverged: failed, not fatal
+    assert re.search(
+        rf"^tune@{EXP}: trial \d PRUNED after epoch \d, val/accuracy [\d.]+; best ",
+        proc.stdout,
+        re.M,
+    )
+    assert re.search(rf"^tune@{EXP}: trial \d FAIL(; best |$)", proc.stdout, re.M)
     assert "PRUNED" in {t.state.name for t in by_lr[1e-7]}
     pruned = [t for t in trials if t.state.name == "PRUNED"]
     assert all(t.user_attrs["epochs"] < 4 for t in pruned)
@@ -505,6 +518,7 @@ def test_multi_objective_reports_the_pareto_front(project):
     assert front and summary["best"]["number"] in [t["number"] for t in front]
     assert set(summary["best"]["values"]) == {"val/accuracy", "parameters"}
     assert (project / paths.tuning_plots_dir(EXP) / "pareto.png").is_file()
+    assert re.search(r", parameters \d+; Pareto front: \d trial\(s\)$", proc.stdout, re.M)
     tuned = yaml.safe_load((project / paths.tuned_file(EXP)).read_text())
     assert tuned["model"]["hidden_sizes"] == summary["best"]["params"]["model.hidden_sizes"]
 
