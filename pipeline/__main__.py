@@ -1,7 +1,7 @@
 """`python -m pipeline check [--params FILE]`: validate params.yaml and print the stage plan.
 `python -m pipeline predict ...`: batch inference with a registered model.
 `python -m pipeline serve`: serve the Prefect flows (retrain on `schedule.cron`); see flows.py.
-`python -m pipeline verify-determinism <experiment>`: train twice, compare bit for bit.
+`python -m pipeline verify-determinism <experiment>`: train and evaluate twice, diff the outputs.
 
 Light on purpose: it imports no torch or mlflow. Which stages are out of date comes from DVC's
 own status, asked in this process: a `dvc status` subprocess costs a second Python start-up
@@ -203,7 +203,8 @@ def main(argv=None) -> int:
         "the server scheduled none for the schedule's next slot",
     )
     verify = sub.add_parser(
-        "verify-determinism", help="train an experiment twice and compare bit for bit"
+        "verify-determinism",
+        help="run an experiment's train and evaluate twice and compare their outputs by md5",
     )
     verify.add_argument("experiment")
     verify.add_argument("--params", default=str(paths.PARAMS))

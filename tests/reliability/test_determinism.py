@@ -1,5 +1,5 @@
 """Determinism: same seed, same weights; `train.deterministic` checked before the first epoch;
-`python -m pipeline verify-determinism` trains twice and diffs."""
+`python -m pipeline verify-determinism` runs train and evaluate twice and diffs their outputs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline import engine, verify
+from pipeline import engine
 from pipeline.errors import PipelineError
 from tests.conftest import TINY, make_project, run
 from tests.test_engine import fit, setup
@@ -21,11 +21,10 @@ def test_two_runs_with_the_same_seed_give_identical_weights_and_metrics():
         model, tr, va, cfg = setup(seed=7)
         history = fit(model, tr, va, cfg).history
         results.append(({k: v.clone() for k, v in model.state_dict().items()}, history))
-    assert verify.differences(*results) == []
-    weights, history = results[1]
-    changed = {k: v + 1e-6 if v.is_floating_point() else v for k, v in weights.items()}
-    found = verify.differences(results[0], (changed, history))
-    assert found and all(line.startswith("weights ") for line in found)
+    (first, history1), (second, history2) = results
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert history1 == history2
 
 
 class CudaOnlyScatter(nn.Module):
@@ -73,8 +72,18 @@ def test_verify_determinism_command_on_a_real_project(tmp_path):
     raw = {**TINY, "defaults": {**TINY["defaults"], "train": {"epochs": 3, "deterministic": True}}}
     project = make_project(tmp_path / "p", raw)
     run(["dvc", "repro", "preprocess@digits", "tune@mlp_digits"], project)
+    before = sorted(p.relative_to(project) for p in project.rglob("*") if ".git" not in p.parts)
     out = run(["python", "-m", "pipeline", "verify-determinism", "mlp_digits"], project).stdout
-    assert "mlp_digits: deterministic" in out and "3 epochs of metrics are bit-identical" in out
+    # every output dvc.yaml declares for train@ and evaluate@ (model, checkpoint, history,
+    # metrics, figures, ...) compared by md5; the run records are named as differing by design
+    assert (
+        "mlp_digits: deterministic: 10 output files of train@mlp_digits and "
+        "evaluate@mlp_digits are bit-identical"
+    ) in out
+    assert "artifacts/mlp_digits/train.json differs by design: wall time" in out
+    # run in scratch folders with tracking off: the project and its MLflow store are as before
+    after = sorted(p.relative_to(project) for p in project.rglob("*") if ".git" not in p.parts)
+    assert after == before
     missing = run(["python", "-m", "pipeline", "verify-determinism", "nope"], project, check=False)
     assert missing.returncode == 2 and "'nope' is not in params.yaml" in missing.stderr
 
@@ -98,3 +107,11 @@ def test_retraining_writes_the_same_model_and_checkpoint_bytes(tmp_path):
         run_stage(project, "train", "mlp_digits")
         digests.append([hashlib.md5((project / p).read_bytes()).hexdigest() for p in outputs])
     assert digests[0] == digests[1]
+
+
+def test_verify_names_the_files_that_differ():
+    from pipeline.verify import differences
+
+    first = {"a/model.pt": "1", "a/train.json": "2", "r/metrics.json": "3", "r/plots/x.png": "4"}
+    second = {"a/model.pt": "9", "a/train.json": "8", "r/metrics.json": "3"}
+    assert differences(first, second) == (["a/model.pt", "r/plots/x.png"], ["a/train.json"])
