@@ -22,10 +22,16 @@ from pipeline.config import Params
 from pipeline.errors import PipelineError
 
 STAGES = ("train", "evaluate")
-# outputs that record how a run went, not what it computed: they differ by design
+# outputs that record how a run went (wall times, thread counts, MLflow run ids), not what it
+# computed: they differ by design between two runs. Every other output must not.
 VARYING = {
-    "train.json": "wall time, throughput and thread count of the run",
-    "summary.json": "evaluate's copy of train.json",
+    "train.json": "wall time, throughput, threads and MLflow run id of the training",
+    "summary.json": "evaluate's copy of train.json and its own MLflow run id",
+    "study.journal": "Optuna's record of the trials, with their start and end times",
+    "trials.csv": "each trial's duration and MLflow run id",
+    "tuning.json": "the search's wall time and end time",
+    "index.md": "the report's training times and throughput",
+    "index.html": "the report's training times and throughput",
 }
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import hashlib
+import json
 import os
 import shutil
 import socket
@@ -30,6 +33,24 @@ def pytest_configure(config):
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if workers:
         os.environ.update(cores.for_children(int(workers)))
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test():
+    """Whatever a test started and left running (a stage it timed out waiting for, a server
+    after a failed assertion) is killed with its children when the test ends, so one failure
+    never cascades into the next test ("already running", a busy port, a slow machine).
+    Processes of longer-lived fixtures were started before and are left alone."""
+    import psutil
+
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    yield
+    left = [p for p in me.children(recursive=True) if p.pid not in before]
+    for proc in left:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(left, timeout=10)
 
 
 # the smallest pipeline: one dataset, one 2-epoch MLP; every key dvc.yaml lists must exist
@@ -137,7 +158,23 @@ def repro_project(tmp_path_factory) -> Path:
     project = make_project(tmp_path_factory.mktemp("project"), shrink(shipped_params()))
     proc = run(["dvc", "repro"], project)
     (project / "first_repro.log").write_text(proc.stdout)
+    (project / "first_repro.md5.json").write_text(json.dumps(output_md5s(project)))
     return project
+
+
+def output_md5s(project: Path) -> dict[str, str]:
+    """The md5 of every file under every output dvc.lock records, by path."""
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    found = {}
+    for stage in lock["stages"].values():
+        for out in stage.get("outs", []):
+            path = project / out["path"]
+            for file in [path] if path.is_file() else sorted(path.rglob("*")):
+                if file.is_file():
+                    found[str(file.relative_to(project))] = hashlib.md5(
+                        file.read_bytes()
+                    ).hexdigest()
+    return found
 
 
 def free_port() -> int:
