@@ -24,6 +24,7 @@ import yaml
 
 from pipeline import cores, paths
 from pipeline.config import TrackingParams
+from pipeline.shutdown import holding_signals
 
 SECRET = re.compile(
     r"password|passwd|secret|token|credential|(^|[._-])(api|access|private)?[_-]?key$",
@@ -92,6 +93,7 @@ class MetricBuffer:
         if time.monotonic() - self._sent_at >= self.seconds:
             self.flush()
 
+    @holding_signals
     def flush(self) -> None:
         for start in range(0, len(self._metrics), 1000):  # MLflow's batch limit
             self._client.log_batch(self.run_id, metrics=self._metrics[start : start + 1000])
@@ -112,20 +114,25 @@ class StageRun:
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         self.metrics.add(metrics, step)
 
+    @holding_signals
     def log_params(self, params: dict[str, Any]) -> None:
         self._mlflow.log_params(public_params(params))
 
+    @holding_signals
     def set_tags(self, tags: dict[str, str]) -> None:
         self._mlflow.set_tags(tags)
 
+    @holding_signals
     def log_dict(self, obj: dict, name: str) -> None:
         self._mlflow.log_dict(obj, name)
 
+    @holding_signals
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         """A file the stage wrote, under `folder` in the run. Figures go this way too, as the
         PNG `plots.save` wrote: `mlflow.log_figure` would render each figure a second time."""
         self._mlflow.log_artifact(str(path), folder)
 
+    @holding_signals
     def log_dataset(self, schema: dict, split: str, x, y, context: str) -> None:
         """Record which data a run used (MLflow's dataset lineage): name, content hash, split
         sizes and the DVC hash of the processed data, visible in the run's Datasets panel."""
@@ -148,6 +155,7 @@ class StageRun:
         }
         self._mlflow.log_input(dataset, context=context, tags=tags)
 
+    @holding_signals
     def log_torch_model(
         self, model, input_example, registered_name: str | None = None
     ) -> str | None:
@@ -178,6 +186,7 @@ class StageRun:
         version = getattr(info, "registered_model_version", None)
         return None if version is None else str(version)
 
+    @holding_signals
     def log_raw_input_model(
         self, model, saved_path: Path, prep_path: Path, registered_name: str | None = None
     ) -> str | None:
@@ -333,18 +342,19 @@ def stage_run(
         resume, all_tags = created.info.run_id, {}
     run = mlflow.start_run(run_id=resume, tags=all_tags, log_system_metrics=tracking.system_metrics)
     stage = StageRun(mlflow, run.info.run_id)
+    end_run = holding_signals(mlflow.end_run)
     try:
         yield stage
     except (KeyboardInterrupt, SystemExit):
         _flush_quietly(stage)
-        mlflow.end_run("KILLED")
+        end_run("KILLED")
         raise
     except BaseException:
         _flush_quietly(stage)
-        mlflow.end_run("FAILED")
+        end_run("FAILED")
         raise
     stage.metrics.flush()
-    mlflow.end_run("FINISHED")
+    end_run("FINISHED")
 
 
 def _flush_quietly(stage: StageRun) -> None:
@@ -371,6 +381,7 @@ class TrialRun:
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         self.metrics.add(metrics, step)
 
+    @holding_signals
     def end(self, state: str, values: dict[str, float] | None = None) -> None:
         """Send the buffered metrics, tag the Optuna state, close the run (FAIL -> FAILED)."""
         if values:

@@ -70,3 +70,36 @@ def test_stage_cli_reports_its_error_to_a_file_and_stops_at_its_timeout(tmp_path
     assert proc.returncode == TIMEOUT_EXIT, proc.stderr
     assert not (tmp_path / paths.raw_dir("digits")).exists()
     assert error_file.read_text().count("\n") == 1  # a stop is not an error of the stage's
+
+
+def test_a_stop_signal_during_a_store_write_waits_for_the_write_to_end():
+    """Interrupted inside an SQLite transaction, a write would keep the store locked and the
+    stage could not mark its own run KILLED: the signal takes effect once the write is done."""
+    import os
+    import signal
+
+    import pytest
+
+    from pipeline import shutdown
+
+    steps = []
+
+    @shutdown.holding_signals
+    def write():
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C arrives mid-write
+        steps.append("the write went on after the signal")
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        write()
+    assert steps == ["the write went on after the signal"]
+    assert signal.getsignal(signal.SIGINT) is before
+    # SIGTERM reaches the handler the stage installed, as it would have
+    handler = signal.signal(signal.SIGTERM, lambda signum, _: steps.append(signum))
+    try:
+        with shutdown.signals_held():
+            os.kill(os.getpid(), signal.SIGTERM)
+            steps.append("still writing")
+        assert steps[1:] == ["still writing", signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, handler)

@@ -44,6 +44,7 @@ def stage_main(
     args = parser.parse_args(argv)
     cores.join()  # before torch and NumPy start their thread pools
     signal.signal(signal.SIGTERM, _exit_on_signal)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: where is it now?
     if os.environ.get(OUTPUT_FILE):
         _copy_output(os.environ[OUTPUT_FILE])
     if os.environ.get(TIMEOUT):
@@ -62,6 +63,10 @@ def stage_main(
         print(f"error: {label}: {err}", file=sys.stderr)
         _report(f"error: {label}: {err}")
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: the run is closed as KILLED; no traceback to read
+        print(f"{label}: interrupted", file=sys.stderr)
+        _report(f"{label}: interrupted")
+        return 128 + signal.SIGINT
     except Exception as err:  # a crash: its traceback goes to stderr as usual
         _report(f"{label}: {type(err).__name__}: {err}")
         raise
