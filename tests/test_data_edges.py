@@ -12,6 +12,8 @@ from PIL import Image
 
 from tests.conftest import TINY, make_project, run
 
+pytestmark = [pytest.mark.slow, pytest.mark.integration]  # real `dvc repro` runs
+
 
 def one_class_folder(project):
     rng = np.random.default_rng(0)

@@ -44,7 +44,8 @@ def stage_main(
     args = parser.parse_args(argv)
     cores.join()  # before torch and NumPy start their thread pools
     signal.signal(signal.SIGTERM, _exit_on_signal)
-    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: where is it now?
+    with contextlib.suppress(OSError):  # a stderr without a file (captured): nowhere to print
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: where is it?
     if os.environ.get(OUTPUT_FILE):
         _copy_output(os.environ[OUTPUT_FILE])
     if os.environ.get(TIMEOUT):
