@@ -309,7 +309,7 @@ def test_retrain_flow_promotes_only_a_better_model(prefect_server, tmp_path):
     texts = [a.data for a in artifacts]
     assert any("promoted v3" in t and "| mlp_scans |" in t for t in texts)
     assert any("kept v2" in t for t in texts)
-    assert any("1 of 7 stages ran: ingest@scans" in t for t in texts)
+    assert any("1 of 8 stages ran: ingest@scans" in t for t in texts)
 
 
 # ---- tuning -----------------------------------------------------------------------------------

@@ -236,7 +236,7 @@ def test_second_repro_is_a_noop(repro_project):
     assert stages_run(proc.stdout) == []
     assert "Data and pipelines are up to date" in proc.stdout
     check = run(["python", "-m", "pipeline", "check"], repro_project).stdout
-    n_stages = 3 * len(DATASETS) + 3 * len(EXPERIMENTS) + 1
+    n_stages = 3 * len(DATASETS) + 3 * len(EXPERIMENTS) + 2  # and judge_plan, report
     assert f"would run 0 of {n_stages} stages" in check and "[will run]" not in check
 
 
