@@ -94,7 +94,7 @@ def replay_trials(project: Path, flow_project: Path) -> float:
     from pipeline import tune as tuning
     from pipeline.config import apply_overrides, unflatten
     from pipeline.errors import PipelineError
-    from pipeline.stages.train import prepare
+    from pipeline.experiment import prepare
 
     here = os.getcwd()
     os.chdir(project)

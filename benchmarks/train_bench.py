@@ -65,7 +65,7 @@ def hand_written(exp) -> float:
 
     from models import build_model
     from pipeline import data
-    from pipeline.stages.train import data_spec
+    from pipeline.experiment import data_spec
 
     torch.manual_seed(exp.seed)
     model = build_model(
@@ -168,7 +168,7 @@ def stage_process(workdir: Path, name: str, params_file: str) -> tuple[float, di
 def fit_seconds(exp, name: str, logged: bool) -> float:
     """engine.fit of `exp` with every epoch's metrics logged to a real MLflow run (or not)."""
     from pipeline import engine, tracking
-    from pipeline.stages.train import prepare
+    from pipeline.experiment import prepare
 
     prep = prepare(exp, name)
     with tracking.stage_run(exp.tracking, name=f"{name}/bench", tags={}) as run:

@@ -20,7 +20,7 @@ from pipeline.errors import PipelineError
 
 def plan(params: Params) -> list[tuple[str, str]]:
     """(stage, what it does) for every stage `dvc repro` defines, in run order."""
-    from pipeline.stages.judge_plan import judged_by
+    from pipeline.config import judged_by
 
     stages = [("judge_plan", f"which datasets need a judge -> {paths.JUDGE_PLAN}")]
     for name, ds in params.datasets.items():
@@ -65,7 +65,7 @@ def plan(params: Params) -> list[tuple[str, str]]:
 
 def stages_to_run(params: Params, changed: set[str]) -> set[str]:
     """`changed` (stages DVC reports out of date) plus every stage downstream of them."""
-    from pipeline.stages.judge_plan import judged_by
+    from pipeline.config import judged_by
 
     out = set(changed)
     for name in params.datasets:

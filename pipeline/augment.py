@@ -50,13 +50,25 @@ def build(steps, normalization: dict | None, where: str = "train.augment"):
     compose = v2.Compose(transforms)
     if normalization is None:
         raise PipelineError(f"{where}: augmentation needs image data")
-    mean = torch.tensor(normalization["mean"]).view(1, -1, 1, 1)
-    std = torch.tensor(normalization["std"]).view(1, -1, 1, 1)
+    scale = ImageScale(normalization)
 
     def augment(batch: torch.Tensor) -> torch.Tensor:
-        m, s = mean.to(batch.device), std.to(batch.device)
-        unit = (batch * s + m).clamp(0, 1)
-        out = torch.stack([compose(image) for image in unit])  # a fresh draw per image
-        return (out - m) / s
+        unit = scale.to_unit(batch)
+        return scale.from_unit(torch.stack([compose(image) for image in unit]))  # a draw each
 
     return augment
+
+
+class ImageScale:
+    """Between standardised pixels (what preprocess saved) and [0, 1] intensities."""
+
+    def __init__(self, normalization: dict):
+        """`normalization`: schema.json's per-channel mean and std of the stored images."""
+        self.mean = torch.tensor(normalization["mean"]).view(1, -1, 1, 1)
+        self.std = torch.tensor(normalization["std"]).view(1, -1, 1, 1)
+
+    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * self.std.to(x.device) + self.mean.to(x.device)).clamp(0, 1)
+
+    def from_unit(self, u: torch.Tensor) -> torch.Tensor:
+        return (u - self.mean.to(u.device)) / self.std.to(u.device)

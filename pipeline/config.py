@@ -641,6 +641,15 @@ class Params(Strict):
 SECTIONS = ("datasets", "defaults", "experiments", "schedule")
 
 
+def judged_by(params: Params, dataset: str) -> list[str]:
+    """The generative experiments scored by `dataset`'s judge."""
+    return [
+        name
+        for name, exp in params.experiments.items()
+        if exp.dataset == dataset and exp.model.name in GENERATIVE
+    ]
+
+
 def require_declared(params: Params, kind: str, name: str, source: str | Path) -> None:
     """`name` must be a dataset (kind 'dataset') or experiment declared in `source`."""
     declared = params.datasets if kind == "dataset" else params.experiments

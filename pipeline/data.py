@@ -6,14 +6,14 @@ Files are .npz (read with allow_pickle=False) plus JSON, so this module needs no
 from __future__ import annotations
 
 import json
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from pipeline import atomic, data_table, data_text, data_vision, paths, preprocessing
+from pipeline import atomic, data_table, data_text, data_vision, paths, preprocessing, store
 from pipeline.config import DatasetParams
 from pipeline.errors import PipelineError
+from pipeline.splits import stratified_split
 
 RAW_FILE = "data.npz"
 RAW_META = "meta.json"
@@ -116,7 +116,7 @@ def preprocess(name: str, cfg: DatasetParams) -> Path:
         return data_table.preprocess(name, cfg)  # streams: writes the splits itself
     if cfg.source == "text":
         splits, schema, prep = data_text.preprocess(name, cfg)
-        _write_processed(name, splits, schema, prep)
+        store.write_processed(name, splits, schema, prep)
         return paths.processed_dir(name)
     x, y, meta = read_raw(name)
     with np.load(paths.raw_dir(name) / RAW_FILE, allow_pickle=False) as f:
@@ -166,54 +166,8 @@ def preprocess(name: str, cfg: DatasetParams) -> Path:
         schema["skipped_unreadable"] = meta["skipped_unreadable"]
     # `index`: each sample's row in data/raw/<name>, so a split can be found in the raw data
     out = {s: {"x": x[i], "y": y[i], "index": i} for s, i in splits.items()}
-    _write_processed(name, out, schema, prep)
+    store.write_processed(name, out, schema, prep)
     return paths.processed_dir(name)
-
-
-def _write_processed(
-    name: str,
-    splits: dict[str, dict[str, np.ndarray]],
-    schema: dict,
-    prep: preprocessing.Preprocessor | None = None,
-) -> None:
-    with atomic.atomic_dir(paths.processed_dir(name)) as tmp:
-        for split, arrays in splits.items():
-            np.savez(tmp / paths.split_file(name, split).name, **arrays)
-        write_schema(tmp, name, schema)
-        if prep is not None:
-            prep.save(tmp / paths.preprocessor_file(name).name)
-
-
-def write_schema(folder: Path, name: str, schema: dict) -> None:
-    """schema.json beside the split files in `folder`, with their content hash and dtypes."""
-    schema["content_hash"], schema["dtypes"] = content_hash(folder, name)
-    (folder / paths.schema_file(name).name).write_text(json.dumps(schema, indent=2) + "\n")
-
-
-class SplitWriter:
-    """One split's .npz written batch by batch: rows of `x` as they come, `y` at the end.
-    np.load reads it like a file of np.savez; memory holds one batch, not the split."""
-
-    def __init__(self, folder: Path, name: str, split: str, rows: int, shape: tuple[int, ...]):
-        self.zip = zipfile.ZipFile(folder / paths.split_file(name, split).name, "w")
-        self.x = self.zip.open("x.npy", "w", force_zip64=True)
-        header = {"descr": "<f4", "fortran_order": False, "shape": (rows, *shape)}
-        np.lib.format.write_array_header_1_0(self.x, header)
-        self.rows, self.written = rows, 0
-
-    def write(self, x: np.ndarray) -> None:
-        self.x.write(np.ascontiguousarray(x, dtype="<f4").tobytes())
-        self.written += len(x)
-
-    def close(self, y: np.ndarray, **extra: np.ndarray) -> None:
-        """Finish the file with `y` and any `extra` arrays (one value per row)."""
-        self.x.close()
-        if self.written != self.rows:
-            raise RuntimeError(f"{self.zip.filename}: {self.written} rows written, not {self.rows}")
-        for key, values in {"y": y, **extra}.items():
-            with self.zip.open(f"{key}.npy", "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.ascontiguousarray(values), allow_pickle=False)
-        self.zip.close()
 
 
 def _preprocess_series(name: str, cfg) -> Path:
@@ -265,7 +219,7 @@ def _preprocess_series(name: str, cfg) -> Path:
         "scaler": {"mean": mean, "std": std, "fitted_on": "train", "train_steps": train_end},
         "split": cfg.split.model_dump(),
     }
-    _write_processed(name, splits, schema, prep)
+    store.write_processed(name, splits, schema, prep)
     return paths.processed_dir(name)
 
 
@@ -303,57 +257,8 @@ def _preprocess_text(name: str, cfg) -> Path:
         "chars": {s: hi - lo for s, (lo, hi) in parts.items()},
         "split": cfg.split.model_dump(),
     }
-    _write_processed(name, splits, schema)
+    store.write_processed(name, splits, schema)
     return paths.processed_dir(name)
-
-
-def content_hash(folder: Path, name: str) -> tuple[str, dict[str, str]]:
-    """sha256 of every array of every split file in `folder` (read in chunks, so a split
-    larger than memory is fine): equal hashes mean equal data. Also the train arrays' dtypes."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    dtypes = {}
-    for split in sorted(paths.SPLITS):
-        with zipfile.ZipFile(folder / paths.split_file(name, split).name) as archive:
-            for member in sorted(archive.namelist(), key=lambda m: m.removesuffix(".npy")):
-                key = member.removesuffix(".npy")
-                with archive.open(member) as f:
-                    major, _ = np.lib.format.read_magic(f)
-                    read_header = (
-                        np.lib.format.read_array_header_1_0
-                        if major == 1
-                        else np.lib.format.read_array_header_2_0
-                    )
-                    shape, _, dtype = read_header(f)
-                    digest.update(f"{split}/{key}/{dtype}/{shape}".encode())
-                    for chunk in iter(lambda f=f: f.read(1 << 24), b""):
-                        digest.update(chunk)
-                if split == "train":
-                    dtypes[key] = str(dtype)
-    return digest.hexdigest(), dtypes
-
-
-def stratified_split(
-    y: np.ndarray, val: float, test: float, seed: int, classes: list[str], dataset: str
-) -> dict[str, np.ndarray]:
-    """Indices of train/val/test, each with the class proportions of `y`."""
-    from sklearn.model_selection import train_test_split
-
-    counts = np.bincount(y, minlength=len(classes))
-    require_two_classes(dataset, classes, counts)
-    few = [f"{classes[i]!r} ({c})" for i, c in enumerate(counts) if c < 3]
-    if few:
-        raise PipelineError(
-            f"datasets.{dataset}: class(es) {', '.join(few)} have fewer than 3 samples: too "
-            "few to stratify into train/val/test"
-        )
-    idx = np.arange(len(y))
-    rest, test_idx = train_test_split(idx, test_size=test, stratify=y, random_state=seed)
-    train_idx, val_idx = train_test_split(
-        rest, test_size=val / (1 - test), stratify=y[rest], random_state=seed
-    )
-    return {"train": np.sort(train_idx), "val": np.sort(val_idx), "test": np.sort(test_idx)}
 
 
 def handling_notes(described: dict) -> list[str]:
@@ -384,19 +289,6 @@ def handling_notes(described: dict) -> list[str]:
         empty = ", ".join(f"{n} in {c}" for c, n in missing.items() if c not in filled)
         notes.append(f"left missing categories as no category (all-zero one-hot): {empty}")
     return notes
-
-
-def require_two_classes(dataset: str, classes: list[str], counts) -> None:
-    """A classifier of one class learns nothing, and evaluation cannot score it; stop before
-    anything is trained or registered."""
-    present = [(name, int(n)) for name, n in zip(classes, counts, strict=True) if n > 0]
-    if len(present) < 2:
-        found = ", ".join(f"{name!r}: {n}" for name, n in present) or "no samples"
-        raise PipelineError(
-            f"datasets.{dataset}: one class only ({found}); a classifier needs samples of at "
-            "least two classes: add another class (an image folder: one sub-folder per class) "
-            "or choose another target"
-        )
 
 
 def raw_meta(name: str) -> dict:

@@ -119,7 +119,8 @@ def preprocess(name: str, cfg) -> Path:
     import pandas as pd
     import pyarrow.parquet as pq
 
-    from pipeline.data import SplitWriter, require_two_classes, write_schema
+    from pipeline.splits import require_two_classes
+    from pipeline.store import SplitWriter, write_schema
 
     table = pq.ParquetFile(paths.raw_dir(name) / RAW_TABLE, pre_buffer=False)
     names = table.schema_arrow.names
@@ -300,7 +301,7 @@ def apply_nan_policy(name: str, counts, bad_rows: np.ndarray, policy: str, targe
 def split_rows(name: str, cfg, y, groups, classes) -> dict[str, np.ndarray]:
     from sklearn.model_selection import GroupShuffleSplit
 
-    from pipeline.data import stratified_split
+    from pipeline.splits import stratified_split
 
     n = len(groups) if groups is not None else len(y)
     if groups is not None:  # no group in two splits

@@ -21,7 +21,7 @@ def preprocess(name: str, cfg):
     """-> (splits {split: {x, y, index}}, schema, fitted preprocessor) for data.py to write."""
     import pandas as pd
 
-    from pipeline.data import stratified_split
+    from pipeline.splits import stratified_split
 
     frame = pd.read_parquet(paths.raw_dir(name) / data_table.RAW_TABLE)
     texts, labels = frame[cfg.text_column], frame[cfg.label_column]

@@ -304,9 +304,9 @@ def robustness(model, batches: Batches, schema: dict, corruptions) -> dict[str, 
         return {}  # before the imports: torchvision costs seconds to import
     from torchvision.transforms.v2 import functional as TF
 
-    from pipeline.generative import ImageScale
+    from pipeline.augment import ImageScale
 
-    scale = ImageScale(schema)
+    scale = ImageScale(schema["normalization"])
     clean = (predict(model, batches).argmax(1) == batches.y).float().mean().item()
     g = torch.Generator(device=batches.x.device).manual_seed(0)
     out = {}

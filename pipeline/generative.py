@@ -10,28 +10,14 @@ import torch
 from torch.nn import functional as F
 
 from pipeline import plots
+from pipeline.augment import ImageScale
 from pipeline.config import VAL_METRICS, ExperimentParams, TrainParams
 from pipeline.engine import Batches, build_optimizer, optimizer_step
 from pipeline.errors import PipelineError
 from pipeline.evaluation import Evaluation, sample_quality
-from pipeline.tasks import SupervisedTask
+from pipeline.supervised import SupervisedTask
 
 SAMPLE_SEED = 1234  # fixed: evaluation samples are the same on every run
-
-
-class ImageScale:
-    """Between standardised pixels (what preprocess saved) and [0, 1] intensities."""
-
-    def __init__(self, schema: dict):
-        norm = schema["normalization"]
-        self.mean = torch.tensor(norm["mean"]).view(1, -1, 1, 1)
-        self.std = torch.tensor(norm["std"]).view(1, -1, 1, 1)
-
-    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
-        return (x * self.std.to(x.device) + self.mean.to(x.device)).clamp(0, 1)
-
-    def from_unit(self, u: torch.Tensor) -> torch.Tensor:
-        return (u - self.mean.to(u.device)) / self.std.to(u.device)
 
 
 class VAETask(SupervisedTask):
@@ -39,7 +25,7 @@ class VAETask(SupervisedTask):
 
     def __init__(self, cfg: TrainParams, schema: dict):
         super().__init__(cfg, schema)
-        self.scale = ImageScale(schema)
+        self.scale = ImageScale(schema["normalization"])
 
     def loss(self, model, xb, yb):
         return model.loss(self.scale.to_unit(xb))["loss"]
@@ -65,7 +51,7 @@ class DiffusionTask(SupervisedTask):
 
     def __init__(self, cfg: TrainParams, schema: dict):
         super().__init__(cfg, schema)
-        self.scale = ImageScale(schema)
+        self.scale = ImageScale(schema["normalization"])
 
     def loss(self, model, xb, yb):
         return model.loss(self.scale.to_unit(xb) * 2 - 1)
@@ -88,7 +74,7 @@ class GANTask:
 
     def __init__(self, cfg: TrainParams, schema: dict):
         self.cfg, self.adv = cfg, cfg.adversarial
-        self.scale = ImageScale(schema)
+        self.scale = ImageScale(schema["normalization"])
         self.low_run = self.longest_low_run = None  # consecutive near-zero D-loss steps
 
     def optimizers(self, model):
@@ -184,7 +170,7 @@ def evaluate(
 ) -> Evaluation:
     """Test-split scores of a generative model, judged by the dataset's own classifier, beside
     the same scores of an untrained model of the same architecture (the baseline)."""
-    scale = ImageScale(schema)
+    scale = ImageScale(schema["normalization"])
     real = batches.x
     samples = unit_samples(kind, model, len(real))
     metrics = sample_quality(judge, real, scale.from_unit(samples), schema["num_classes"])

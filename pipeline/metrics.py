@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+
 import numpy as np
 
 
@@ -89,3 +92,13 @@ def interval_half_width(metrics: dict[str, float], metric: str) -> float:
     """Half the 95% interval of `metric`, or 0 when no interval was computed for it."""
     low, high = metrics.get(f"{metric}_ci95_low"), metrics.get(f"{metric}_ci95_high")
     return 0.0 if low is None or high is None else (high - low) / 2
+
+
+def history_csv(history: list[dict]) -> str:
+    """Rows of dicts as CSV; the columns are every key, in first-seen order."""
+    buf = io.StringIO()
+    fields = list(dict.fromkeys(k for row in history for k in row))
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return buf.getvalue()

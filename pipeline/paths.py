@@ -100,6 +100,15 @@ def judge_dir(dataset: str) -> Path:
     return ARTIFACTS / "judges" / dataset
 
 
+def judge_model_file(dataset: str) -> Path:
+    return judge_dir(dataset) / "model.pt"
+
+
+def judge_info_file(dataset: str) -> Path:
+    """Whether the dataset has a judge (or why not), its architecture and test accuracy."""
+    return judge_dir(dataset) / "judge.json"
+
+
 JUDGE_PLAN = ARTIFACTS / "judge_plan"  # whether each dataset needs a judge (judge_plan.py)
 
 

@@ -10,13 +10,12 @@ file fails within a second or two.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from pipeline import atomic
+from pipeline import atomic, tracking
 from pipeline.errors import PipelineError
 from pipeline.preprocessing import IMAGE_SUFFIXES, InputError, as_numbers
 
@@ -193,17 +192,10 @@ def _read_images(names: list[str], files: list[Path], meta: dict, path: Path):
 
 def model_info(uri: str, tracking_uri: str):
     """The registered model's MLmodel (signature, metadata), without loading its weights."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from pipeline.tracking import store_uri
-
-    mlflow.set_tracking_uri(store_uri(tracking_uri))
     try:
-        info = mlflow.models.get_model_info(uri)
-    except (MlflowException, OSError) as err:
-        first = str(err).strip().splitlines()[0]
-        raise PipelineError(f"--model {uri}: cannot load it from {tracking_uri}: {first}") from None
+        info = tracking.model_info(uri, tracking_uri)
+    except PipelineError as err:
+        raise PipelineError(f"--model {uri}: cannot load it from {tracking_uri}: {err}") from None
     if "input" not in (info.metadata or {}) or info.signature is None:
         raise PipelineError(
             f"--model {uri}: it does not take raw inputs (a language or generative model, or "
@@ -227,16 +219,10 @@ def run(
     for note in notes:
         print(f"predict: {note}", file=sys.stderr)
 
-    import mlflow.pyfunc
-    from mlflow.exceptions import MlflowException
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr: our notes
     try:
-        model = mlflow.pyfunc.load_model(model_uri, model_config={"predict_device": device})
-        predictions = model.predict(model_input)
-    except MlflowException as err:
-        first = str(err).strip().splitlines()[0]
-        raise PipelineError(f"--model {model_uri}: {first}") from None
+        predictions = tracking.pyfunc_predict(model_uri, device, model_input)
+    except PipelineError as err:
+        raise PipelineError(f"--model {model_uri}: {err}") from None
     predictions.insert(0, "input", names)
     atomic.write_text(output, predictions.to_csv(index=False))
     return len(predictions)

@@ -24,6 +24,7 @@ import yaml
 
 from pipeline import cores, paths
 from pipeline.config import TrackingParams
+from pipeline.errors import PipelineError
 from pipeline.shutdown import holding_signals
 
 SECRET = re.compile(
@@ -588,3 +589,30 @@ def _read_lock(path: Path, mtime_ns: int, size: int) -> dict:
     """dvc.lock parsed once per version: it lists every stage of the zoo (about 100 kB, 0.5 s
     to parse) and a stage asks for it up to three times."""
     return yaml.safe_load(path.read_text()) or {}
+
+
+def model_info(uri: str, tracking_uri: str):
+    """The MLmodel of a logged or registered model (signature, metadata), without its weights;
+    PipelineError with MLflow's first line when it cannot be read."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(store_uri(tracking_uri))
+    try:
+        return mlflow.models.get_model_info(uri)
+    except (MlflowException, OSError) as err:
+        raise PipelineError(str(err).strip().splitlines()[0]) from None
+
+
+def pyfunc_predict(uri: str, device: str, model_input):
+    """Load the pyfunc model at `uri` (set as tracking URI first) on `device` and predict;
+    PipelineError with MLflow's first line when it refuses (e.g. the input's schema)."""
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr: our notes
+    try:
+        model = mlflow.pyfunc.load_model(uri, model_config={"predict_device": device})
+        return model.predict(model_input)
+    except MlflowException as err:
+        raise PipelineError(str(err).strip().splitlines()[0]) from None

@@ -11,11 +11,12 @@ same params.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -94,11 +95,19 @@ class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):
         return self._on_stale
 
 
+@contextlib.contextmanager
+def experimental() -> Iterator[None]:
+    """Use Optuna features it marks experimental (heartbeats, stale-trial retries, some
+    samplers) without a warning at each call: they are chosen on purpose and pinned."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
 def open_storage(url: str, heartbeat_seconds: int):
     """A journal file path, or an RDB URL (postgresql://..., sqlite:///...), with heartbeats."""
     grace = 2 * heartbeat_seconds
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with experimental():
         retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
         if "://" in url:
             return optuna.storages.RDBStorage(
@@ -133,8 +142,7 @@ def study_name(experiment: str, exp: ExperimentParams) -> str:
 
 def make_sampler(tune: TuneParams, seed: int):
     samplers = optuna.samplers
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with experimental():
         if tune.sampler == "tpe":
             return samplers.TPESampler(seed=seed, constant_liar=tune.workers > 1)
         if tune.sampler == "random":
@@ -319,7 +327,7 @@ class Objective:
 
     def warm_up(self) -> None:
         """Import what a trial needs before claiming one, so a trial's time is training."""
-        import pipeline.stages.train  # noqa: F401  (torch, models, the engine)
+        import pipeline.experiment  # noqa: F401  (torch, models, the engine)
         from pipeline import tracking
 
         if self.exp.train.augment:
@@ -338,7 +346,7 @@ class Objective:
 
     def _run(self, trial: optuna.Trial):
         from pipeline import engine, tracking
-        from pipeline.stages.train import prepare
+        from pipeline.experiment import prepare
 
         tune = self.exp.tune
         values = sample(trial, tune, self.exp.model_dump(mode="json"))
@@ -423,8 +431,7 @@ def requeue(trial: optuna.Trial) -> None:
     as a killed worker's trial is once its heartbeat goes stale."""
     study = trial.study
     study.tell(trial, state=TrialState.FAIL)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with experimental():
         RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, study.trials[trial.number])
 
 
@@ -472,8 +479,7 @@ def work(
     ran = 0
     while deadline is None or time.time() < deadline:
         with lock:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            with experimental():
                 fail_stale_trials(study)
             if not has_work(study, exp.tune.n_trials):
                 break

@@ -9,7 +9,7 @@ from models.registry import get_entry
 from pipeline import engine, generative
 from pipeline.config import TrainParams
 from pipeline.errors import PipelineError
-from pipeline.stages.train import data_spec
+from pipeline.experiment import data_spec
 from pipeline.tasks import make_task
 
 IMAGE_SCHEMA = {

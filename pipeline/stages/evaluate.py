@@ -8,9 +8,9 @@ import sys
 
 from pipeline import atomic, data, paths, plots, tracking
 from pipeline.config import Params
+from pipeline.experiment import load_judge, load_trained_model, resolved_experiment
 from pipeline.metrics import MAIN_METRIC, interval_half_width
 from pipeline.stages import stage_main
-from pipeline.stages.train import load_trained_model, resolved_experiment
 
 
 def run(params: Params, experiment: str) -> dict[str, float]:
@@ -44,7 +44,6 @@ def run(params: Params, experiment: str) -> dict[str, float]:
         result = evaluation.forecasting(model, batches, arrays, train_series, schema, experiment)
     else:
         from pipeline import generative
-        from pipeline.stages.judge import load_judge
 
         judge = load_judge(exp.dataset).to(device)
         untrained = load_trained_model(experiment, trained=False).to(device)

@@ -9,12 +9,10 @@ for the others, and for datasets that are not labelled images, the stage records
 from __future__ import annotations
 
 from pipeline import atomic, data, paths, tracking
-from pipeline.config import GENERATIVE, EarlyStoppingParams, Params
-from pipeline.errors import PipelineError
+from pipeline.config import GENERATIVE, EarlyStoppingParams, Params, judged_by
+from pipeline.experiment import data_spec
 from pipeline.stages import stage_main
-from pipeline.stages.judge_plan import judged_by
 
-MODEL_FILE, INFO_FILE = "model.pt", "judge.json"
 JUDGE_MODEL = {"channels": (32, 64), "hidden_size": 128, "dropout": 0.2}
 
 
@@ -29,7 +27,7 @@ def run(params: Params, dataset: str) -> dict:
             "reason": f"no generative experiment ({', '.join(GENERATIVE)}) uses it",
         }
         with atomic.atomic_dir(paths.judge_dir(dataset)) as tmp:
-            atomic.write_json(tmp / INFO_FILE, info)
+            atomic.write_json(tmp / paths.judge_info_file(dataset).name, info)
         print(f"judge@{dataset}: not trained: {info['reason']}")
         return info
 
@@ -37,7 +35,6 @@ def run(params: Params, dataset: str) -> dict:
 
     from models import build_model
     from pipeline import engine, evaluation
-    from pipeline.stages.train import data_spec
     from pipeline.tasks import Classification
 
     schema = data.load_schema(dataset)
@@ -49,7 +46,7 @@ def run(params: Params, dataset: str) -> dict:
         if not applies(schema):
             info = {"applicable": False, "reason": f"{schema['task']} data has no image classes"}
             with atomic.atomic_dir(paths.judge_dir(dataset)) as tmp:
-                atomic.write_json(tmp / INFO_FILE, info)
+                atomic.write_json(tmp / paths.judge_info_file(dataset).name, info)
             return info
         engine.seed_everything(params.defaults.seed)
         device = engine.select_device(params.defaults.device)
@@ -84,29 +81,9 @@ def run(params: Params, dataset: str) -> dict:
         }
         run.log_metrics({"test/accuracy": info["test/accuracy"]})
         with atomic.atomic_dir(paths.judge_dir(dataset)) as tmp:
-            torch.save(model.cpu().state_dict(), tmp / MODEL_FILE)
-            atomic.write_json(tmp / INFO_FILE, info)
+            torch.save(model.cpu().state_dict(), tmp / paths.judge_model_file(dataset).name)
+            atomic.write_json(tmp / paths.judge_info_file(dataset).name, info)
     return info
-
-
-def load_judge(dataset: str):
-    """The trained judge of `dataset` (CPU, eval mode); a clear error when there is none."""
-    import json
-
-    from models import build_model
-    from pipeline.engine import load_tensors
-    from pipeline.stages.train import data_spec
-
-    info_path = paths.judge_dir(dataset) / INFO_FILE
-    if not info_path.is_file():
-        raise PipelineError(f"{info_path} not found; run `dvc repro judge@{dataset}` first")
-    info = json.loads(info_path.read_text())
-    if not info["applicable"]:
-        raise PipelineError(f"dataset {dataset!r} has no judge: {info['reason']}")
-    model = build_model("cnn", info["model"], data_spec(data.load_schema(dataset)))
-    state = load_tensors(paths.judge_dir(dataset) / MODEL_FILE)
-    model.load_state_dict(state)
-    return model.eval()
 
 
 def main(argv=None) -> int:

@@ -10,17 +10,8 @@ only when that dataset's answer changes, and judge@<dataset> depends on that fil
 from __future__ import annotations
 
 from pipeline import atomic, paths
-from pipeline.config import GENERATIVE, Params
+from pipeline.config import Params, judged_by
 from pipeline.stages import stage_main
-
-
-def judged_by(params: Params, dataset: str) -> list[str]:
-    """The generative experiments scored by `dataset`'s judge."""
-    return [
-        name
-        for name, exp in params.experiments.items()
-        if exp.dataset == dataset and exp.model.name in GENERATIVE
-    ]
 
 
 def run(params: Params, _=None) -> dict[str, bool]:

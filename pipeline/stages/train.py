@@ -2,101 +2,16 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
-from dataclasses import dataclass
 
-import numpy as np
 import yaml
 
-from pipeline import atomic, augment, data, distributed, paths, plots, tracking
-from pipeline.config import ExperimentParams, Params, apply_overrides, flatten
-from pipeline.errors import PipelineError
+from pipeline import atomic, distributed, paths, plots, tracking
+from pipeline.config import ExperimentParams, Params, flatten
+from pipeline.experiment import prepare, resolved_experiment
+from pipeline.metrics import history_csv
 from pipeline.stages import stage_main
-
-
-@dataclass
-class Prepared:
-    """Everything one training run needs, built from a resolved experiment."""
-
-    model: object
-    train: object  # engine.Batches
-    val: object
-    task: object
-    spec: object
-    schema: dict
-    device: object
-    augment_fn: object
-    arrays: dict  # numpy x/y of the train and val splits
-
-
-def prepare(exp: ExperimentParams, experiment: str) -> Prepared:
-    """Seed, build the model and the batches of `exp`; shared by train and tuning trials.
-    In a torchrun worker (train.distributed: ddp) it joins the process group first and the
-    training batches are this worker's shard."""
-    from models import build_model
-    from models.layers import init_weights
-    from pipeline import engine, tasks
-
-    schema = data.load_schema(exp.dataset)
-    device = engine.select_device(exp.device)
-    shard = (distributed.rank(), distributed.world_size())
-    if distributed.in_worker():
-        device = distributed.setup(device)
-    engine.seed_everything(exp.seed)
-    engine.set_deterministic(exp.train.deterministic)
-    spec = data_spec(schema)
-    task = tasks.make_task(tasks.task_kind(exp.model.name, schema), exp.train, schema)
-    try:
-        model = build_model(exp.model.name, exp.model.model_dump(exclude={"name"}), spec)
-        init_weights(model, exp.train.init)
-    except (ValueError, FileNotFoundError) as err:
-        raise PipelineError(f"experiments.{experiment}.model: {err}") from None
-    model.to(device)
-    train_x, train_y = data.load_split(exp.dataset, "train")
-    val_x, val_y = data.load_split(exp.dataset, "val")
-    weights = None
-    if exp.train.sampler == "weighted":
-        if schema["task"] != "classification":
-            raise PipelineError("train.sampler: 'weighted' needs a classification dataset")
-        counts = np.bincount(train_y, minlength=schema["num_classes"])
-        weights = 1.0 / counts[train_y]
-    augment_fn = augment.build(
-        exp.train.augment, schema.get("normalization"), f"experiments.{experiment}.train.augment"
-    )
-    train = engine.Batches(
-        train_x,
-        train_y,
-        exp.train.batch_size,
-        device=device,
-        shuffle=True,
-        seed=exp.seed,
-        weights=weights,
-        transform=augment_fn,
-        shard=shard,
-    )
-    val = engine.Batches(val_x, val_y, exp.evaluate.batch_size, device=device, shuffle=False)
-    if exp.train.deterministic:
-        engine.check_deterministic(
-            model, train, task, f"experiments.{experiment}.train.deterministic"
-        )
-    arrays = {"train_x": train_x, "train_y": train_y, "val_x": val_x, "val_y": val_y}
-    return Prepared(model, train, val, task, spec, schema, device, augment_fn, arrays)
-
-
-def resolved_experiment(params: Params, experiment: str) -> tuple[ExperimentParams, dict]:
-    """The experiment as train runs it: defaults < experiment < tuned.yaml (when
-    tune.use_tuned), and the tuned overrides that were applied."""
-    exp = params.experiments[experiment]
-    path = paths.tuned_file(experiment)
-    if not exp.tune.use_tuned or not path.is_file():
-        return exp, {}
-    overrides = yaml.safe_load(path.read_text()) or {}
-    if not overrides:
-        return exp, {}
-    return apply_overrides(exp, overrides, str(path)), overrides
 
 
 def run(params: Params, experiment: str):
@@ -242,45 +157,6 @@ def augmentation_preview(images, augment_fn, experiment: str):
     grid = unit_range(torch.cat(rows).cpu())
     title = f"{experiment}: " + ("original, then augmented" if augment_fn else "no augmentation")
     return plots.image_grid(grid.numpy(), title, ncols=len(images))
-
-
-def data_spec(schema: dict):
-    """What the model needs to know about the processed dataset."""
-    from models import DataSpec
-
-    language_model = schema["task"] == "language_model"
-    return DataSpec(
-        input_shape=tuple(schema["input_shape"]),
-        num_classes=schema["vocab_size"] if language_model else schema.get("num_classes", 0),
-        horizon=schema.get("horizon", 0),
-        vocab_size=schema.get("vocab_size", 0),
-        per_step=language_model,
-    )
-
-
-def load_trained_model(experiment: str, trained: bool = True):
-    """The model train@<experiment> saved, rebuilt from its own config (CPU, eval mode).
-    With `trained=False`: the same architecture freshly initialised (seeded), a baseline."""
-    import torch
-
-    from models import model_from_saved
-    from pipeline.engine import load_tensors
-
-    path = paths.model_file(experiment)
-    if not path.is_file():
-        raise PipelineError(f"{path} not found; run `dvc repro train@{experiment}` first")
-    torch.manual_seed(0)
-    return model_from_saved(load_tensors(path), load_weights=trained)
-
-
-def history_csv(history: list[dict]) -> str:
-    """Rows of dicts as CSV; the columns are every key, in first-seen order."""
-    buf = io.StringIO()
-    fields = list(dict.fromkeys(k for row in history for k in row))
-    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(history)
-    return buf.getvalue()
 
 
 def main(argv=None) -> int:

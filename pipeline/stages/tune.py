@@ -34,7 +34,7 @@ def tune_experiment(experiment: str, exp: ExperimentParams) -> dict:
 
     from pipeline import tracking
     from pipeline import tune as tuning
-    from pipeline.stages.train import history_csv
+    from pipeline.metrics import history_csv
 
     tune = exp.tune
     url = tuning.storage_url(experiment, tune)
@@ -163,15 +163,12 @@ def run_workers(
 def settle(experiment: str, exp: ExperimentParams, url: str, study, deadline) -> None:
     """Wait until no trial is RUNNING (a dead worker's trial is failed once its heartbeat is
     stale, and queued again); then run whatever the budget still holds in this process."""
-    import warnings
-
     import optuna
 
     from pipeline import tune as tuning
 
     while True:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with tuning.experimental():
             optuna.storages.fail_stale_trials(study)
         running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
         if running:  # live workers elsewhere, or a dead one not yet stale

@@ -1,0 +1,154 @@
+"""One experiment, resolved and assembled: its params (defaults < experiment < tuned.yaml),
+the model, data and task a training run needs, the trained model and the judge it is scored
+by. Stages, tuning trials and verify-determinism build runs here; no stage imports another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import yaml
+
+from pipeline import data, distributed, paths
+from pipeline.config import ExperimentParams, Params, apply_overrides
+from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from models import DataSpec
+    from pipeline.engine import Batches, Task
+
+
+@dataclass
+class Prepared:
+    """Everything one training run needs, built from a resolved experiment."""
+
+    model: nn.Module
+    train: Batches  # this worker's shard under DDP
+    val: Batches
+    task: Task
+    spec: DataSpec
+    schema: dict
+    device: torch.device
+    augment_fn: Callable[[torch.Tensor], torch.Tensor] | None
+    arrays: dict[str, np.ndarray]  # x/y of the train and val splits
+
+
+def prepare(exp: ExperimentParams, experiment: str) -> Prepared:
+    """Seed, build the model and the batches of `exp`; shared by train and tuning trials.
+    In a torchrun worker (train.distributed: ddp) it joins the process group first and the
+    training batches are this worker's shard."""
+    from models import build_model
+    from models.layers import init_weights
+    from pipeline import augment, engine, tasks
+
+    schema = data.load_schema(exp.dataset)
+    device = engine.select_device(exp.device)
+    shard = (distributed.rank(), distributed.world_size())
+    if distributed.in_worker():
+        device = distributed.setup(device)
+    engine.seed_everything(exp.seed)
+    engine.set_deterministic(exp.train.deterministic)
+    spec = data_spec(schema)
+    task = tasks.make_task(tasks.task_kind(exp.model.name, schema), exp.train, schema)
+    try:
+        model = build_model(exp.model.name, exp.model.model_dump(exclude={"name"}), spec)
+        init_weights(model, exp.train.init)
+    except (ValueError, FileNotFoundError) as err:
+        raise PipelineError(f"experiments.{experiment}.model: {err}") from None
+    model.to(device)
+    train_x, train_y = data.load_split(exp.dataset, "train")
+    val_x, val_y = data.load_split(exp.dataset, "val")
+    weights = None
+    if exp.train.sampler == "weighted":
+        if schema["task"] != "classification":
+            raise PipelineError("train.sampler: 'weighted' needs a classification dataset")
+        counts = np.bincount(train_y, minlength=schema["num_classes"])
+        weights = 1.0 / counts[train_y]
+    augment_fn = augment.build(
+        exp.train.augment, schema.get("normalization"), f"experiments.{experiment}.train.augment"
+    )
+    train = engine.Batches(
+        train_x,
+        train_y,
+        exp.train.batch_size,
+        device=device,
+        shuffle=True,
+        seed=exp.seed,
+        weights=weights,
+        transform=augment_fn,
+        shard=shard,
+    )
+    val = engine.Batches(val_x, val_y, exp.evaluate.batch_size, device=device, shuffle=False)
+    if exp.train.deterministic:
+        engine.check_deterministic(
+            model, train, task, f"experiments.{experiment}.train.deterministic"
+        )
+    arrays = {"train_x": train_x, "train_y": train_y, "val_x": val_x, "val_y": val_y}
+    return Prepared(model, train, val, task, spec, schema, device, augment_fn, arrays)
+
+
+def resolved_experiment(params: Params, experiment: str) -> tuple[ExperimentParams, dict]:
+    """The experiment as train runs it: defaults < experiment < tuned.yaml (when
+    tune.use_tuned), and the tuned overrides that were applied."""
+    exp = params.experiments[experiment]
+    path = paths.tuned_file(experiment)
+    if not exp.tune.use_tuned or not path.is_file():
+        return exp, {}
+    overrides = yaml.safe_load(path.read_text()) or {}
+    if not overrides:
+        return exp, {}
+    return apply_overrides(exp, overrides, str(path)), overrides
+
+
+def data_spec(schema: dict):
+    """What the model needs to know about the processed dataset."""
+    from models import DataSpec
+
+    language_model = schema["task"] == "language_model"
+    return DataSpec(
+        input_shape=tuple(schema["input_shape"]),
+        num_classes=schema["vocab_size"] if language_model else schema.get("num_classes", 0),
+        horizon=schema.get("horizon", 0),
+        vocab_size=schema.get("vocab_size", 0),
+        per_step=language_model,
+    )
+
+
+def load_trained_model(experiment: str, trained: bool = True):
+    """The model train@<experiment> saved, rebuilt from its own config (CPU, eval mode).
+    With `trained=False`: the same architecture freshly initialised (seeded), a baseline."""
+    import torch
+
+    from models import model_from_saved
+    from pipeline.engine import load_tensors
+
+    path = paths.model_file(experiment)
+    if not path.is_file():
+        raise PipelineError(f"{path} not found; run `dvc repro train@{experiment}` first")
+    torch.manual_seed(0)
+    return model_from_saved(load_tensors(path), load_weights=trained)
+
+
+def load_judge(dataset: str):
+    """The trained judge of `dataset` (CPU, eval mode); a clear error when there is none."""
+    import json
+
+    from models import build_model
+    from pipeline.engine import load_tensors
+
+    info_path = paths.judge_info_file(dataset)
+    if not info_path.is_file():
+        raise PipelineError(f"{info_path} not found; run `dvc repro judge@{dataset}` first")
+    info = json.loads(info_path.read_text())
+    if not info["applicable"]:
+        raise PipelineError(f"dataset {dataset!r} has no judge: {info['reason']}")
+    model = build_model("cnn", info["model"], data_spec(data.load_schema(dataset)))
+    state = load_tensors(paths.judge_model_file(dataset))
+    model.load_state_dict(state)
+    return model.eval()
