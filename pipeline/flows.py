@@ -29,6 +29,7 @@ from pipeline.config import Params, load_params
 from pipeline.errors import PipelineError
 from pipeline.metrics import MAIN_METRIC
 from pipeline.stages import ERROR_FILE, OUTPUT_FILE, TIMEOUT, TIMEOUT_EXIT
+from pipeline.tune_worker import command, worker_envs
 
 GPU_STAGES = ("judge", "tune", "train")
 GPU_TAG = "gpu"  # `prefect concurrency-limit create gpu 1`: one GPU stage at a time
@@ -331,8 +332,7 @@ def tune_worker(
 ) -> int:
     """`python -m pipeline.tune_worker` in `root`: joins the experiment's study once the tune@
     stage has created it; returns how many trials it ran."""
-    cmd = [sys.executable, "-m", "pipeline.tune_worker", "--experiment", experiment]
-    cmd += ["--params", params, "--worker", str(worker), "--wait", str(WORKER_WAIT)]
+    cmd = command(experiment, worker, params=params, wait=WORKER_WAIT)
     proc = subprocess.run(
         cmd, cwd=root, env={**os.environ, **(env or {})}, capture_output=True, text=True
     )
@@ -402,8 +402,6 @@ def tune_flow(
 
     stage_env: dict[str, str] = {}
     if deployment is None:
-        from pipeline.tune import worker_envs
-
         envs = worker_envs(tune.workers + workers)
         if tune.workers == 1:  # the stage's own worker runs in its process: its thread share
             stage_env = {k: v for k, v in envs[0].items() if k != "CUDA_VISIBLE_DEVICES"}

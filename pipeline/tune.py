@@ -27,7 +27,7 @@ from optuna.storages._heartbeat import BaseHeartbeat  # the interface RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from pipeline import cores, paths
+from pipeline import paths
 from pipeline.config import (
     PRIMITIVE,
     CategoricalSpace,
@@ -511,28 +511,6 @@ def trial_line(experiment: str, exp: ExperimentParams, study, trial: FrozenTrial
     except ValueError:  # none complete yet
         return line
     return line + f"; best {metrics[0]} {best.value:.6g} (trial {best.number})"
-
-
-def worker_env(worker: int, workers: int, gpus: int, cpus: int) -> dict[str, str]:
-    """Environment of local worker `worker`: a GPU of its own (round-robin when there are more
-    workers than GPUs), or on CPU its share of the `cpus` threads."""
-    if gpus:
-        return {"CUDA_VISIBLE_DEVICES": str(worker % gpus)}
-    threads = str(max(1, cpus // workers))
-    return {
-        "CUDA_VISIBLE_DEVICES": "",
-        **dict.fromkeys(cores.THREAD_VARS, threads),
-        cores.SHARED: "",
-    }
-
-
-def worker_envs(workers: int) -> list[dict[str, str]]:
-    """The environments of `workers` local workers started by this process: on CPU they split
-    this process's own share of the cores."""
-    import torch
-
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return [worker_env(i, workers, gpus, cores.own_threads()) for i in range(workers)]
 
 
 # ---- results ----------------------------------------------------------------------------------

@@ -120,3 +120,18 @@ def test_dvc_yaml_code_deps_are_what_each_stage_imports():
         problems[name] = (sorted(needed - deps), sorted(listed - needed))
     print(problems)
     assert problems == {name: ([], []) for name in stages}
+
+
+def test_importing_a_stage_or_the_flows_loads_no_heavy_library():
+    """`--help`, the flows' process and `check` pay no torch, MLflow or Optuna import: each is
+    imported where the work that needs it starts."""
+    import subprocess
+    import sys
+
+    stages = sorted(m for m in MODULES if m.startswith("pipeline.stages."))
+    code = (
+        f"import sys, pipeline.flows, pipeline.tune_worker, {', '.join(stages)};"
+        "print('HEAVY', sorted(m for m in ('torch', 'mlflow', 'optuna') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert "HEAVY []" in proc.stdout, proc.stdout + proc.stderr

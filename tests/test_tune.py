@@ -19,7 +19,7 @@ import optuna
 import pytest
 import yaml
 
-from pipeline import paths
+from pipeline import paths, tune_worker
 from pipeline import tune as tuning
 from pipeline.config import TuneParams, apply_overrides, load_params
 from pipeline.errors import ParamsError, PipelineError
@@ -148,14 +148,14 @@ def test_each_worker_gets_its_own_gpu_or_its_share_of_cores(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    envs = tuning.worker_envs(2)
+    envs = tune_worker.worker_envs(2)
     assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "1"]
-    assert [tuning.worker_env(i, 3, 2, 8)["CUDA_VISIBLE_DEVICES"] for i in range(3)] == [
+    assert [tune_worker.worker_env(i, 3, 2, 8)["CUDA_VISIBLE_DEVICES"] for i in range(3)] == [
         "0",
         "1",
         "0",
     ]
-    cpu = tuning.worker_env(1, 2, 0, 2)
+    cpu = tune_worker.worker_env(1, 2, 0, 2)
     assert cpu["OMP_NUM_THREADS"] == "1" and cpu["CUDA_VISIBLE_DEVICES"] == ""
 
 

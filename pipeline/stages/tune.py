@@ -140,14 +140,20 @@ def run_workers(
     if exp.tune.workers == 1:
         tuning.work(experiment, exp, url, name, worker=0, deadline=deadline)
         return
+    from pipeline import tune_worker
+
     procs = []
     try:
-        for i, env in enumerate(tuning.worker_envs(exp.tune.workers)):
-            cmd = [sys.executable, "-m", "pipeline.tune_worker", "--experiment", experiment]
-            cmd += ["--storage", url, "--study", name, "--worker", str(i)]
-            cmd += ["--config", exp.model_dump_json(), "--parent", str(os.getpid())]
-            if deadline is not None:
-                cmd += ["--deadline", str(deadline)]
+        for i, env in enumerate(tune_worker.worker_envs(exp.tune.workers)):
+            cmd = tune_worker.command(
+                experiment,
+                i,
+                storage=url,
+                study=name,
+                config=exp.model_dump_json(),
+                parent=os.getpid(),
+                deadline=deadline,
+            )
             procs.append(subprocess.Popen(cmd, env={**os.environ, **env}))
         codes = [p.wait() for p in procs]
     finally:
