@@ -15,9 +15,6 @@ from pipeline.config import DatasetParams
 from pipeline.errors import PipelineError
 from pipeline.splits import stratified_split
 
-RAW_FILE = "data.npz"
-RAW_META = "meta.json"
-
 
 def ingest(name: str, cfg: DatasetParams) -> Path:
     """Fetch the source into data/raw/<name>/ (x, y arrays + meta.json)."""
@@ -34,8 +31,8 @@ def ingest(name: str, cfg: DatasetParams) -> Path:
     extra = {"test_mask": meta.pop("test_mask")} if "test_mask" in meta else {}
     meta["samples"] = len(x)
     with atomic.atomic_dir(paths.raw_dir(name)) as tmp:
-        np.savez(tmp / RAW_FILE, x=x, y=y, **extra)
-        (tmp / RAW_META).write_text(json.dumps(meta, indent=2) + "\n")
+        np.savez(tmp / paths.raw_arrays_file(name).name, x=x, y=y, **extra)
+        (tmp / paths.raw_meta_file(name).name).write_text(json.dumps(meta, indent=2) + "\n")
     return paths.raw_dir(name)
 
 
@@ -119,7 +116,7 @@ def preprocess(name: str, cfg: DatasetParams) -> Path:
         store.write_processed(name, splits, schema, prep)
         return paths.processed_dir(name)
     x, y, meta = read_raw(name)
-    with np.load(paths.raw_dir(name) / RAW_FILE, allow_pickle=False) as f:
+    with np.load(paths.raw_arrays_file(name), allow_pickle=False) as f:
         test_mask = f["test_mask"] if "test_mask" in f.files else None
     if test_mask is None:
         splits = stratified_split(
@@ -292,17 +289,16 @@ def handling_notes(described: dict) -> list[str]:
 
 
 def raw_meta(name: str) -> dict:
-    path = paths.raw_dir(name) / RAW_META
+    path = paths.raw_meta_file(name)
     _require(path, f"ingest@{name}")
     return json.loads(path.read_text())
 
 
 def read_raw(name: str) -> tuple[np.ndarray, np.ndarray, dict]:
-    folder = paths.raw_dir(name)
-    _require(folder / RAW_FILE, f"ingest@{name}")
-    with np.load(folder / RAW_FILE, allow_pickle=False) as f:
+    _require(paths.raw_arrays_file(name), f"ingest@{name}")
+    with np.load(paths.raw_arrays_file(name), allow_pickle=False) as f:
         x, y = f["x"], f["y"]
-    return x, y, json.loads((folder / RAW_META).read_text())
+    return x, y, json.loads(paths.raw_meta_file(name).read_text())
 
 
 def load_schema(name: str) -> dict:

@@ -20,7 +20,6 @@ import numpy as np
 from pipeline import atomic, paths, preprocessing
 from pipeline.errors import PipelineError
 
-RAW_TABLE = "table.parquet"
 READERS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 MAX_CLASSES = 20  # an integer target with at most this many values is a class label
 BATCH_ROWS = 65_536  # rows per streamed batch
@@ -75,7 +74,7 @@ def ingest(name: str, cfg, columns: list[str] | None = None) -> Path:
         with atomic.atomic_dir(paths.raw_dir(name)) as tmp:
             rows, pending = 0, []
             out = pa.schema([schema.field(n) for n in names])
-            with pq.ParquetWriter(tmp / RAW_TABLE, out) as writer:
+            with pq.ParquetWriter(tmp / paths.raw_table_file(name).name, out) as writer:
                 for batch in batches:  # row groups of about BATCH_ROWS rows
                     pending.append(batch.select(names))
                     rows += batch.num_rows
@@ -87,7 +86,7 @@ def ingest(name: str, cfg, columns: list[str] | None = None) -> Path:
             if rows == 0:
                 raise PipelineError(f"{where}: {path} has no rows")
             meta = {"source": cfg.source, "path": str(path), "samples": rows}
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+            (tmp / paths.raw_meta_file(name).name).write_text(json.dumps(meta, indent=2) + "\n")
     except (pa.ArrowException, OSError) as err:
         first = str(err).strip().splitlines()[0]
         raise PipelineError(f"{where}: cannot read {path}: {first}") from None
@@ -122,7 +121,7 @@ def preprocess(name: str, cfg) -> Path:
     from pipeline.splits import require_two_classes
     from pipeline.store import SplitWriter, write_schema
 
-    table = pq.ParquetFile(paths.raw_dir(name) / RAW_TABLE, pre_buffer=False)
+    table = pq.ParquetFile(paths.raw_table_file(name), pre_buffer=False)
     names = table.schema_arrow.names
     features = list(cfg.features or [c for c in names if c not in (cfg.target, cfg.group)])
     checked = [*features, cfg.target]

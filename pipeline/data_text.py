@@ -23,7 +23,7 @@ def preprocess(name: str, cfg):
 
     from pipeline.splits import stratified_split
 
-    frame = pd.read_parquet(paths.raw_dir(name) / data_table.RAW_TABLE)
+    frame = pd.read_parquet(paths.raw_table_file(name))
     texts, labels = frame[cfg.text_column], frame[cfg.label_column]
     bad = int((texts.isna() | (texts.astype(str).str.strip() == "")).sum() + labels.isna().sum())
     if bad:

@@ -19,6 +19,21 @@ def raw_dir(dataset: str) -> Path:
     return DATA / "raw" / dataset
 
 
+def raw_arrays_file(dataset: str) -> Path:
+    """Ingested arrays (x, y; a series' values and times) of a non-table source."""
+    return raw_dir(dataset) / "data.npz"
+
+
+def raw_table_file(dataset: str) -> Path:
+    """An ingested `table` or `text` source: the user's file as Parquet."""
+    return raw_dir(dataset) / "table.parquet"
+
+
+def raw_meta_file(dataset: str) -> Path:
+    """What ingest found: source, sample count, classes, skipped files."""
+    return raw_dir(dataset) / "meta.json"
+
+
 def processed_dir(dataset: str) -> Path:
     return DATA / "processed" / dataset
 

@@ -104,7 +104,7 @@ def test_group_column_keeps_each_group_in_one_split(workdir):
     churn_frame().to_csv("churn.csv", index=False)
     cfg = table("churn.csv", target="churn", group="customer", features=["tenure", "charges"])
     run("churn", cfg)
-    frame = pd.read_parquet(paths.raw_dir("churn") / "table.parquet")
+    frame = pd.read_parquet(paths.raw_table_file("churn"))
     splits = data_table_splits(frame, cfg)
     groups = [set(frame["customer"].iloc[idx]) for idx in splits.values()]
     assert (

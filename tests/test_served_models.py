@@ -163,7 +163,7 @@ def raw_test_rows(kind: str, root: Path):
     with np.load(root / paths.split_file(kind, "test")) as f:
         index = f["index"]
     if kind in ("digits", "mnist_files", "image_folder"):
-        with np.load(root / paths.raw_dir(kind) / "data.npz") as f:
+        with np.load(root / paths.raw_arrays_file(kind)) as f:
             return f["x"][index], None
     if kind == "table_classes":
         return pd.read_csv(root / "clinic.csv").iloc[index].reset_index(drop=True), None
