@@ -46,6 +46,16 @@ MAIN_METRIC = {
     "gan": ("test/frechet_distance", False),
     "diffusion": ("test/frechet_distance", False),
 }
+# each task's baseline, as the ratio metric evaluate computes (model / baseline)
+BASELINE_RATIO = {
+    "classification": "test/accuracy_ratio_baseline",  # logistic regression
+    "forecasting": "test/rmse_ratio_persistence",
+    "regression": "test/rmse_ratio_baseline",  # the better of ridge and the train mean
+    "language_model": "test/perplexity_ratio_unigram",
+    "vae": "test/frechet_distance_ratio_untrained",
+    "gan": "test/frechet_distance_ratio_untrained",
+    "diffusion": "test/frechet_distance_ratio_untrained",
+}
 BOOTSTRAP_SAMPLES = 1000
 BOOTSTRAP_SEED = 0  # fixed: the same resamples on every run
 

@@ -8,17 +8,15 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from pipeline.config import VAL_METRICS, TrainParams
+from pipeline.config import GENERATIVE, VAL_METRICS, TrainParams
 from pipeline.engine import Batches, predict
 from pipeline.errors import PipelineError
 from pipeline.supervised import SupervisedTask
 
-GENERATIVE = {"vae": "vae", "gan": "gan", "diffusion": "diffusion"}
-
 
 def task_kind(model_name: str, schema: dict) -> str:
     """Generative families have their own objective; predictive ones learn the dataset's task."""
-    return GENERATIVE.get(model_name, schema["task"])
+    return model_name if model_name in GENERATIVE else schema["task"]
 
 
 def make_task(kind: str, cfg: TrainParams, schema: dict):

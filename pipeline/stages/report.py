@@ -11,19 +11,9 @@ import yaml
 from pipeline import atomic, paths, tracking
 from pipeline.config import Params
 from pipeline.errors import PipelineError
-from pipeline.metrics import MAIN_METRIC
+from pipeline.metrics import BASELINE_RATIO, MAIN_METRIC
 from pipeline.stages import stage_main
 
-# each task's baseline, as the ratio metric evaluate computes (model / baseline)
-BASELINE_RATIO = {
-    "classification": "test/accuracy_ratio_baseline",  # logistic regression
-    "forecasting": "test/rmse_ratio_persistence",
-    "regression": "test/rmse_ratio_baseline",  # the better of ridge and the train mean
-    "language_model": "test/perplexity_ratio_unigram",
-    "vae": "test/frechet_distance_ratio_untrained",
-    "gan": "test/frechet_distance_ratio_untrained",
-    "diffusion": "test/frechet_distance_ratio_untrained",
-}
 TASK_ORDER = list(MAIN_METRIC)
 COLUMNS = (
     "experiment",
