@@ -24,10 +24,11 @@ LONG = {
     "defaults": {
         **TINY["defaults"],
         "model": {"name": "mlp", "hidden_sizes": [64], "dropout": 0.2},
-        # about 15 s of training: time to look at the lock, then kill it mid-epoch
+        # 15-20 s of training (5 s with batches of 16 on one core of the 2-core machine, too
+        # short once the checks below slowed under load): time to look at the lock, then kill
         "train": {
             "epochs": 60,
-            "batch_size": 16,
+            "batch_size": 4,
             "early_stopping": {"patience": 0},
             "checkpoint_interval": 0,  # every epoch: resumable from the first one on
         },
