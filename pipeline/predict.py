@@ -183,11 +183,9 @@ def _read_images(names: list[str], files: list[Path], meta: dict, path: Path):
             skipped.append(name)
     if not images:
         raise PipelineError(f"--input {path}: none of its {len(files)} images could be read")
-    notes = []
-    if skipped:
-        shown = ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
-        notes.append(f"skipped {len(skipped)} unreadable image(s): {shown}")
-    return kept, np.stack(images), notes
+    from pipeline.data import handling_notes  # the line preprocess prints for a skipped file
+
+    return kept, np.stack(images), handling_notes({"skipped_unreadable": skipped})
 
 
 def model_info(uri: str, tracking_uri: str):
