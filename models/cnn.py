@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
+from models.configs import CNNConfig
 from models.layers import activation
 from models.registry import DataSpec, register_model
-
-
-@dataclass(frozen=True)
-class CNNConfig:
-    channels: tuple[int, ...] = (32, 64)
-    kernel_size: int = 3
-    hidden_size: int = 128
-    activation: str = "relu"
-    dropout: float = 0.1
-    batch_norm: bool = True
-    residual: bool = False
-
-    @classmethod
-    def tiny(cls) -> CNNConfig:
-        return cls(channels=(4,), hidden_size=8)
 
 
 class ConvBlock(nn.Module):

@@ -7,27 +7,13 @@ Images live in [-1, 1].
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from models.configs import DiffusionConfig
 from models.registry import DataSpec, register_model
-
-
-@dataclass(frozen=True)
-class DiffusionConfig:
-    timesteps: int = 200
-    channels: tuple[int, ...] = (32, 64)  # widths at full and half resolution
-    time_dim: int = 64
-    schedule: str = "cosine"  # cosine | linear
-    beta_start: float = 1e-4  # linear schedule
-    beta_end: float = 0.02
-
-    @classmethod
-    def tiny(cls) -> DiffusionConfig:
-        return cls(timesteps=10, channels=(8, 8), time_dim=8)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:

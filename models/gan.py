@@ -4,26 +4,13 @@ optionally class-conditional. Images live in [-1, 1] (tanh)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from models.configs import GANConfig
 from models.registry import DataSpec, register_model
-
-
-@dataclass(frozen=True)
-class GANConfig:
-    variant: str = "conv"  # conv | mlp
-    latent_dim: int = 32
-    channels: int = 64  # conv: base width
-    hidden_size: int = 256  # mlp
-    conditional: bool = True
-
-    @classmethod
-    def tiny(cls) -> GANConfig:
-        return cls(latent_dim=4, channels=4, hidden_size=8)
 
 
 class Generator(nn.Module):

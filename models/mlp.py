@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from models.configs import MLPConfig
 from models.layers import activation
 from models.registry import DataSpec, register_model
-
-
-@dataclass(frozen=True)
-class MLPConfig:
-    hidden_sizes: tuple[int, ...] = (256, 128)
-    activation: str = "relu"
-    dropout: float = 0.1
-    batch_norm: bool = True
-
-    @classmethod
-    def tiny(cls) -> MLPConfig:
-        return cls(hidden_sizes=(8,))
 
 
 class MLP(nn.Module):

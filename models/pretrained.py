@@ -8,30 +8,18 @@ otherwise a clear error says where to put it. `weights: null` trains from scratc
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from models.configs import PretrainedConfig
 from models.registry import DataSpec, register_model
 
 BACKBONES = {  # name -> (torchvision builder, weights enum)
     "resnet18": ("resnet18", "ResNet18_Weights"),
     "mobilenet_v3_small": ("mobilenet_v3_small", "MobileNet_V3_Small_Weights"),
 }
-
-
-@dataclass(frozen=True)
-class PretrainedConfig:
-    backbone: str = "mobilenet_v3_small"
-    weights: str | None = None  # a state_dict file, "imagenet" (from torch's cache) or None
-    freeze_backbone: bool = False  # train only the new head
-    input_size: int = 32  # images are resized to input_size x input_size
-
-    @classmethod
-    def tiny(cls) -> PretrainedConfig:
-        return cls(backbone="mobilenet_v3_small", input_size=32)
 
 
 def imagenet_file(backbone: str) -> str:

@@ -6,11 +6,14 @@ Usable without the pipeline: `build_model("cnn", {"channels": (16,)}, DataSpec((
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
+
+from models.configs import CONFIGS
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,15 @@ def register_model(name: str, config_cls: type):
     return decorate
 
 
+def load_families() -> None:
+    """Import every family module named in `models.configs.CONFIGS` (each registers itself).
+    Done on first use, so that importing `models.configs` alone does not import torch."""
+    for name in CONFIGS:
+        importlib.import_module(f"models.{name}")
+
+
 def get_entry(name: str) -> ModelEntry:
+    load_families()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -63,6 +74,7 @@ def get_entry(name: str) -> ModelEntry:
 
 
 def list_models() -> list[str]:
+    load_families()
     return sorted(_REGISTRY)
 
 

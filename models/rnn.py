@@ -7,27 +7,12 @@ features ("sequential MNIST"); or (B, T) integer tokens when the data has a voca
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from models.configs import RNNConfig
 from models.registry import DataSpec, register_model
-
-
-@dataclass(frozen=True)
-class RNNConfig:
-    cell: str = "lstm"  # lstm | gru
-    hidden_size: int = 64
-    num_layers: int = 1
-    bidirectional: bool = False
-    dropout: float = 0.0
-    embedding_dim: int = 32  # used only for token inputs
-
-    @classmethod
-    def tiny(cls) -> RNNConfig:
-        return cls(hidden_size=8, embedding_dim=4)
-
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
 

@@ -7,28 +7,14 @@ is the negative ELBO in nats per image.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from models.configs import VAEConfig
 from models.layers import activation
 from models.registry import DataSpec, register_model
-
-
-@dataclass(frozen=True)
-class VAEConfig:
-    variant: str = "conv"  # conv | mlp
-    latent_dim: int = 16
-    channels: tuple[int, ...] = (32, 64)  # conv variant
-    hidden_size: int = 256  # mlp variant
-    activation: str = "relu"
-    beta: float = 1.0
-
-    @classmethod
-    def tiny(cls) -> VAEConfig:
-        return cls(variant="mlp", latent_dim=2, hidden_size=16)
 
 
 class VAE(nn.Module):

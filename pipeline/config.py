@@ -8,7 +8,9 @@ and an optional `schedule` (when the Prefect retrain flow runs). An experiment r
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -19,14 +21,14 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    create_model,
     field_validator,
     model_validator,
 )
 
+from models.configs import CONFIGS
 from pipeline.errors import ParamsError, PipelineError
 from pipeline.schema_errors import has_path, unknown_key, validate
-
-Activation = Literal["relu", "leaky_relu", "gelu", "tanh", "sigmoid"]
 
 
 class Strict(BaseModel):
@@ -172,81 +174,23 @@ DATASET_TASK = {
 }
 
 
-# ---- models: one class per registered family (tests/test_models.py keeps them in step) ------
+# ---- models: one section per family, built from its config in models/configs.py ------------
 
 
-class MLPParams(Strict):
-    name: Literal["mlp"]
-    hidden_sizes: tuple[Annotated[int, Field(ge=1)], ...] = (256, 128)
-    activation: Activation = "relu"
-    dropout: float = Field(0.1, ge=0, lt=1)
-    batch_norm: bool = True
+def _model_params(name: str, config_cls: type) -> type[Strict]:
+    """The params.yaml section of one model family: the fields, defaults, constraints and docs
+    of its config dataclass, plus `name` to pick the family."""
+    hints = typing.get_type_hints(config_cls, include_extras=True)
+    fields = {
+        f.name: (hints[f.name], Field(f.default, description=f.metadata.get("doc")))
+        for f in dataclasses.fields(config_cls)
+    }
+    cls_name = config_cls.__name__.removesuffix("Config") + "Params"
+    return create_model(cls_name, __base__=Strict, name=(Literal[name], ...), **fields)
 
 
-class CNNParams(Strict):
-    name: Literal["cnn"]
-    channels: tuple[Annotated[int, Field(ge=1)], ...] = (32, 64)
-    kernel_size: int = Field(3, ge=1)
-    hidden_size: int = Field(128, ge=1)
-    activation: Activation = "relu"
-    dropout: float = Field(0.1, ge=0, lt=1)
-    batch_norm: bool = True
-    residual: bool = False
-
-
-class RNNParams(Strict):
-    name: Literal["rnn"]
-    cell: Literal["lstm", "gru"] = "lstm"
-    hidden_size: int = Field(64, ge=1)
-    num_layers: int = Field(1, ge=1)
-    bidirectional: bool = False
-    dropout: float = Field(0.0, ge=0, lt=1)
-    embedding_dim: int = Field(32, ge=1, description="token inputs only")
-
-
-class VAEParams(Strict):
-    name: Literal["vae"]
-    variant: Literal["conv", "mlp"] = "conv"
-    latent_dim: int = Field(16, ge=1)
-    channels: tuple[Annotated[int, Field(ge=1)], ...] = (32, 64)
-    hidden_size: int = Field(256, ge=1)
-    activation: Activation = "relu"
-    beta: float = Field(1.0, ge=0)
-
-
-class GANParams(Strict):
-    name: Literal["gan"]
-    variant: Literal["conv", "mlp"] = "conv"
-    latent_dim: int = Field(32, ge=1)
-    channels: int = Field(64, ge=1)
-    hidden_size: int = Field(256, ge=1)
-    conditional: bool = True
-
-
-class DiffusionParams(Strict):
-    name: Literal["diffusion"]
-    timesteps: int = Field(200, ge=2)
-    channels: tuple[Annotated[int, Field(ge=1)], ...] = (32, 64)
-    time_dim: int = Field(64, ge=2)
-    schedule: Literal["cosine", "linear"] = "cosine"
-    beta_start: float = Field(1e-4, gt=0, lt=1)
-    beta_end: float = Field(0.02, gt=0, lt=1)
-
-
-class PretrainedParams(Strict):
-    name: Literal["pretrained"]
-    backbone: Literal["resnet18", "mobilenet_v3_small"] = "mobilenet_v3_small"
-    weights: str | None = Field(None, description="state_dict file, 'imagenet' (cache) or null")
-    freeze_backbone: bool = False
-    input_size: int = Field(32, ge=16)
-
-
-ModelParams = Annotated[
-    Union[  # noqa: UP007
-        MLPParams, CNNParams, RNNParams, VAEParams, GANParams, DiffusionParams, PretrainedParams
-    ],
-    Field(discriminator="name"),
-]
+MODEL_PARAMS = {name: _model_params(name, cls) for name, cls in CONFIGS.items()}
+ModelParams = Annotated[Union[tuple(MODEL_PARAMS.values())], Field(discriminator="name")]  # noqa: UP007
 # which dataset tasks each family can learn (generative families model images)
 MODEL_TASKS = {
     "mlp": ("classification", "forecasting", "regression"),
@@ -575,7 +519,7 @@ def higher_is_better(metric: str) -> bool:
 class Defaults(Strict):
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    model: ModelParams = MLPParams(name="mlp")
+    model: ModelParams = MODEL_PARAMS["mlp"](name="mlp")
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     tracking: TrackingParams = TrackingParams()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ import pytest
 import yaml
 
 from benchmarks.common import venv_env
+from models.configs import CONFIGS
 from pipeline import cores
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,23 +80,20 @@ def shrink(raw: dict, epochs: int = 2) -> dict:
     raw = copy.deepcopy(raw)
     raw["defaults"]["device"] = "cpu"
     raw["defaults"]["train"]["epochs"] = epochs
-    tiny = {
-        "mlp": {"hidden_sizes": [16]},
-        "cnn": {"channels": [4], "hidden_size": 8},
-        "rnn": {"hidden_size": 8},
-        "vae": {"latent_dim": 2, "channels": [4, 4], "hidden_size": 8},
-        "gan": {"latent_dim": 4, "channels": 4, "hidden_size": 8},
-        "diffusion": {"timesteps": 10, "channels": [8, 8], "time_dim": 8},
-        "pretrained": {"backbone": "mobilenet_v3_small"},
-    }
     for exp in raw["experiments"].values():
         exp.setdefault("train", {})["epochs"] = epochs
-        exp["model"].update(tiny.get(exp["model"]["name"], {}))
+        exp["model"] = tiny_model(exp["model"]["name"])
         if exp.get("tune", {}).get("enabled"):
             exp["tune"].update(n_trials=2, epochs=epochs)
             for path in [p for p in exp["tune"]["space"] if p.startswith("model.")]:
                 del exp["tune"]["space"][path]  # keep the tiny model tiny
     return raw
+
+
+def tiny_model(name: str) -> dict:
+    """A params.yaml model section: the family at its `tiny()` preset (models/configs.py)."""
+    preset = dataclasses.asdict(CONFIGS[name].tiny())
+    return {"name": name, **{k: list(v) if isinstance(v, tuple) else v for k, v in preset.items()}}
 
 
 def write_params(path: Path, raw: dict) -> Path:

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from pipeline.__main__ import plan, stages_to_run
-from pipeline.config import CNNParams, MLPParams, load_params, merge_overrides
+from pipeline.config import MODEL_PARAMS, load_params, merge_overrides
 from pipeline.errors import ParamsError
 from tests.conftest import (
     ROOT,
@@ -33,7 +33,7 @@ def test_shipped_params_load_with_precedence():
     raw = shipped_params()
     assert set(params.experiments) == set(raw["experiments"])
     cnn = params.experiments["cnn_digits"]
-    assert isinstance(cnn.model, CNNParams)
+    assert isinstance(cnn.model, MODEL_PARAMS["cnn"])
     # experiment overrides win, everything else comes from defaults
     assert cnn.train.epochs == raw["experiments"]["cnn_digits"]["train"]["epochs"]
     assert cnn.train.batch_size == raw["defaults"]["train"]["batch_size"]
@@ -139,7 +139,7 @@ def test_params_are_frozen():
     params = load_params(ROOT / "params.yaml")
     with pytest.raises(Exception, match="frozen"):
         params.experiments["mlp_digits"].model.dropout = 0.9
-    assert isinstance(params.defaults.model, MLPParams)
+    assert isinstance(params.defaults.model, MODEL_PARAMS["mlp"])
 
 
 def run_check(cwd, *args):
