@@ -39,7 +39,7 @@ def model_and_data(device, n: int, quick: bool):
 def samples_per_second(device, n: int, epochs: int, quick: bool, **train) -> float:
     from pipeline import engine
     from pipeline.config import TrainParams
-    from pipeline.tasks import Classification
+    from pipeline.tasks.predictive import Classification
 
     model, tr, va = model_and_data(device, n, quick)
     cfg = TrainParams.model_validate(

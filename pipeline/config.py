@@ -29,6 +29,7 @@ from pydantic import (
 from models.configs import CONFIGS
 from pipeline.errors import ParamsError, PipelineError
 from pipeline.schema_errors import has_path, unknown_key, validate
+from pipeline.tasks.kinds import GENERATIVE, KINDS, families_for, higher_is_better
 
 
 class Strict(BaseModel):
@@ -191,30 +192,6 @@ def _model_params(name: str, config_cls: type) -> type[Strict]:
 
 MODEL_PARAMS = {name: _model_params(name, cls) for name, cls in CONFIGS.items()}
 ModelParams = Annotated[Union[tuple(MODEL_PARAMS.values())], Field(discriminator="name")]  # noqa: UP007
-# which dataset tasks each family can learn (generative families model images)
-MODEL_TASKS = {
-    "mlp": ("classification", "forecasting", "regression"),
-    "cnn": ("classification",),
-    "rnn": ("classification", "forecasting", "language_model", "text_classification"),
-    "pretrained": ("classification",),
-    # generative families model labelled images (their judge is a classifier of them)
-    "vae": ("classification",),
-    "gan": ("classification",),
-    "diffusion": ("classification",),
-}
-GENERATIVE = ("vae", "gan", "diffusion")
-# the validation metrics each task reports, for early stopping and tuning (the task classes in
-# tasks.py and generative.py declare theirs from here, so `check` knows them without torch)
-VAL_METRICS = {
-    "classification": ("val/loss", "val/accuracy"),
-    "forecasting": ("val/loss", "val/rmse"),
-    "regression": ("val/loss", "val/rmse"),
-    "language_model": ("val/loss", "val/perplexity"),
-    "vae": ("val/loss", "val/recon", "val/kl"),
-    "diffusion": ("val/loss",),
-    "gan": ("val/loss", "val/d_loss", "val/diversity"),
-}
-
 
 # ---- training, evaluation, tracking ---------------------------------------------------------
 
@@ -512,10 +489,6 @@ def _default_direction(metric: str) -> str:
     return "maximize" if higher_is_better(metric) else "minimize"
 
 
-def higher_is_better(metric: str) -> bool:
-    return metric.rsplit("/", 1)[-1] in ("accuracy", "f1", "r2", "diversity")
-
-
 class Defaults(Strict):
     seed: int = 42
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -730,10 +703,13 @@ def _compatibility(where: str, exp: ExperimentParams, dataset) -> list[str]:
             f"pretrained); {exp.model.name} trains in one process: set distributed: none"
         ]
     task = DATASET_TASK[dataset.source] or getattr(dataset, "task", "auto")
-    able = MODEL_TASKS[exp.model.name]
-    if task in able or (task == "auto" and {"classification", "regression"} & set(able)):
+    if task == "auto":  # a table's task is inferred from its target: either fits until then
+        able = tuple(dict.fromkeys(families_for("classification") + families_for("regression")))
+    else:
+        able = families_for(task)
+    if exp.model.name in able:
         return []
-    fits = ", ".join(m for m, tasks in MODEL_TASKS.items() if task in tasks)
+    fits = ", ".join(able)
     return [
         f"{where}.model.name: {exp.model.name!r} cannot learn dataset {exp.dataset!r} ({task}); "
         f"models for {task}: {fits}"
@@ -749,7 +725,7 @@ def _metric_problems(where: str, overrides: dict, exp: ExperimentParams, dataset
         task = DATASET_TASK[dataset.source] or getattr(dataset, "task", "auto")
         task = {"text_classification": "classification"}.get(task, task)
         tasks = ["classification", "regression"] if task == "auto" else [task]
-    reported = tuple(dict.fromkeys(m for t in tasks for m in VAL_METRICS[t]))
+    reported = tuple(dict.fromkeys(m for t in tasks for m in KINDS[t].val_metrics))
     watched = [(("train", "early_stopping", "metric"), exp.train.early_stopping.metric)]
     if exp.tune.enabled:
         watched += [(("tune", "metric"), m) for m in exp.tune.metrics() if m.startswith("val/")]

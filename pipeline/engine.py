@@ -25,9 +25,10 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from pipeline import atomic, cores, distributed
-from pipeline.config import OptimizerParams, SchedulerParams, TrainParams, higher_is_better
+from pipeline.config import OptimizerParams, SchedulerParams, TrainParams
 from pipeline.errors import PipelineError
 from pipeline.progress import EpochProgress
+from pipeline.tasks.kinds import higher_is_better
 
 
 def select_device(preference: str) -> torch.device:
@@ -136,7 +137,7 @@ class Batches:
 
 
 class Task(Protocol):
-    """How one kind of model learns; pipeline/tasks.py has one per task. The loop is shared."""
+    """How one kind of model learns; pipeline/tasks/ has one per task kind. The loop is shared."""
 
     val_metrics: tuple[str, ...]
 

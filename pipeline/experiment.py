@@ -15,6 +15,7 @@ import yaml
 from pipeline import data, distributed, paths
 from pipeline.config import ExperimentParams, Params, apply_overrides
 from pipeline.errors import PipelineError
+from pipeline.tasks.kinds import task_kind
 
 if TYPE_CHECKING:
     import torch
@@ -55,7 +56,7 @@ def prepare(exp: ExperimentParams, experiment: str) -> Prepared:
     engine.seed_everything(exp.seed)
     engine.set_deterministic(exp.train.deterministic)
     spec = data_spec(schema)
-    task = tasks.make_task(tasks.task_kind(exp.model.name, schema), exp.train, schema)
+    task = tasks.make_task(task_kind(exp.model.name, schema["task"]), exp.train, schema)
     try:
         model = build_model(exp.model.name, exp.model.model_dump(exclude={"name"}), spec)
         init_weights(model, exp.train.init)

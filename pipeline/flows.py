@@ -27,8 +27,8 @@ from prefect.tasks import exponential_backoff
 from pipeline import paths
 from pipeline.config import Params, load_params
 from pipeline.errors import PipelineError
-from pipeline.metrics import MAIN_METRIC
 from pipeline.stages import ERROR_FILE, OUTPUT_FILE, TIMEOUT, TIMEOUT_EXIT
+from pipeline.tasks.kinds import KINDS
 from pipeline.tune_worker import command, worker_envs
 
 GPU_STAGES = ("judge", "tune", "train")
@@ -243,7 +243,7 @@ def registry_decisions(root: Path, cfg: Params, ran: set[str]) -> dict[str, dict
         if f"evaluate@{name}" not in ran:
             continue
         summary = json.loads((root / paths.summary_file(name)).read_text())
-        metric = MAIN_METRIC[summary["task"]][0]
+        metric = KINDS[summary["task"]].main_metric
         out[name] = {
             "metric": metric,
             "value": summary["metrics"].get(metric),

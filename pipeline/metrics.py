@@ -36,26 +36,6 @@ def classification_metrics(
     return summary, per_class, confusion_matrix(y_true, y_pred, labels=labels)
 
 
-# the headline test metric of each task and whether higher is better (report, registry)
-MAIN_METRIC = {
-    "classification": ("test/accuracy", True),
-    "forecasting": ("test/rmse", False),
-    "regression": ("test/rmse", False),
-    "language_model": ("test/perplexity", False),
-    "vae": ("test/elbo", True),
-    "gan": ("test/frechet_distance", False),
-    "diffusion": ("test/frechet_distance", False),
-}
-# each task's baseline, as the ratio metric evaluate computes (model / baseline)
-BASELINE_RATIO = {
-    "classification": "test/accuracy_ratio_baseline",  # logistic regression
-    "forecasting": "test/rmse_ratio_persistence",
-    "regression": "test/rmse_ratio_baseline",  # the better of ridge and the train mean
-    "language_model": "test/perplexity_ratio_unigram",
-    "vae": "test/frechet_distance_ratio_untrained",
-    "gan": "test/frechet_distance_ratio_untrained",
-    "diffusion": "test/frechet_distance_ratio_untrained",
-}
 BOOTSTRAP_SAMPLES = 1000
 BOOTSTRAP_SEED = 0  # fixed: the same resamples on every run
 

@@ -36,10 +36,10 @@ from pipeline.config import (
     TuneParams,
     apply_overrides,
     flatten,
-    higher_is_better,
     unflatten,
 )
 from pipeline.errors import PipelineError
+from pipeline.tasks.kinds import higher_is_better
 
 MAX_RETRIES = 3  # a trial whose worker died this often is left failed
 LOCK_GRACE_SECONDS = 30  # a journal lock untouched this long belongs to a dead worker: broken

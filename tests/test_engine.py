@@ -10,7 +10,7 @@ from models import DataSpec, build_model
 from pipeline import engine
 from pipeline.config import TrainParams
 from pipeline.errors import PipelineError
-from pipeline.tasks import Classification
+from pipeline.tasks.predictive import Classification
 
 SCHEMA = {"task": "classification", "class_counts": {"train": [60, 60, 60]}}
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline import evaluation
 from pipeline.config import Corruption, EvaluateParams
 from pipeline.engine import Batches
-from pipeline.evaluation import baseline_classifier, robustness
+from pipeline.evaluation import predictive
+from pipeline.evaluation.images import robustness
+from pipeline.evaluation.predictive import baseline_classifier
 from pipeline.metrics import classification_intervals, interval_half_width, rmse_interval
 from tests.conftest import ROOT
 
@@ -75,7 +76,7 @@ def test_robustness_without_corruptions_does_not_import_torchvision():
     # importing torchvision took 3 s of a 12 s evaluate stage that had nothing to corrupt
     code = (
         "import sys, torch; from pipeline.engine import Batches;"
-        "from pipeline.evaluation import robustness;"
+        "from pipeline.evaluation.images import robustness;"
         "x, y = torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long);"
         "b = Batches(x, y, 2, device='cpu', shuffle=False);"
         "print(robustness(None, b, {}, ()), 'torchvision' in sys.modules)"
@@ -107,7 +108,7 @@ def test_regression_stands_beside_ridge_and_the_train_mean():
         def forward(self, xb):
             return torch.zeros(len(xb), 1)
 
-    result = evaluation.regression(Zero(), test, schema, "diabetes", train)
+    result = predictive.regression(Zero(), test, schema, "diabetes", train)
     ridge, mean_only = (result.details["baselines"][k] for k in ("ridge", "train_mean"))
     assert result.details["baseline"] == "ridge"
     assert ridge["rmse"] < 0.8 * mean_only["rmse"]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ast
 import itertools
+import re
+from pathlib import Path
 
 import yaml
 
@@ -103,26 +105,62 @@ def test_no_import_circles():
     assert circles == []
 
 
+def code_deps(module: str) -> list[str]:
+    """The files dvc.yaml should list for the stage running `module`: its own file first, then
+    every module it runs (NOT_DEPS aside), and the model library as a whole or, where only
+    the params schema is used, its torch-free configs."""
+    runs = {module} | reach(module, skip=NOT_DEPS)
+    own = str(MODULES[module].relative_to(ROOT))
+    files = {
+        str(MODULES[m].relative_to(ROOT)) for m in runs - NOT_DEPS if m.split(".")[0] != "models"
+    }
+    needed = [own, *sorted(files - {own})]
+    if any(m.split(".")[0] == "models" and m != "models.configs" for m in runs):
+        needed.append("models")
+    elif "models.configs" in runs:
+        needed.append("models/configs.py")
+    return needed
+
+
+def is_code(dep: str) -> bool:
+    return dep.endswith(".py") or dep == "models"
+
+
 def test_dvc_yaml_code_deps_are_what_each_stage_imports():
+    """On a failure, `python -m tests.test_imports` rewrites dvc.yaml's code deps."""
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     problems = {}  # stage -> (code deps dvc.yaml misses, listed code it does not run)
     for name, stage in stages.items():
         body = stage.get("do", stage)
-        module = body["cmd"].split()[2]
         deps = {d for d in body["deps"] if isinstance(d, str)}
-        runs = {module} | reach(module, skip=NOT_DEPS)
-        needed = {
-            str(MODULES[m].relative_to(ROOT)) for m in runs - NOT_DEPS if not m.startswith("models")
-        }
-        # the model library as a whole, or only its torch-free configs (the params schema)
-        if any(m.startswith("models") and m != "models.configs" for m in runs):
-            needed.add("models")
-        elif "models.configs" in runs:
-            needed.add("models/configs.py")
-        listed = {d for d in deps if d.endswith(".py") or d == "models"}
+        needed = set(code_deps(body["cmd"].split()[2]))
+        listed = {d for d in deps if is_code(d)}
         problems[name] = (sorted(needed - deps), sorted(listed - needed))
     print(problems)
     assert problems == {name: ([], []) for name in stages}
+
+
+def write_code_deps(path: Path) -> None:
+    """Rewrite each stage's code deps in dvc.yaml (other deps, comments and layout kept)."""
+    stages = yaml.safe_load(path.read_text())["stages"]
+    lines, out, stage = path.read_text().splitlines(keepends=True), [], None
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        out.append(line)
+        i += 1
+        if re.match(r"^  (\w+):", line):
+            stage = re.match(r"^  (\w+):", line).group(1)
+        if stage and re.match(r"^\s+deps:\s*$", line):
+            indent = re.match(r"^(\s+)", line).group(1) + "  "
+            body = stages[stage].get("do", stages[stage])
+            rest = []
+            while i < len(lines) and re.match(r"^\s+- ", lines[i]):
+                if not is_code(lines[i].strip()[2:].split("#")[0].strip()):
+                    rest.append(lines[i])
+                i += 1
+            out += [f"{indent}- {dep}\n" for dep in code_deps(body["cmd"].split()[2])] + rest
+    path.write_text("".join(out))
 
 
 def test_importing_a_stage_or_the_flows_loads_no_heavy_library():
@@ -138,3 +176,7 @@ def test_importing_a_stage_or_the_flows_loads_no_heavy_library():
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert "HEAVY []" in proc.stdout, proc.stdout + proc.stderr
+
+
+if __name__ == "__main__":
+    write_code_deps(ROOT / "dvc.yaml")

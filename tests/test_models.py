@@ -131,7 +131,7 @@ def test_mlp_learns_xor():
     """The sanity check everyone knows: 4 points, not linearly separable, learned to 100 %."""
     from pipeline import engine
     from pipeline.config import TrainParams
-    from pipeline.tasks import Classification
+    from pipeline.tasks.predictive import Classification
 
     torch.manual_seed(0)
     x = torch.tensor([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])

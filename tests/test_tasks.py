@@ -6,11 +6,11 @@ import torch
 
 from models import DataSpec, build_model
 from models.registry import get_entry
-from pipeline import engine, generative
+from pipeline import engine
 from pipeline.config import TrainParams
 from pipeline.errors import PipelineError
 from pipeline.experiment import data_spec
-from pipeline.tasks import make_task
+from pipeline.tasks import generative, make_task
 
 IMAGE_SCHEMA = {
     "task": "classification",
@@ -110,10 +110,28 @@ def test_collapse_detector_fires_on_a_winning_discriminator():
 
 
 def test_frechet_distance_is_zero_for_identical_sets_and_grows_with_shift():
-    from pipeline.evaluation import frechet_distance
+    from pipeline.evaluation.generative import frechet_distance
 
     rng = np.random.default_rng(0)
     a = rng.normal(size=(500, 4))
     assert frechet_distance(a, a) == pytest.approx(0, abs=1e-3)
     assert frechet_distance(a, a + 1.0) == pytest.approx(4.0, rel=0.05)
     assert generative.spread(torch.zeros(5, 1, 8, 8)) == 0
+
+
+def test_every_task_kind_has_a_trainer_an_evaluator_and_a_reported_main_metric():
+    """One table (pipeline/tasks/kinds.py) names the kinds; each has its training step and
+    its test evaluation, and check's view of the families agrees with the model registry."""
+    from models import list_models
+    from pipeline.evaluation import generative as gen_eval
+    from pipeline.evaluation import predictive as pred_eval
+    from pipeline.tasks import predictive
+    from pipeline.tasks.kinds import KINDS
+
+    assert set(KINDS) == set(predictive.TRAINERS) | set(generative.TRAINERS)
+    assert set(KINDS) == set(pred_eval.EVALUATORS) | set(gen_eval.EVALUATORS)
+    for name, kind in KINDS.items():
+        trainer = {**predictive.TRAINERS, **generative.TRAINERS}[name]
+        assert trainer.val_metrics == kind.val_metrics, name
+        assert set(kind.families) <= set(list_models()), name
+    assert {f for kind in KINDS.values() for f in kind.families} == set(list_models())

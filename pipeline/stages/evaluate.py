@@ -8,48 +8,31 @@ import sys
 
 from pipeline import atomic, data, paths, plots, tracking
 from pipeline.config import Params
-from pipeline.experiment import load_judge, load_trained_model, resolved_experiment
-from pipeline.metrics import MAIN_METRIC, interval_half_width
+from pipeline.experiment import load_trained_model, resolved_experiment
+from pipeline.metrics import interval_half_width
 from pipeline.stages import stage_main
+from pipeline.tasks.kinds import KINDS, task_kind
 
 
 def run(params: Params, experiment: str) -> dict[str, float]:
-    from pipeline import engine, evaluation, tasks
+    from pipeline import engine, evaluation
 
     exp, _ = resolved_experiment(params, experiment)
     schema = data.load_schema(exp.dataset)
     device = engine.select_device(exp.device)
-    model = load_trained_model(experiment).to(device)
     arrays = data.load_arrays(exp.dataset, "test")
-    batches = engine.Batches(
-        arrays["x"], arrays["y"], exp.evaluate.batch_size, device=device, shuffle=False
+    inputs = evaluation.Inputs(
+        experiment=experiment,
+        exp=exp,
+        schema=schema,
+        model=load_trained_model(experiment).to(device),
+        batches=engine.Batches(
+            arrays["x"], arrays["y"], exp.evaluate.batch_size, device=device, shuffle=False
+        ),
+        arrays=arrays,
     )
-    kind = tasks.task_kind(exp.model.name, schema)
-    if kind == "classification":
-        train = data.load_split(exp.dataset, "train")
-        result = evaluation.classification(model, batches, schema, experiment, train)
-        result.metrics.update(
-            evaluation.robustness(model, batches, schema, exp.evaluate.corruptions)
-        )
-        if exp.model.name == "cnn":
-            result.figures.update(evaluation.cnn_insight(model, batches.x, experiment))
-    elif kind == "regression":
-        train = data.load_split(exp.dataset, "train")
-        result = evaluation.regression(model, batches, schema, experiment, train)
-    elif kind == "language_model":
-        counts = data.load_arrays(exp.dataset, "train")["char_counts"]
-        result = evaluation.language_model(model, batches, counts, schema, experiment)
-    elif kind == "forecasting":
-        train_series = data.load_arrays(exp.dataset, "train")["series"]
-        result = evaluation.forecasting(model, batches, arrays, train_series, schema, experiment)
-    else:
-        from pipeline import generative
-
-        judge = load_judge(exp.dataset).to(device)
-        untrained = load_trained_model(experiment, trained=False).to(device)
-        result = generative.evaluate(
-            kind, model, untrained, batches, judge, schema, exp, experiment
-        )
+    kind = task_kind(exp.model.name, schema["task"])
+    result = evaluation.evaluate(kind, inputs)
 
     train_info = json.loads(paths.train_summary_file(experiment).read_text())
     with paths.history_file(experiment).open() as f:
@@ -73,7 +56,7 @@ def run(params: Params, experiment: str) -> dict[str, float]:
         run.log_metrics(result.metrics)
         registered = train_info.get("registered_model") or {}
         if registered.get("version"):
-            metric, higher_is_better = MAIN_METRIC[kind]
+            metric = KINDS[kind].main_metric
             decision = tracking.consider_champion(
                 exp.tracking,
                 registered["name"],
@@ -81,7 +64,7 @@ def run(params: Params, experiment: str) -> dict[str, float]:
                 metric,
                 result.metrics[metric],
                 interval_half_width(result.metrics, metric),
-                higher_is_better,
+                KINDS[kind].higher_is_better,
             )
             result.details["registry"] = decision
             run.set_tags(

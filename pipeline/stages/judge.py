@@ -9,9 +9,10 @@ for the others, and for datasets that are not labelled images, the stage records
 from __future__ import annotations
 
 from pipeline import atomic, data, paths, tracking
-from pipeline.config import GENERATIVE, EarlyStoppingParams, Params, judged_by
+from pipeline.config import EarlyStoppingParams, Params, judged_by
 from pipeline.experiment import data_spec
 from pipeline.stages import stage_main
+from pipeline.tasks.kinds import GENERATIVE
 
 JUDGE_MODEL = {"channels": (32, 64), "hidden_size": 128, "dropout": 0.2}
 
@@ -34,8 +35,9 @@ def run(params: Params, dataset: str) -> dict:
     import torch
 
     from models import build_model
-    from pipeline import engine, evaluation
-    from pipeline.tasks import Classification
+    from pipeline import engine
+    from pipeline.evaluation.predictive import classification
+    from pipeline.tasks.predictive import Classification
 
     schema = data.load_schema(dataset)
     with tracking.stage_run(
@@ -73,7 +75,7 @@ def run(params: Params, dataset: str) -> dict:
             Classification(cfg, schema),
             desc=f"judge {dataset}",
         )
-        scored = evaluation.classification(model, batches["test"], schema, dataset, split["train"])
+        scored = classification(model, batches["test"], schema, dataset, split["train"])
         info = {
             "applicable": True,
             "model": JUDGE_MODEL,

@@ -11,10 +11,10 @@ import yaml
 from pipeline import atomic, paths, tracking
 from pipeline.config import Params
 from pipeline.errors import PipelineError
-from pipeline.metrics import BASELINE_RATIO, MAIN_METRIC
 from pipeline.stages import stage_main
+from pipeline.tasks.kinds import KINDS
 
-TASK_ORDER = list(MAIN_METRIC)
+TASK_ORDER = list(KINDS)
 COLUMNS = (
     "experiment",
     "task",
@@ -51,7 +51,7 @@ def run(params: Params, _name=None) -> list[dict]:
 
 
 def main_metric(summary: dict) -> tuple[str, float]:
-    name = MAIN_METRIC[summary["task"]][0]
+    name = KINDS[summary["task"]].main_metric
     return name, summary["metrics"][name]
 
 
@@ -64,7 +64,7 @@ def with_interval(summary: dict) -> str:
 
 
 def _rank(summary: dict):
-    _, higher_better = MAIN_METRIC[summary["task"]]
+    higher_better = KINDS[summary["task"]].higher_is_better
     value = main_metric(summary)[1]
     return TASK_ORDER.index(summary["task"]), -value if higher_better else value
 
@@ -74,7 +74,7 @@ def leaderboard_rows(summaries: list[dict]) -> list[list[str]]:
     for s in summaries:
         t = s["train"]
         name, _ = main_metric(s)
-        ratio_key = BASELINE_RATIO[s["task"]]
+        ratio_key = KINDS[s["task"]].baseline_ratio
         ratio = f"{s['metrics'][ratio_key]:.3f}x" if ratio_key in s["metrics"] else ""
         rows.append(
             [

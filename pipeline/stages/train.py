@@ -12,6 +12,7 @@ from pipeline.config import ExperimentParams, Params, flatten
 from pipeline.experiment import prepare, resolved_experiment
 from pipeline.metrics import history_csv
 from pipeline.stages import stage_main
+from pipeline.tasks.kinds import KINDS, task_kind
 
 
 def run(params: Params, experiment: str):
@@ -133,10 +134,8 @@ def log_model(run, model, saved: dict, schema: dict, model_name: str, registered
 
     import torch
 
-    from pipeline import tasks
-
     prep_path = paths.preprocessor_file(schema["dataset"])
-    served = tasks.task_kind(model_name, schema) in ("classification", "regression", "forecasting")
+    served = KINDS[task_kind(model_name, schema["task"])].served
     if not served or not prep_path.is_file():
         return run.log_torch_model(model, example, registered_name=registered)
     with tempfile.TemporaryDirectory() as tmp:
@@ -149,7 +148,7 @@ def augmentation_preview(images, augment_fn, experiment: str):
     """Row 1: training images as stored; rows 2-4: three augmented draws of them."""
     import torch
 
-    from pipeline.evaluation import unit_range
+    from pipeline.evaluation.images import unit_range
 
     if images.dim() != 4:
         return plots.text_figure("(not image data: nothing to augment)", f"{experiment}: inputs")

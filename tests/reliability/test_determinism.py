@@ -45,7 +45,7 @@ class CudaOnlyScatter(nn.Module):
 
 
 def test_an_op_without_a_deterministic_kernel_is_reported_before_training():
-    from pipeline.tasks import Classification
+    from pipeline.tasks.predictive import Classification
     from tests.test_engine import SCHEMA
 
     model, tr, va, cfg = setup()

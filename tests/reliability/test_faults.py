@@ -7,7 +7,7 @@ import torch
 
 from pipeline import engine
 from pipeline.errors import PipelineError
-from pipeline.tasks import Classification
+from pipeline.tasks.predictive import Classification
 from tests.test_engine import SCHEMA, setup
 
 

@@ -1,46 +1,20 @@
-"""One small class per task: how a model of that task takes a training step and is validated.
-
-The epoch loop, checkpoints and early stopping live in the engine and are shared by all.
-"""
+"""The predictive tasks: how a classifier, a forecaster or a language model takes a training
+step and is validated. The epoch loop, checkpoints and early stopping are the engine's."""
 
 from __future__ import annotations
 
 import torch
 from torch.nn import functional as F
 
-from pipeline.config import GENERATIVE, VAL_METRICS, TrainParams
+from pipeline.config import TrainParams
 from pipeline.engine import Batches, predict
 from pipeline.errors import PipelineError
-from pipeline.supervised import SupervisedTask
-
-
-def task_kind(model_name: str, schema: dict) -> str:
-    """Generative families have their own objective; predictive ones learn the dataset's task."""
-    return model_name if model_name in GENERATIVE else schema["task"]
-
-
-def make_task(kind: str, cfg: TrainParams, schema: dict):
-    if kind in GENERATIVE:
-        from pipeline import generative
-
-        if cfg.precision != "fp32":
-            raise PipelineError(
-                f"train.precision: {cfg.precision!r} is for supervised models (mlp, cnn, rnn, "
-                f"pretrained); {kind} trains in fp32: set precision: fp32"
-            )
-
-        return generative.TASKS[kind](cfg, schema)
-    known = {
-        "classification": Classification,
-        "forecasting": Forecasting,
-        "regression": Forecasting,  # one value per sample: the same MSE objective
-        "language_model": LanguageModel,
-    }
-    return known[kind](cfg, schema)
+from pipeline.tasks.base import SupervisedTask
+from pipeline.tasks.kinds import KINDS
 
 
 class Classification(SupervisedTask):
-    val_metrics = VAL_METRICS["classification"]
+    val_metrics = KINDS["classification"].val_metrics
 
     def __init__(self, cfg: TrainParams, schema: dict):
         super().__init__(cfg, schema)
@@ -68,7 +42,7 @@ class Classification(SupervisedTask):
 class Forecasting(SupervisedTask):
     """Predict the next `horizon` values of a scaled series; loss is MSE."""
 
-    val_metrics = VAL_METRICS["forecasting"]
+    val_metrics = KINDS["forecasting"].val_metrics
 
     def loss(self, model, xb, yb):
         return F.mse_loss(model(xb), yb)
@@ -81,7 +55,7 @@ class Forecasting(SupervisedTask):
 class LanguageModel(SupervisedTask):
     """Next-token prediction at every step; perplexity = exp(mean loss per token)."""
 
-    val_metrics = VAL_METRICS["language_model"]
+    val_metrics = KINDS["language_model"].val_metrics
 
     def loss(self, model, xb, yb):
         return F.cross_entropy(model(xb).flatten(0, 1), yb.flatten())
@@ -90,3 +64,11 @@ class LanguageModel(SupervisedTask):
         logits = predict(model, batches)
         loss = F.cross_entropy(logits.flatten(0, 1), batches.y.flatten()).item()
         return {"val/loss": loss, "val/perplexity": float(torch.tensor(loss).exp())}
+
+
+TRAINERS = {
+    "classification": Classification,
+    "forecasting": Forecasting,
+    "regression": Forecasting,  # one value per sample: the same MSE objective
+    "language_model": LanguageModel,
+}

@@ -1,7 +1,7 @@
-"""Generative tasks (VAE, GAN, diffusion): their training steps and their test evaluation.
+"""The generative tasks (VAE, GAN, diffusion): their training steps and validation.
 
 Processed images are standardised; these tasks map them back to [0, 1] (VAE) or [-1, 1]
-(GAN, diffusion) with the saved train statistics, and map samples forward again for the judge.
+(GAN, diffusion) with the saved train statistics.
 """
 
 from __future__ import annotations
@@ -9,19 +9,18 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from pipeline import plots
 from pipeline.augment import ImageScale
-from pipeline.config import VAL_METRICS, ExperimentParams, TrainParams
+from pipeline.config import TrainParams
 from pipeline.engine import Batches, build_optimizer, optimizer_step
 from pipeline.errors import PipelineError
-from pipeline.evaluation import Evaluation, sample_quality
-from pipeline.supervised import SupervisedTask
+from pipeline.tasks.base import SupervisedTask
+from pipeline.tasks.kinds import KINDS
 
-SAMPLE_SEED = 1234  # fixed: evaluation samples are the same on every run
+SAMPLE_SEED = 1234  # fixed: validation and evaluation samples are the same on every run
 
 
 class VAETask(SupervisedTask):
-    val_metrics = VAL_METRICS["vae"]
+    val_metrics = KINDS["vae"].val_metrics
 
     def __init__(self, cfg: TrainParams, schema: dict):
         super().__init__(cfg, schema)
@@ -47,7 +46,7 @@ class VAETask(SupervisedTask):
 
 
 class DiffusionTask(SupervisedTask):
-    val_metrics = VAL_METRICS["diffusion"]
+    val_metrics = KINDS["diffusion"].val_metrics
 
     def __init__(self, cfg: TrainParams, schema: dict):
         super().__init__(cfg, schema)
@@ -70,7 +69,7 @@ class GANTask:
     """Adversarial training: `d_steps` discriminator steps per generator step, one-sided
     label smoothing, separate optimizers, and a collapse detector."""
 
-    val_metrics = VAL_METRICS["gan"]
+    val_metrics = KINDS["gan"].val_metrics
 
     def __init__(self, cfg: TrainParams, schema: dict):
         self.cfg, self.adv = cfg, cfg.adversarial
@@ -154,86 +153,4 @@ def spread(images: torch.Tensor) -> float:
     return torch.cdist(flat, flat).mean().item()
 
 
-TASKS = {"vae": VAETask, "gan": GANTask, "diffusion": DiffusionTask}
-
-
-@torch.no_grad()
-def evaluate(
-    kind: str,
-    model,
-    untrained,
-    batches: Batches,
-    judge,
-    schema: dict,
-    exp: ExperimentParams,
-    title: str,
-) -> Evaluation:
-    """Test-split scores of a generative model, judged by the dataset's own classifier, beside
-    the same scores of an untrained model of the same architecture (the baseline)."""
-    scale = ImageScale(schema["normalization"])
-    real = batches.x
-    samples = unit_samples(kind, model, len(real))
-    metrics = sample_quality(judge, real, scale.from_unit(samples), schema["num_classes"])
-    floor = sample_quality(
-        judge,
-        real,
-        scale.from_unit(unit_samples(kind, untrained, len(real))),
-        schema["num_classes"],
-    )
-    metrics["test/frechet_distance_untrained"] = floor["test/frechet_distance"]
-    metrics["test/frechet_distance_ratio_untrained"] = (
-        metrics["test/frechet_distance"] / floor["test/frechet_distance"]
-    )
-    figures = {
-        "samples": plots.image_grid(samples[:100].cpu().numpy(), f"{title}: samples", ncols=10)
-    }
-    if kind == "vae":
-        metrics.update(vae_scores(model, judge, batches, scale))
-        figures.update(vae_figures(model, batches, scale, title))
-    return Evaluation(metrics, {"judge": "CNN classifier of judge@" + exp.dataset}, figures)
-
-
-@torch.no_grad()
-def unit_samples(kind: str, model, n: int) -> torch.Tensor:
-    """`n` seeded samples in [0, 1]."""
-    model.eval()
-    g = torch.Generator().manual_seed(SAMPLE_SEED)
-    if kind == "vae":
-        return model.sample(n, generator=g)
-    return (model.sample(n, generator=g) + 1) / 2
-
-
-def vae_scores(model, judge, batches: Batches, scale: ImageScale) -> dict[str, float]:
-    """ELBO (beta = 1, one latent sample per image, seeded) and the judge's accuracy on
-    reconstructions of the test set."""
-    torch.manual_seed(SAMPLE_SEED)
-    unit = scale.to_unit(batches.x)
-    logits, mu, logvar = model(unit)
-    recon = F.binary_cross_entropy_with_logits(logits, unit, reduction="none").flatten(1).sum(1)
-    kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
-    rebuilt = model.reconstruct(unit)
-    judged = judge(scale.from_unit(rebuilt)).argmax(1)
-    return {
-        "test/elbo": -(recon + kl).mean().item(),
-        "test/recon_nll": recon.mean().item(),
-        "test/kl": kl.mean().item(),
-        "test/recon_mse": F.mse_loss(rebuilt, unit).item(),
-        "test/judge_accuracy_on_reconstructions": (judged == batches.y).float().mean().item(),
-    }
-
-
-def vae_figures(model, batches: Batches, scale: ImageScale, title: str) -> dict:
-    unit = scale.to_unit(batches.x[:20])
-    pairs = torch.stack([unit, model.reconstruct(unit)], 1).flatten(0, 1)  # original, recon
-    mu = model.encode(scale.to_unit(batches.x[:10]))[0]
-    steps = torch.linspace(0, 1, 10, device=mu.device)[None, :, None]
-    starts, ends = mu[0::2][:, None], mu[1::2][:, None]  # 5 pairs of test images
-    path = (starts * (1 - steps) + ends * steps).flatten(0, 1)  # (5 * 10, Z)
-    return {
-        "reconstructions": plots.image_grid(
-            pairs.cpu().numpy(), f"{title}: test image, reconstruction", ncols=10
-        ),
-        "interpolation": plots.image_grid(
-            model.decode(path).cpu().numpy(), f"{title}: latent interpolation", ncols=10
-        ),
-    }
+TRAINERS = {"vae": VAETask, "gan": GANTask, "diffusion": DiffusionTask}

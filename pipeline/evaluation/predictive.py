@@ -1,30 +1,17 @@
-"""Test-split evaluation, one function per task, each beside a classical baseline where one fits.
-
-Every function returns an `Evaluation`: `split/metric` numbers for DVC, MLflow and the report,
-details for JSON, and figures saved as PNG.
-"""
+"""Test-split evaluation of the predictive tasks, each beside a classical baseline fitted on the
+train split in the same run."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from pipeline import plots
+from pipeline import data, plots
 from pipeline.engine import Batches, predict
+from pipeline.evaluation.base import CONFUSION_HEADER, Evaluation, Inputs
+from pipeline.evaluation.images import cnn_insight, robustness
 from pipeline.metrics import classification_intervals, classification_metrics, rmse_interval
-
-CONFUSION_HEADER = "actual,predicted\n"
-
-
-@dataclass
-class Evaluation:
-    metrics: dict[str, float]
-    details: dict = field(default_factory=dict)
-    figures: dict = field(default_factory=dict)  # file stem -> matplotlib figure
-    confusion_csv: str = CONFUSION_HEADER  # rows only for classification
 
 
 def classification(
@@ -232,96 +219,34 @@ def ar_forecasts(train_series, inputs: np.ndarray, horizon: int) -> tuple[np.nda
     return out, lags
 
 
-@torch.no_grad()
-def cnn_insight(model, sample: torch.Tensor, title: str) -> dict:
-    """First-layer filters and the first block's feature maps of one test image."""
-    first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
-    filters = first_conv.weight.detach()[:, :1].cpu()  # (C_out, 1, k, k): first input channel
-    maps = model.features[0](sample[:1])[0][:, None].cpu()  # (C_out, 1, h, w)
-    return {
-        "filters": plots.image_grid(
-            unit_range(filters).numpy(), f"{title}: first-layer filters", ncols=8
-        ),
-        "feature_maps": plots.image_grid(
-            unit_range(maps).numpy(), f"{title}: block-1 feature maps of a test image", ncols=8
-        ),
-    }
+def _classification(i: Inputs) -> Evaluation:
+    result = classification(
+        i.model, i.batches, i.schema, i.experiment, data.load_split(i.exp.dataset, "train")
+    )
+    result.metrics.update(robustness(i.model, i.batches, i.schema, i.exp.evaluate.corruptions))
+    if i.exp.model.name == "cnn":
+        result.figures.update(cnn_insight(i.model, i.batches.x, i.experiment))
+    return result
 
 
-def unit_range(t: torch.Tensor) -> torch.Tensor:
-    """Scale each image to [0, 1] for display."""
-    lo = t.flatten(1).min(1).values.view(-1, 1, 1, 1)
-    hi = t.flatten(1).max(1).values.view(-1, 1, 1, 1)
-    return (t - lo) / (hi - lo).clamp_min(1e-8)
+def _regression(i: Inputs) -> Evaluation:
+    train = data.load_split(i.exp.dataset, "train")
+    return regression(i.model, i.batches, i.schema, i.experiment, train)
 
 
-@torch.no_grad()
-def judge_features(judge, images: torch.Tensor, batch_size: int = 512):
-    """Penultimate-layer features and class probabilities of the judge classifier."""
-    judge.eval()
-    feats, probs = [], []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size]
-        h = judge.features(chunk)
-        h = judge.head[:-1](h)  # everything but the last Linear: the feature space
-        feats.append(h)
-        probs.append(judge.head[-1](h).softmax(1))
-    return torch.cat(feats).double().cpu().numpy(), torch.cat(probs).cpu().numpy()
+def _language_model(i: Inputs) -> Evaluation:
+    counts = data.load_arrays(i.exp.dataset, "train")["char_counts"]
+    return language_model(i.model, i.batches, counts, i.schema, i.experiment)
 
 
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Frechet distance between Gaussians fitted to two feature sets (the FID formula)."""
-    from scipy import linalg
-
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    # a small ridge keeps the product well-conditioned (ReLU features are often rank-deficient)
-    ridge = 1e-6 * np.eye(a.shape[1])
-    cov_a, cov_b = np.cov(a, rowvar=False) + ridge, np.cov(b, rowvar=False) + ridge
-    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
-    covmean = covmean.real
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean))
+def _forecasting(i: Inputs) -> Evaluation:
+    series = data.load_arrays(i.exp.dataset, "train")["series"]
+    return forecasting(i.model, i.batches, i.arrays, series, i.schema, i.experiment)
 
 
-def sample_quality(judge, real: torch.Tensor, fake: torch.Tensor, num_classes: int) -> dict:
-    """Offline sample quality: Frechet distance in the judge's feature space, its confidence
-    on the samples and how many classes it sees among them."""
-    real_feats, _ = judge_features(judge, real)
-    fake_feats, probs = judge_features(judge, fake)
-    predicted = probs.argmax(1)
-    counts = np.bincount(predicted, minlength=num_classes)
-    return {
-        "test/frechet_distance": frechet_distance(real_feats, fake_feats),
-        "test/judge_confidence": float(probs.max(1).mean()),
-        "test/class_coverage": int((counts > 0).sum()),
-        "test/samples": len(fake),
-    }
-
-
-def robustness(model, batches: Batches, schema: dict, corruptions) -> dict[str, float]:
-    """Test accuracy of an image classifier under each declared corruption (seeded), and its
-    ratio to the clean accuracy."""
-    if batches.x.dim() != 4 or not corruptions:
-        return {}  # before the imports: torchvision costs seconds to import
-    from torchvision.transforms.v2 import functional as TF
-
-    from pipeline.augment import ImageScale
-
-    scale = ImageScale(schema["normalization"])
-    clean = (predict(model, batches).argmax(1) == batches.y).float().mean().item()
-    g = torch.Generator(device=batches.x.device).manual_seed(0)
-    out = {}
-    for c in corruptions:
-        unit = scale.to_unit(batches.x)
-        if c.name == "gaussian_noise":
-            noise = torch.randn(unit.shape, generator=g, device=unit.device)
-            unit = (unit + c.severity * noise).clamp(0, 1)
-        else:
-            unit = TF.rotate(unit, c.severity)
-        shifted = Batches(
-            scale.from_unit(unit), batches.y, batches.batch_size, device=unit.device, shuffle=False
-        )
-        acc = (predict(model, shifted).argmax(1) == batches.y).float().mean().item()
-        key = f"test/robust/{c.name}_{c.severity:g}"
-        out[f"{key}/accuracy"] = acc
-        out[f"{key}/accuracy_ratio_clean"] = acc / max(clean, 1e-12)
-    return out
+EVALUATORS = {
+    "classification": _classification,
+    "regression": _regression,
+    "language_model": _language_model,
+    "forecasting": _forecasting,
+}
