@@ -2,6 +2,7 @@
 `python -m pipeline predict ...`: batch inference with a registered model.
 `python -m pipeline serve`: serve the Prefect flows (retrain on `schedule.cron`); see flows.py.
 `python -m pipeline verify-determinism <experiment>`: train and evaluate twice, diff the outputs.
+`python -m pipeline params-doc`: print the params.yaml reference (docs/params.md).
 
 Light on purpose: it imports no torch or mlflow. Which stages are out of date comes from DVC's
 own status, asked in this process: a `dvc status` subprocess costs a second Python start-up
@@ -209,7 +210,12 @@ def main(argv=None) -> int:
     verify.add_argument("experiment")
     verify.add_argument("--params", default=str(paths.PARAMS))
     verify.add_argument("--epochs", type=int, help="default: the experiment's train.epochs")
+    sub.add_parser("params-doc", help="print the params.yaml reference (docs/params.md)")
     args = parser.parse_args(argv)
+    if args.command == "params-doc":
+        from pipeline import params_doc
+
+        return params_doc.main()
     if args.command == "verify-determinism":
         return verify_command(args)
     if args.command == "predict":

@@ -56,7 +56,7 @@ class SplitParams(SeriesSplit):
     """Stratified by class and seeded."""
 
     test: float = Field(0.2, gt=0, lt=1, description="fraction for the test split")
-    seed: int = 0
+    seed: int = Field(0, description="seed of the stratified split")
 
 
 class DigitsDataset(Strict):
@@ -64,14 +64,14 @@ class DigitsDataset(Strict):
 
     source: Literal["sklearn_digits"]
     split: SplitParams = SplitParams()
-    normalize: bool = True
+    normalize: bool = Field(True, description="standardise with train-split statistics")
 
 
 class SeriesDataset(Strict):
     """A univariate time series bundled with statsmodels, as sliding windows."""
 
     source: Literal["statsmodels"]
-    name: Literal["sunspots", "nile"] = "sunspots"
+    name: Literal["sunspots", "nile"] = Field("sunspots", description="which bundled series")
     lookback: int = Field(24, ge=1, description="past steps in one input window")
     horizon: int = Field(1, ge=1, description="future steps predicted per window")
     split: SeriesSplit = SeriesSplit()
@@ -82,19 +82,22 @@ class TextCorpusDataset(Strict):
     language models. Split by position (the end of the text is val, then test)."""
 
     source: Literal["python_docstrings"]
-    modules: tuple[str, ...] = (
-        "json",
-        "collections",
-        "functools",
-        "itertools",
-        "pathlib",
-        "argparse",
-        "textwrap",
-        "string",
-        "statistics",
-        "inspect",
+    modules: tuple[str, ...] = Field(
+        (
+            "json",
+            "collections",
+            "functools",
+            "itertools",
+            "pathlib",
+            "argparse",
+            "textwrap",
+            "string",
+            "statistics",
+            "inspect",
+        ),
+        description="standard-library modules whose docstrings form the corpus",
     )
-    max_chars: int = Field(120_000, ge=1_000)
+    max_chars: int = Field(120_000, ge=1_000, description="characters kept from the corpus")
     seq_len: int = Field(64, ge=2, description="characters per training sequence")
     split: SeriesSplit = SeriesSplit(val=0.1, test=0.1)
 
@@ -103,50 +106,58 @@ class TableDataset(Strict):
     """A CSV or Parquet file: one row per sample, a target column and feature columns."""
 
     source: Literal["table"]
-    path: str
-    target: str
+    path: str = Field(description="CSV or Parquet file")
+    target: str = Field(description="column to predict")
     features: tuple[str, ...] | None = Field(None, description="default: every other column")
-    task: Literal["auto", "classification", "regression"] = "auto"
-    nan: Literal["fail", "drop", "impute_mean", "impute_median"] = "fail"
+    task: Literal["auto", "classification", "regression"] = Field(
+        "auto",
+        description="auto: regression for fractional or many-valued numbers, else classification",
+    )
+    nan: Literal["fail", "drop", "impute_mean", "impute_median"] = Field(
+        "fail",
+        description="missing values: fail with a report, drop rows, impute (train statistics)",
+    )
     group: str | None = Field(None, description="rows sharing a group stay in one split")
     split: SplitParams = SplitParams()
-    normalize: bool = True
+    normalize: bool = Field(True, description="standardise numeric columns with train statistics")
 
 
 class TorchvisionDataset(Strict):
     """MNIST, Fashion-MNIST, KMNIST or CIFAR-10 from their standard files under `root`."""
 
     source: Literal["mnist", "fashion_mnist", "kmnist", "cifar10"]
-    root: str = "data/external"
+    root: str = Field("data/external", description="folder holding torchvision's standard files")
     download: bool = Field(False, description="fetch missing files with torchvision")
     limit: int | None = Field(None, ge=10, description="a seeded subset of this many images")
     split: SplitParams = Field(SplitParams(), description="test: the official test set")
-    normalize: bool = True
+    normalize: bool = Field(True, description="standardise with train-split statistics")
 
 
 class ImageFolderDataset(Strict):
     """One sub-folder per class of PNG/JPEG files (torchvision's ImageFolder layout)."""
 
     source: Literal["image_folder"]
-    path: str
-    size: tuple[Annotated[int, Field(ge=4)], Annotated[int, Field(ge=4)]] = (32, 32)
-    channels: Literal[1, 3] = 3
+    path: str = Field(description="folder of <class>/<image> files")
+    size: tuple[Annotated[int, Field(ge=4)], Annotated[int, Field(ge=4)]] = Field(
+        (32, 32), description="height, width after resizing"
+    )
+    channels: Literal[1, 3] = Field(3, description="1 (grey) or 3 (RGB)")
     max_bad_fraction: float = Field(0.01, ge=0, lt=1, description="unreadable images allowed")
     split: SplitParams = SplitParams()
-    normalize: bool = True
+    normalize: bool = Field(True, description="standardise with train-split statistics")
 
 
 class TextDataset(Strict):
     """A CSV/Parquet file with a text column and a label column (text classification)."""
 
     source: Literal["text"]
-    path: str
-    text_column: str = "text"
-    label_column: str = "label"
-    tokenizer: Literal["word", "char"] = "word"
-    lowercase: bool = True
+    path: str = Field(description="CSV or Parquet file")
+    text_column: str = Field("text", description="column holding the text")
+    label_column: str = Field("label", description="column holding the class")
+    tokenizer: Literal["word", "char"] = Field("word", description="split into words or characters")
+    lowercase: bool = Field(True, description="lower-case before tokenising")
     min_freq: int = Field(1, ge=1, description="rarer train tokens become <unk>")
-    max_vocab: int = Field(20_000, ge=3)
+    max_vocab: int = Field(20_000, ge=3, description="most frequent train tokens kept")
     max_length: int = Field(64, ge=1, description="tokens per text: truncated or padded")
     split: SplitParams = SplitParams()
 
@@ -197,8 +208,8 @@ ModelParams = Annotated[Union[tuple(MODEL_PARAMS.values())], Field(discriminator
 
 
 class OptimizerParams(Strict):
-    name: Literal["sgd", "adam", "adamw", "rmsprop"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
+    name: Literal["sgd", "adam", "adamw", "rmsprop"] = Field("adamw", description="optimizer")
+    lr: float = Field(1e-3, gt=0, description="learning rate")
     weight_decay: float = Field(0.0, ge=0, description="L2 penalty (decoupled for adamw)")
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd and rmsprop only")
     nesterov: bool = Field(False, description="sgd only")
@@ -206,7 +217,9 @@ class OptimizerParams(Strict):
 
 
 class SchedulerParams(Strict):
-    name: Literal["none", "cosine", "step", "plateau", "onecycle"] = "cosine"
+    name: Literal["none", "cosine", "step", "plateau", "onecycle"] = Field(
+        "cosine", description="learning-rate schedule"
+    )
     step_size: int = Field(10, ge=1, description="step: epochs between decays")
     gamma: float = Field(0.5, gt=0, le=1, description="step/plateau: decay factor")
     patience: int = Field(5, ge=0, description="plateau: epochs without improvement")
@@ -228,11 +241,11 @@ class EarlyStoppingParams(Strict):
 class AdversarialParams(Strict):
     """GAN training: discriminator steps per generator step, smoothing, collapse detection."""
 
-    d_steps: int = Field(1, ge=1)
+    d_steps: int = Field(1, ge=1, description="discriminator steps per generator step")
     d_lr: float | None = Field(None, gt=0, description="discriminator lr; null: optimizer.lr")
     real_label: float = Field(0.9, gt=0.5, le=1, description="one-sided label smoothing")
     collapse_steps: int = Field(300, ge=1, description="steps of near-zero D loss = collapse")
-    collapse_loss: float = Field(0.01, gt=0)
+    collapse_loss: float = Field(0.01, gt=0, description="D loss below this counts as near zero")
     min_diversity: float = Field(0.1, ge=0, description="sample spread / real spread floor")
 
 
@@ -249,23 +262,28 @@ class AugmentStep(Strict):
         "random_erasing",
         "gaussian_noise",
     ]
-    args: dict[str, Any] = {}
+    args: dict[str, Any] = Field({}, description="keyword arguments of the torchvision transform")
 
 
 class TrainParams(Strict):
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(64, ge=1)
+    epochs: int = Field(30, ge=1, description="passes over the train split")
+    batch_size: int = Field(64, ge=1, description="samples per step")
     optimizer: OptimizerParams = OptimizerParams()
     scheduler: SchedulerParams = SchedulerParams()
     early_stopping: EarlyStoppingParams = EarlyStoppingParams()
     grad_clip: float | None = Field(1.0, gt=0, description="max gradient norm; null disables")
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="classification only")
     l1: float = Field(0.0, ge=0, description="L1 penalty on weights")
-    class_weights: Literal["none", "balanced"] = "none"
+    class_weights: Literal["none", "balanced"] = Field(
+        "none", description="balanced: loss weights inverse to class counts"
+    )
     sampler: Literal["shuffle", "weighted"] = Field(
         "shuffle", description="weighted: draw classes equally often (imbalanced data)"
     )
-    init: Literal["default", "kaiming", "xavier", "orthogonal"] = "default"
+    init: Literal["default", "kaiming", "xavier", "orthogonal"] = Field(
+        "default",
+        description="weight initialisation of Linear/Conv layers (recurrent weights: orthogonal)",
+    )
     adversarial: AdversarialParams = AdversarialParams()
     augment: tuple[AugmentStep, ...] = Field((), description="image transforms, training only")
     precision: Literal["fp32", "bf16"] = Field(
@@ -305,11 +323,13 @@ class Corruption(Strict):
     a rotation (severity = degrees)."""
 
     name: Literal["gaussian_noise", "rotation"]
-    severity: float = Field(gt=0)
+    severity: float = Field(
+        gt=0, description="noise std in [0, 1] pixel units, or rotation degrees"
+    )
 
 
 class EvaluateParams(Strict):
-    batch_size: int = Field(512, ge=1)
+    batch_size: int = Field(512, ge=1, description="samples per evaluation batch")
     corruptions: tuple[Corruption, ...] = Field(
         (), description="image classifiers: test accuracy under each, as test/robust/..."
     )
@@ -343,9 +363,14 @@ class TrackingParams(Strict):
     enabled: bool = Field(
         True, description="false: no MLflow at all (no runs, no registry, no champion decision)"
     )
-    uri: Url = "sqlite:///mlflow.db"
-    artifact_location: Url = "mlartifacts"
-    experiment_name: str = "dl-pipeline"
+    uri: Url = Field(
+        "sqlite:///mlflow.db",
+        description="MLflow tracking store: sqlite:///file, postgresql://, http(s)://, or a folder",
+    )
+    artifact_location: Url = Field(
+        "mlartifacts", description="where new MLflow experiments store artifacts (folder or s3://)"
+    )
+    experiment_name: str = Field("dl-pipeline", description="MLflow experiment of every run")
 
     @field_validator("experiment_name")
     @classmethod
@@ -355,8 +380,8 @@ class TrackingParams(Strict):
             raise ValueError(problem)
         return name
 
-    system_metrics: bool = False
-    log_model: bool = True
+    system_metrics: bool = Field(False, description="log CPU/GPU/memory use of each run")
+    log_model: bool = Field(True, description="log and register the trained model")
 
 
 # ---- tuning ---------------------------------------------------------------------------------
@@ -375,10 +400,10 @@ class _SpaceItem(Strict):
 
 class FloatSpace(_SpaceItem):
     type: Literal["float"]
-    low: float
-    high: float
-    log: bool = False
-    step: float | None = Field(None, gt=0)
+    low: float = Field(description="lowest value")
+    high: float = Field(description="highest value")
+    log: bool = Field(False, description="sample on a log scale")
+    step: float | None = Field(None, gt=0, description="spacing of values; null: continuous")
 
     @model_validator(mode="after")
     def _range(self):
@@ -388,10 +413,10 @@ class FloatSpace(_SpaceItem):
 
 class IntSpace(_SpaceItem):
     type: Literal["int"]
-    low: int
-    high: int
-    log: bool = False
-    step: int = Field(1, ge=1)
+    low: int = Field(description="lowest value")
+    high: int = Field(description="highest value")
+    log: bool = Field(False, description="sample on a log scale")
+    step: int = Field(1, ge=1, description="spacing of values")
 
     @model_validator(mode="after")
     def _range(self):
@@ -401,7 +426,7 @@ class IntSpace(_SpaceItem):
 
 class CategoricalSpace(_SpaceItem):
     type: Literal["categorical"]
-    choices: tuple[Any, ...] = Field(min_length=1)
+    choices: tuple[Any, ...] = Field(min_length=1, description="values to choose from")
 
 
 def _check_range(item) -> None:
@@ -422,9 +447,11 @@ SpaceItem = Annotated[
 class TuneParams(Strict):
     """An Optuna search over dotted params (model.*, train.*, seed) of one experiment."""
 
-    enabled: bool = False
+    enabled: bool = Field(False, description="run an Optuna search in tune@<experiment>")
     use_tuned: bool = Field(True, description="train merges the best trial's params")
-    space: dict[str, SpaceItem] = {}
+    space: dict[str, SpaceItem] = Field(
+        {}, description="dotted param path -> search range (float, int or categorical)"
+    )
     metric: str | tuple[str, ...] = Field(
         "val/loss", description="a val/... metric, or several for multi-objective"
     )
@@ -433,9 +460,13 @@ class TuneParams(Strict):
     )
     n_trials: int = Field(20, ge=1, description="finished trials in total, across resumes")
     timeout: float | None = Field(None, gt=0, description="seconds; stop starting new trials")
-    seed: int = 0
-    sampler: Literal["tpe", "random", "cmaes", "gp", "grid", "nsgaii"] = "tpe"
-    pruner: Literal["median", "hyperband", "successive_halving", "none"] = "median"
+    seed: int = Field(0, description="seed of the sampler")
+    sampler: Literal["tpe", "random", "cmaes", "gp", "grid", "nsgaii"] = Field(
+        "tpe", description="Optuna sampler"
+    )
+    pruner: Literal["median", "hyperband", "successive_halving", "none"] = Field(
+        "median", description="stops unpromising trials early"
+    )
     startup_trials: int = Field(5, ge=0, description="median pruner: trials before pruning")
     warmup_epochs: int = Field(3, ge=0, description="epochs before a trial can be pruned")
     epochs: int | None = Field(None, ge=1, description="epochs per trial; null: train.epochs")
@@ -490,8 +521,10 @@ def _default_direction(metric: str) -> str:
 
 
 class Defaults(Strict):
-    seed: int = 42
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = Field(42, description="seeds data order, initialisation and sampling")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when present, else CPU"
+    )
     model: ModelParams = MODEL_PARAMS["mlp"](name="mlp")
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
@@ -502,7 +535,7 @@ class Defaults(Strict):
 class ExperimentParams(Defaults):
     """One experiment, resolved: defaults < experiments.<name>."""
 
-    dataset: str
+    dataset: str = Field(description="name of a dataset in `datasets`")
 
 
 class ScheduleParams(Strict):
