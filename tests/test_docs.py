@@ -33,3 +33,14 @@ def test_readme_is_short_and_its_links_resolve():
     assert "docs/params.md" in local
     missing = [link for link in local if not (ROOT / link).exists()]
     assert missing == []
+
+
+def test_readme_params_example_is_a_valid_params_file(tmp_path):
+    from pipeline.config import load_params
+
+    readme = (ROOT / "README.md").read_text()
+    example = re.search(r"```yaml\n(.*?)```", readme, re.S).group(1)
+    (tmp_path / "params.yaml").write_text(example)
+    params = load_params(tmp_path / "params.yaml")
+    assert params.experiments["cnn_digits"].tune.enabled
+    assert params.schedule.cron == "0 3 * * *"
