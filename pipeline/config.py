@@ -398,30 +398,27 @@ class _SpaceItem(Strict):
     )
 
 
-class FloatSpace(_SpaceItem):
+class _RangeSpace(_SpaceItem):
+    @model_validator(mode="after")
+    def _range(self):
+        _check_range(self)
+        return self
+
+
+class FloatSpace(_RangeSpace):
     type: Literal["float"]
     low: float = Field(description="lowest value")
     high: float = Field(description="highest value")
     log: bool = Field(False, description="sample on a log scale")
     step: float | None = Field(None, gt=0, description="spacing of values; null: continuous")
 
-    @model_validator(mode="after")
-    def _range(self):
-        _check_range(self)
-        return self
 
-
-class IntSpace(_SpaceItem):
+class IntSpace(_RangeSpace):
     type: Literal["int"]
     low: int = Field(description="lowest value")
     high: int = Field(description="highest value")
     log: bool = Field(False, description="sample on a log scale")
     step: int = Field(1, ge=1, description="spacing of values")
-
-    @model_validator(mode="after")
-    def _range(self):
-        _check_range(self)
-        return self
 
 
 class CategoricalSpace(_SpaceItem):

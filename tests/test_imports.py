@@ -178,5 +178,27 @@ def test_importing_a_stage_or_the_flows_loads_no_heavy_library():
     assert "HEAVY []" in proc.stdout, proc.stdout + proc.stderr
 
 
+def test_check_imports_no_heavy_library():
+    """`python -m pipeline check` validates params.yaml (model sections included) and reads
+    DVC's status without torch, MLflow, Optuna or Prefect."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "pipeline", "check", "--no-status"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imported_names = {
+        line.split("|")[-1].strip().split(".")[0]
+        for line in proc.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "pipeline" in imported_names
+    assert not imported_names & {"torch", "mlflow", "optuna", "prefect"}
+
+
 if __name__ == "__main__":
     write_code_deps(ROOT / "dvc.yaml")

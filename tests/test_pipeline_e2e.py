@@ -292,6 +292,19 @@ def test_check_predicts_what_a_param_edit_reruns(repro_project):
     assert will_run(check) == expected
 
 
+def test_check_predicts_what_a_code_edit_reruns(repro_project):
+    """dvc.yaml's code deps follow the imports: an edit to the generative evaluation re-runs
+    every evaluate@ (one stage module evaluates every kind) and the report, and nothing else."""
+    module = repro_project / "pipeline" / "evaluation" / "generative.py"
+    original = module.read_text()
+    module.write_text(original + "\n# edited\n")
+    try:
+        check = run(["python", "-m", "pipeline", "check"], repro_project).stdout
+    finally:
+        module.write_text(original)
+    assert will_run(check) == {f"evaluate@{exp}" for exp in EXPERIMENTS} | {"report"}
+
+
 def test_exp_run_with_set_param_reruns_only_what_changed(repro_project):
     exp = EXPERIMENTS[0]
     proc = run(["dvc", "exp", "run", "-S", f"experiments.{exp}.train.epochs=3"], repro_project)

@@ -10,8 +10,8 @@ import signal
 import sys
 from collections.abc import Callable
 
-from pipeline import cores, distributed, locks, paths
-from pipeline.config import Params, load_params, require_declared
+from pipeline import cores, distributed, locks, paths, tracking
+from pipeline.config import Params, flatten, load_params, require_declared
 from pipeline.errors import PipelineError
 
 # Set by whoever starts the stage through DVC and cannot read its stderr (the Prefect flow):
@@ -20,6 +20,17 @@ OUTPUT_FILE = "PIPELINE_OUTPUT_FILE"  # and everything it prints (stdout and std
 TIMEOUT = "PIPELINE_STAGE_TIMEOUT"  # seconds; then the stage stops and exits TIMEOUT_EXIT
 TIMEOUT_EXIT = 128 + signal.SIGALRM
 TIMEOUT_GRACE = 60  # seconds to close the MLflow run and the files before a hard exit
+
+
+@contextlib.contextmanager
+def dataset_run(params: Params, stage: str, dataset: str):
+    """The MLflow run of a dataset stage, tagged and holding the dataset's params; yields the
+    dataset's config and the run."""
+    cfg = params.datasets[dataset]
+    tags = {"stage": stage, "dataset": dataset, "source": cfg.source}
+    with tracking.stage_run(params.defaults.tracking, name=f"{dataset}/{stage}", tags=tags) as run:
+        run.log_params(flatten(cfg))
+        yield cfg, run
 
 
 def stage_main(

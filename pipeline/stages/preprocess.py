@@ -1,18 +1,12 @@
 """preprocess@<dataset>: seeded stratified split, train-fitted normalisation, schema.json."""
 
-from pipeline import data, tracking
-from pipeline.config import Params, flatten
-from pipeline.stages import stage_main
+from pipeline import data
+from pipeline.config import Params
+from pipeline.stages import dataset_run, stage_main
 
 
 def run(params: Params, dataset: str):
-    cfg = params.datasets[dataset]
-    with tracking.stage_run(
-        params.defaults.tracking,
-        name=f"{dataset}/preprocess",
-        tags={"stage": "preprocess", "dataset": dataset, "source": cfg.source},
-    ) as run:
-        run.log_params(flatten(cfg))
+    with dataset_run(params, "preprocess", dataset) as (cfg, run):
         out = data.preprocess(dataset, cfg)
         schema = data.load_schema(dataset)
         run.log_metrics({f"{split}/samples": n for split, n in schema["counts"].items()})

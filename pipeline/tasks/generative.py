@@ -19,12 +19,17 @@ from pipeline.tasks.kinds import KINDS
 SAMPLE_SEED = 1234  # fixed: validation and evaluation samples are the same on every run
 
 
-class VAETask(SupervisedTask):
-    val_metrics = KINDS["vae"].val_metrics
+class ImageTask(SupervisedTask):
+    """A generative model trained on one loss over images mapped back from their processed
+    (standardised) scale."""
 
     def __init__(self, cfg: TrainParams, schema: dict):
         super().__init__(cfg, schema)
         self.scale = ImageScale(schema["normalization"])
+
+
+class VAETask(ImageTask):
+    val_metrics = KINDS["vae"].val_metrics
 
     def loss(self, model, xb, yb):
         return model.loss(self.scale.to_unit(xb))["loss"]
@@ -45,12 +50,8 @@ class VAETask(SupervisedTask):
         return {"val/loss": loss, "val/recon": recon, "val/kl": kl}
 
 
-class DiffusionTask(SupervisedTask):
+class DiffusionTask(ImageTask):
     val_metrics = KINDS["diffusion"].val_metrics
-
-    def __init__(self, cfg: TrainParams, schema: dict):
-        super().__init__(cfg, schema)
-        self.scale = ImageScale(schema["normalization"])
 
     def loss(self, model, xb, yb):
         return model.loss(self.scale.to_unit(xb) * 2 - 1)
