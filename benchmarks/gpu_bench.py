@@ -38,7 +38,7 @@ def model_and_data(device, n: int, quick: bool):
 
 def samples_per_second(device, n: int, epochs: int, quick: bool, **train) -> float:
     from pipeline import engine
-    from pipeline.config import TrainParams
+    from pipeline.params.training import TrainParams
     from pipeline.tasks.predictive import Classification
 
     model, tr, va = model_and_data(device, n, quick)

@@ -239,7 +239,7 @@ lap("optimizer_s")
 import mlflow
 lap("import_mlflow_s")
 from pipeline import tracking
-from pipeline.config import TrackingParams
+from pipeline.params.training import TrackingParams
 cfg = TrackingParams(uri=sys.argv[1], artifact_location="bench-artifacts")
 mlflow.set_tracking_uri(tracking.store_uri(cfg.uri))
 mlflow.get_experiment_by_name(cfg.experiment_name)

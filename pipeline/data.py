@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import atomic, data_table, data_text, data_vision, paths, preprocessing, store
-from pipeline.config import DatasetParams
 from pipeline.errors import PipelineError
+from pipeline.params.datasets import DatasetParams
 from pipeline.splits import stratified_split
 
 

@@ -25,8 +25,8 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from pipeline import atomic, cores, distributed
-from pipeline.config import OptimizerParams, SchedulerParams, TrainParams
 from pipeline.errors import PipelineError
+from pipeline.params.training import OptimizerParams, SchedulerParams, TrainParams
 from pipeline.progress import EpochProgress
 from pipeline.tasks.kinds import higher_is_better
 

@@ -17,7 +17,7 @@ from pipeline.config import Params
 
 HEADER = """# params.yaml reference
 
-Generated from the schema in `pipeline/config.py` and `models/configs.py` by
+Generated from the schema in `pipeline/params/` and `models/configs.py` by
 `python -m pipeline params-doc > docs/params.md` (tests/test_docs.py fails when it is stale).
 An experiment resolves as `defaults` deep-merged with `experiments.<name>`; a `model` naming
 another family replaces the default model instead of merging into it.

@@ -23,8 +23,8 @@ from typing import Any
 import yaml
 
 from pipeline import cores, paths
-from pipeline.config import TrackingParams
 from pipeline.errors import PipelineError
+from pipeline.params.training import TrackingParams
 from pipeline.shutdown import holding_signals
 
 SECRET = re.compile(

@@ -28,17 +28,9 @@ from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, 
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline import paths
-from pipeline.config import (
-    PRIMITIVE,
-    CategoricalSpace,
-    ExperimentParams,
-    FloatSpace,
-    TuneParams,
-    apply_overrides,
-    flatten,
-    unflatten,
-)
+from pipeline.config import ExperimentParams, apply_overrides, flatten, unflatten
 from pipeline.errors import PipelineError
+from pipeline.params.tuning import PRIMITIVE, CategoricalSpace, FloatSpace, TuneParams
 from pipeline.tasks.kinds import higher_is_better
 
 MAX_RETRIES = 3  # a trial whose worker died this often is left failed

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from pipeline import augment, engine
-from pipeline.config import TrainParams
 from pipeline.errors import PipelineError
+from pipeline.params.training import TrainParams
 
 NORM = {"mean": [0.3], "std": [0.4]}
 

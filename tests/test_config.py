@@ -7,8 +7,9 @@ import sys
 import pytest
 
 from pipeline.__main__ import plan, stages_to_run
-from pipeline.config import MODEL_PARAMS, load_params, merge_overrides
+from pipeline.config import load_params, merge_overrides
 from pipeline.errors import ParamsError
+from pipeline.params.models import MODEL_PARAMS
 from tests.conftest import (
     ROOT,
     TINY,
@@ -109,7 +110,7 @@ def test_model_must_fit_the_dataset_task(tmp_path):
 
 
 def test_unknown_dataset_source_lists_known_sources(tmp_path):
-    from pipeline.config import DATASET_TASK
+    from pipeline.params.datasets import DATASET_TASK
 
     problems = problems_for(tmp_path, lambda r: r["datasets"]["sunspots"].update(source="csv"))
     known = ", ".join(sorted(DATASET_TASK))

@@ -7,8 +7,8 @@ import pytest
 
 from pipeline import data, paths
 from pipeline.atomic import atomic_dir
-from pipeline.config import DigitsDataset, SeriesDataset, TextCorpusDataset
 from pipeline.errors import PipelineError
+from pipeline.params.datasets import DigitsDataset, SeriesDataset, TextCorpusDataset
 
 CFG = DigitsDataset.model_validate(
     {"source": "sklearn_digits", "split": {"val": 0.15, "test": 0.2}}

@@ -7,8 +7,9 @@ import pytest
 import yaml
 
 from pipeline import data, paths
-from pipeline.config import TableDataset, load_params
+from pipeline.config import load_params
 from pipeline.errors import PipelineError
+from pipeline.params.datasets import TableDataset
 
 
 def churn_frame(n=300, seed=0) -> pd.DataFrame:

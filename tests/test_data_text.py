@@ -7,8 +7,9 @@ import pytest
 import yaml
 
 from pipeline import data, paths
-from pipeline.config import TextDataset, load_params
+from pipeline.config import load_params
 from pipeline.errors import PipelineError
+from pipeline.params.datasets import TextDataset
 
 GOOD = ["great", "lovely", "superb", "fun", "brilliant"]
 BAD = ["awful", "boring", "dull", "terrible", "bland"]

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from pipeline import data, paths
-from pipeline.config import TorchvisionDataset
 from pipeline.errors import PipelineError
+from pipeline.params.datasets import TorchvisionDataset
 
 
 def write_idx(path, array: np.ndarray, gz=False):
@@ -128,7 +128,7 @@ def image_folder(root, per_class=8, classes=("cat", "dog", "owl")):
 
 
 def folder_cfg(**kw):
-    from pipeline.config import ImageFolderDataset
+    from pipeline.params.datasets import ImageFolderDataset
 
     return ImageFolderDataset.model_validate(
         {"source": "image_folder", "path": "imgs", "size": [16, 16], **kw}

@@ -8,8 +8,8 @@ import torch
 
 from models import DataSpec, build_model
 from pipeline import engine
-from pipeline.config import TrainParams
 from pipeline.errors import PipelineError
+from pipeline.params.training import TrainParams
 from pipeline.tasks.predictive import Classification
 
 SCHEMA = {"task": "classification", "class_counts": {"train": [60, 60, 60]}}

@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.config import Corruption, EvaluateParams
 from pipeline.engine import Batches
 from pipeline.evaluation import predictive
 from pipeline.evaluation.images import robustness
 from pipeline.evaluation.predictive import baseline_classifier
 from pipeline.metrics import classification_intervals, interval_half_width, rmse_interval
+from pipeline.params.training import Corruption, EvaluateParams
 from tests.conftest import ROOT
 
 SCHEMA = {"normalization": {"mean": [0.5], "std": [0.25]}}

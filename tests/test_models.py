@@ -8,7 +8,7 @@ import torch
 
 from models import DataSpec, build_model, list_models, register_model
 from models.registry import get_entry, make_config
-from pipeline import config
+from pipeline.params.models import ModelParams
 
 SPEC = DataSpec(input_shape=(1, 8, 8), num_classes=10)
 PREDICTIVE = {"mlp", "cnn", "rnn"}
@@ -59,7 +59,7 @@ def test_rnn_reads_images_as_rows_sequences_and_tokens():
 
 
 def _schema_classes():
-    union = typing.get_args(config.ModelParams)[0]
+    union = typing.get_args(ModelParams)[0]
     return {
         typing.get_args(cls.model_fields["name"].annotation)[0]: cls
         for cls in typing.get_args(union)
@@ -130,7 +130,7 @@ def test_weight_init_schemes():
 def test_mlp_learns_xor():
     """The sanity check everyone knows: 4 points, not linearly separable, learned to 100 %."""
     from pipeline import engine
-    from pipeline.config import TrainParams
+    from pipeline.params.training import TrainParams
     from pipeline.tasks.predictive import Classification
 
     torch.manual_seed(0)

@@ -7,9 +7,9 @@ import torch
 from models import DataSpec, build_model
 from models.registry import get_entry
 from pipeline import engine
-from pipeline.config import TrainParams
 from pipeline.errors import PipelineError
 from pipeline.experiment import data_spec
+from pipeline.params.training import TrainParams
 from pipeline.tasks import generative, make_task
 
 IMAGE_SCHEMA = {

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from pipeline import paths, tracking
-from pipeline.config import TrackingParams
+from pipeline.params.training import TrackingParams
 
 
 @pytest.fixture

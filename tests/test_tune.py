@@ -21,8 +21,9 @@ import yaml
 
 from pipeline import paths, tune_worker
 from pipeline import tune as tuning
-from pipeline.config import TuneParams, apply_overrides, load_params
+from pipeline.config import apply_overrides, load_params
 from pipeline.errors import ParamsError, PipelineError
+from pipeline.params.tuning import TuneParams
 from tests.conftest import ROOT, write_params
 
 EXP = "mlp"

@@ -9,8 +9,9 @@ for the others, and for datasets that are not labelled images, the stage records
 from __future__ import annotations
 
 from pipeline import atomic, data, paths, tracking
-from pipeline.config import EarlyStoppingParams, Params, judged_by
+from pipeline.config import Params, judged_by
 from pipeline.experiment import data_spec
+from pipeline.params.training import EarlyStoppingParams
 from pipeline.stages import stage_main
 from pipeline.tasks.kinds import GENERATIVE
 

@@ -10,7 +10,7 @@ from pipeline.errors import PipelineError
 from pipeline.tasks.kinds import GENERATIVE
 
 if TYPE_CHECKING:
-    from pipeline.config import TrainParams
+    from pipeline.params.training import TrainParams
 
 
 def make_task(kind: str, cfg: TrainParams, schema: dict):

@@ -9,8 +9,8 @@ from abc import ABC, abstractmethod
 import torch
 from torch import nn
 
-from pipeline.config import TrainParams
 from pipeline.engine import build_optimizer, optimizer_step
+from pipeline.params.training import TrainParams
 
 
 class SupervisedTask(ABC):

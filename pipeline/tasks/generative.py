@@ -10,9 +10,9 @@ import torch
 from torch.nn import functional as F
 
 from pipeline.augment import ImageScale
-from pipeline.config import TrainParams
 from pipeline.engine import Batches, build_optimizer, optimizer_step
 from pipeline.errors import PipelineError
+from pipeline.params.training import TrainParams
 from pipeline.tasks.base import SupervisedTask
 from pipeline.tasks.kinds import KINDS
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from pipeline.config import TrainParams
 from pipeline.engine import Batches, predict
 from pipeline.errors import PipelineError
+from pipeline.params.training import TrainParams
 from pipeline.tasks.base import SupervisedTask
 from pipeline.tasks.kinds import KINDS
 

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 LOGGER = """
 import sys
-from pipeline.config import TrackingParams
+from pipeline.params.training import TrackingParams
 from pipeline.tracking import stage_run
 
 index = int(sys.argv[1])

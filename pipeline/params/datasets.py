@@ -1,0 +1,156 @@
+"""The `datasets` section: one class per data source, picked by `source`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, model_validator
+
+from pipeline.params.base import Strict
+
+
+class SeriesSplit(Strict):
+    """By position: the last `test` fraction of the data is the test part, `val` before it."""
+
+    val: float = Field(0.15, gt=0, lt=1, description="fraction for validation")
+    test: float = Field(0.15, gt=0, lt=1, description="fraction for the test split")
+
+    @model_validator(mode="after")
+    def _leaves_training_data(self):
+        if self.val + self.test >= 0.9:
+            raise ValueError(f"val + test = {self.val + self.test:g} leaves too little to train on")
+        return self
+
+
+class SplitParams(SeriesSplit):
+    """Stratified by class and seeded."""
+
+    test: float = Field(0.2, gt=0, lt=1, description="fraction for the test split")
+    seed: int = Field(0, description="seed of the stratified split")
+
+
+class DigitsDataset(Strict):
+    """scikit-learn's bundled 8x8 handwritten digits: image classification, offline."""
+
+    source: Literal["sklearn_digits"]
+    split: SplitParams = SplitParams()
+    normalize: bool = Field(True, description="standardise with train-split statistics")
+
+
+class SeriesDataset(Strict):
+    """A univariate time series bundled with statsmodels, as sliding windows."""
+
+    source: Literal["statsmodels"]
+    name: Literal["sunspots", "nile"] = Field("sunspots", description="which bundled series")
+    lookback: int = Field(24, ge=1, description="past steps in one input window")
+    horizon: int = Field(1, ge=1, description="future steps predicted per window")
+    split: SeriesSplit = SeriesSplit()
+
+
+class TextCorpusDataset(Strict):
+    """Docstrings of Python standard-library modules: an offline corpus for character-level
+    language models. Split by position (the end of the text is val, then test)."""
+
+    source: Literal["python_docstrings"]
+    modules: tuple[str, ...] = Field(
+        (
+            "json",
+            "collections",
+            "functools",
+            "itertools",
+            "pathlib",
+            "argparse",
+            "textwrap",
+            "string",
+            "statistics",
+            "inspect",
+        ),
+        description="standard-library modules whose docstrings form the corpus",
+    )
+    max_chars: int = Field(120_000, ge=1_000, description="characters kept from the corpus")
+    seq_len: int = Field(64, ge=2, description="characters per training sequence")
+    split: SeriesSplit = SeriesSplit(val=0.1, test=0.1)
+
+
+class TableDataset(Strict):
+    """A CSV or Parquet file: one row per sample, a target column and feature columns."""
+
+    source: Literal["table"]
+    path: str = Field(description="CSV or Parquet file")
+    target: str = Field(description="column to predict")
+    features: tuple[str, ...] | None = Field(None, description="default: every other column")
+    task: Literal["auto", "classification", "regression"] = Field(
+        "auto",
+        description="auto: regression for fractional or many-valued numbers, else classification",
+    )
+    nan: Literal["fail", "drop", "impute_mean", "impute_median"] = Field(
+        "fail",
+        description="missing values: fail with a report, drop rows, impute (train statistics)",
+    )
+    group: str | None = Field(None, description="rows sharing a group stay in one split")
+    split: SplitParams = SplitParams()
+    normalize: bool = Field(True, description="standardise numeric columns with train statistics")
+
+
+class TorchvisionDataset(Strict):
+    """MNIST, Fashion-MNIST, KMNIST or CIFAR-10 from their standard files under `root`."""
+
+    source: Literal["mnist", "fashion_mnist", "kmnist", "cifar10"]
+    root: str = Field("data/external", description="folder holding torchvision's standard files")
+    download: bool = Field(False, description="fetch missing files with torchvision")
+    limit: int | None = Field(None, ge=10, description="a seeded subset of this many images")
+    split: SplitParams = Field(SplitParams(), description="test: the official test set")
+    normalize: bool = Field(True, description="standardise with train-split statistics")
+
+
+class ImageFolderDataset(Strict):
+    """One sub-folder per class of PNG/JPEG files (torchvision's ImageFolder layout)."""
+
+    source: Literal["image_folder"]
+    path: str = Field(description="folder of <class>/<image> files")
+    size: tuple[Annotated[int, Field(ge=4)], Annotated[int, Field(ge=4)]] = Field(
+        (32, 32), description="height, width after resizing"
+    )
+    channels: Literal[1, 3] = Field(3, description="1 (grey) or 3 (RGB)")
+    max_bad_fraction: float = Field(0.01, ge=0, lt=1, description="unreadable images allowed")
+    split: SplitParams = SplitParams()
+    normalize: bool = Field(True, description="standardise with train-split statistics")
+
+
+class TextDataset(Strict):
+    """A CSV/Parquet file with a text column and a label column (text classification)."""
+
+    source: Literal["text"]
+    path: str = Field(description="CSV or Parquet file")
+    text_column: str = Field("text", description="column holding the text")
+    label_column: str = Field("label", description="column holding the class")
+    tokenizer: Literal["word", "char"] = Field("word", description="split into words or characters")
+    lowercase: bool = Field(True, description="lower-case before tokenising")
+    min_freq: int = Field(1, ge=1, description="rarer train tokens become <unk>")
+    max_vocab: int = Field(20_000, ge=3, description="most frequent train tokens kept")
+    max_length: int = Field(64, ge=1, description="tokens per text: truncated or padded")
+    split: SplitParams = SplitParams()
+
+
+DatasetParams = Annotated[
+    Union[  # noqa: UP007
+        TextDataset,
+        DigitsDataset,
+        SeriesDataset,
+        TextCorpusDataset,
+        TableDataset,
+        TorchvisionDataset,
+        ImageFolderDataset,
+    ],
+    Field(discriminator="source"),
+]
+DATASET_TASK = {
+    "sklearn_digits": "classification",
+    "statsmodels": "forecasting",
+    "python_docstrings": "language_model",
+    "table": None,  # its own `task`, or inferred from the target column
+    "text": "text_classification",  # token ids: recurrent models only
+    **{
+        s: "classification" for s in ("mnist", "fashion_mnist", "kmnist", "cifar10", "image_folder")
+    },
+}
