@@ -73,15 +73,15 @@ def flow_studies(flow_project: Path):
     """(experiment, its params, the study) for each experiment the flow tuned."""
     import optuna
 
-    from pipeline import tune as tuning
     from pipeline.config import load_params
+    from pipeline.tuning import studies
 
     params = load_params(flow_project / "params.yaml")
     for name, exp in params.experiments.items():
         journal = flow_project / "artifacts" / name / "study.journal"
         if exp.tune.enabled and journal.is_file():
-            storage = tuning.open_storage(str(journal), exp.tune.heartbeat_seconds)
-            study = optuna.load_study(study_name=tuning.study_name(name, exp), storage=storage)
+            storage = studies.open_storage(str(journal), exp.tune.heartbeat_seconds)
+            study = optuna.load_study(study_name=studies.study_name(name, exp), storage=storage)
             yield name, exp, study
 
 
@@ -91,10 +91,10 @@ def replay_trials(project: Path, flow_project: Path) -> float:
     import optuna
 
     from pipeline import engine
-    from pipeline import tune as tuning
     from pipeline.config import apply_overrides, unflatten
     from pipeline.errors import PipelineError
     from pipeline.experiment import prepare
+    from pipeline.tuning import search
 
     here = os.getcwd()
     os.chdir(project)
@@ -106,7 +106,7 @@ def replay_trials(project: Path, flow_project: Path) -> float:
                 epochs = trial.user_attrs.get("epochs", 0)
                 if not epochs:
                     continue
-                values = tuning.sample(optuna.trial.FixedTrial(trial.params), exp.tune, base)
+                values = search.sample(optuna.trial.FixedTrial(trial.params), exp.tune, base)
                 one = apply_overrides(exp, unflatten(values), "replay")
                 one = apply_overrides(one, {"tracking": {"enabled": False}}, "replay")
                 prep = prepare(one, name)

@@ -29,20 +29,20 @@ def run_study(exp, storage, name: str):
     """Optimise in this process with the project's objective (no MLflow), like one worker."""
     import optuna
 
-    from pipeline import tune as tuning
     from pipeline.errors import PipelineError
+    from pipeline.tuning import objective, search
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         study_name=name,
         storage=storage,
         directions=list(exp.tune.directions()),
-        sampler=tuning.make_sampler(exp.tune, exp.tune.seed),
-        pruner=tuning.make_pruner(exp.tune, tuning.trial_epochs(exp)),
+        sampler=search.make_sampler(exp.tune, exp.tune.seed),
+        pruner=search.make_pruner(exp.tune, search.trial_epochs(exp)),
     )
     start = time.perf_counter()
     study.optimize(
-        tuning.Objective("cnn_digits", exp, None),
+        objective.Objective("cnn_digits", exp, None),
         n_trials=exp.tune.n_trials,
         catch=(PipelineError,),
     )
@@ -73,7 +73,7 @@ def bench_pruning(exp) -> dict:
 
 
 def bench_storage(exp, workdir: Path, reps: int) -> dict:
-    from pipeline import tune as tuning
+    from pipeline.tuning import studies
 
     times = {"memory": [], "journal": []}
     for rep in range(reps):  # interleaved, best of each: less noise from whatever else runs
@@ -81,7 +81,7 @@ def bench_storage(exp, workdir: Path, reps: int) -> dict:
             storage = None
             if kind == "journal":
                 journal = workdir / f"bench-{rep}.journal"
-                storage = tuning.open_storage(str(journal), exp.tune.heartbeat_seconds)
+                storage = studies.open_storage(str(journal), exp.tune.heartbeat_seconds)
             _, seconds = run_study(exp, storage, f"storage-{kind}-{rep}")
             times[kind].append(seconds)
     best = {k: min(v) for k, v in times.items()}
@@ -96,8 +96,8 @@ def bench_workers(exp) -> dict:
     """The real stage (worker processes, journal, MLflow child runs) with 1 and 2 workers."""
     import optuna
 
-    from pipeline import tune as tuning
     from pipeline.stages.tune import tune_experiment
+    from pipeline.tuning import studies
 
     out = {}
     # trials of equal cost: the width (channels) stays fixed, so the two runs differ only in
@@ -110,9 +110,9 @@ def bench_workers(exp) -> dict:
         start = time.perf_counter()
         tune_experiment("cnn_digits", run_exp)
         wall = time.perf_counter() - start
-        storage = tuning.open_storage(str(tuning.storage_url("cnn_digits", run_exp.tune)), 10)
+        storage = studies.open_storage(str(studies.storage_url("cnn_digits", run_exp.tune)), 10)
         study = optuna.load_study(
-            study_name=tuning.study_name("cnn_digits", run_exp), storage=storage
+            study_name=studies.study_name("cnn_digits", run_exp), storage=storage
         )
         trials = study.get_trials()
         window = (

@@ -29,7 +29,7 @@ from pipeline.config import Params, load_params
 from pipeline.errors import PipelineError
 from pipeline.stages import ERROR_FILE, OUTPUT_FILE, TIMEOUT, TIMEOUT_EXIT
 from pipeline.tasks.kinds import KINDS
-from pipeline.tune_worker import command, worker_envs
+from pipeline.tuning.launch import command, worker_envs
 
 GPU_STAGES = ("judge", "tune", "train")
 GPU_TAG = "gpu"  # `prefect concurrency-limit create gpu 1`: one GPU stage at a time
@@ -330,7 +330,7 @@ def retrain_flow(
 def tune_worker(
     experiment: str, root: str, params: str, worker: int, env: dict[str, str] | None = None
 ) -> int:
-    """`python -m pipeline.tune_worker` in `root`: joins the experiment's study once the tune@
+    """`python -m pipeline.tuning.worker` in `root`: joins the experiment's study once the tune@
     stage has created it; returns how many trials it ran."""
     cmd = command(experiment, worker, params=params, wait=WORKER_WAIT)
     proc = subprocess.run(
@@ -381,7 +381,7 @@ def tune_flow(
 
     The tune@ stage runs as usual (it creates or resumes the study, runs its own
     `tune.workers`, waits for every trial and writes tuned.yaml, so DVC records the result);
-    beside it the extra workers join the study: local `pipeline.tune_worker` processes (each
+    beside it the extra workers join the study: local `pipeline.tuning.worker` processes (each
     with its share of the CPU threads or its own GPU), or, given `deployment` (e.g.
     `dl-tune-worker/tune-worker-gpu`), flow runs on that deployment's work pool.
     """

@@ -330,7 +330,7 @@ def study_trials(project, experiment="mlp_digits"):
     import optuna
 
     from pipeline.config import load_params
-    from pipeline.tune import open_storage, study_name
+    from pipeline.tuning.studies import open_storage, study_name
 
     exp = load_params(project / "params.yaml").experiments[experiment]
     journal = project / paths.study_journal(experiment)

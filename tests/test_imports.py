@@ -171,7 +171,8 @@ def test_importing_a_stage_or_the_flows_loads_no_heavy_library():
 
     stages = sorted(m for m in MODULES if m.startswith("pipeline.stages."))
     code = (
-        f"import sys, pipeline.flows, pipeline.tune_worker, {', '.join(stages)};"
+        "import sys, pipeline.flows, pipeline.tuning.worker, pipeline.tuning.launch, "
+        f"{', '.join(stages)};"
         "print('HEAVY', sorted(m for m in ('torch', 'mlflow', 'optuna') if m in sys.modules))"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)

@@ -19,11 +19,11 @@ import optuna
 import pytest
 import yaml
 
-from pipeline import paths, tune_worker
-from pipeline import tune as tuning
+from pipeline import paths
 from pipeline.config import apply_overrides, load_params
 from pipeline.errors import ParamsError, PipelineError
 from pipeline.params.tuning import TuneParams
+from pipeline.tuning import launch, results, search, studies
 from tests.conftest import ROOT, write_params
 
 EXP = "mlp"
@@ -123,10 +123,10 @@ def test_a_conditional_entry_may_name_params_of_another_model_family(tmp_path):
     params = load_params(write_params(tmp_path / "params.yaml", raw))
     tune = params.experiments[EXP].tune
     base = params.experiments[EXP].model_dump(mode="json")
-    as_mlp = tuning.sample(optuna.trial.FixedTrial({"model.name": "mlp"}), tune, base)
+    as_mlp = search.sample(optuna.trial.FixedTrial({"model.name": "mlp"}), tune, base)
     assert as_mlp == {"model.name": "mlp"}  # channels only when the model is a cnn
     fixed = {"model.name": "cnn", "model.channels": "[8, 16]"}  # lists travel as JSON
-    as_cnn = tuning.sample(optuna.trial.FixedTrial(fixed), tune, base)
+    as_cnn = search.sample(optuna.trial.FixedTrial(fixed), tune, base)
     assert as_cnn == {"model.name": "cnn", "model.channels": [8, 16]}
 
 
@@ -149,14 +149,14 @@ def test_each_worker_gets_its_own_gpu_or_its_share_of_cores(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    envs = tune_worker.worker_envs(2)
+    envs = launch.worker_envs(2)
     assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "1"]
-    assert [tune_worker.worker_env(i, 3, 2, 8)["CUDA_VISIBLE_DEVICES"] for i in range(3)] == [
+    assert [launch.worker_env(i, 3, 2, 8)["CUDA_VISIBLE_DEVICES"] for i in range(3)] == [
         "0",
         "1",
         "0",
     ]
-    cpu = tune_worker.worker_env(1, 2, 0, 2)
+    cpu = launch.worker_env(1, 2, 0, 2)
     assert cpu["OMP_NUM_THREADS"] == "1" and cpu["CUDA_VISIBLE_DEVICES"] == ""
 
 
@@ -176,9 +176,9 @@ def test_a_lost_attempt_does_not_use_up_the_budget():
         _frozen(2, S.FAIL),  # NaN loss: counts
         _frozen(3, S.WAITING, failed_trial=1, retry_history=[1]),
     ]
-    assert tuning.lost_trials(trials) == {1}
-    assert [t.number for t in tuning.counted(trials)] == [0, 2, 3]
-    assert [t.number for t in tuning.finished(trials)] == [0, 2]
+    assert studies.lost_trials(trials) == {1}
+    assert [t.number for t in studies.counted(trials)] == [0, 2, 3]
+    assert [t.number for t in studies.finished(trials)] == [0, 2]
 
 
 def test_pareto_choice_knee_and_first():
@@ -187,8 +187,8 @@ def test_pareto_choice_knee_and_first():
         study.add_trial(optuna.trial.create_trial(values=[acc, size]))
     first = TuneParams(metric=["val/accuracy", "parameters"], pruner="none", pareto_choice="first")
     knee = first.model_copy(update={"pareto_choice": "knee"})
-    assert tuning.chosen_trial(study, first).values == [0.99, 1000.0]
-    assert tuning.chosen_trial(study, knee).values == [0.98, 100.0]
+    assert results.chosen_trial(study, first).values == [0.99, 1000.0]
+    assert results.chosen_trial(study, knee).values == [0.98, 100.0]
 
 
 # ---- real studies on digits ------------------------------------------------------------------
@@ -236,7 +236,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def study_of(project: Path) -> optuna.Study:
-    storage = tuning.open_storage(str(project / paths.study_journal(EXP)), 1)
+    storage = studies.open_storage(str(project / paths.study_journal(EXP)), 1)
     [name] = optuna.get_all_study_names(storage)
     return optuna.load_study(study_name=name, storage=storage)
 
@@ -372,7 +372,7 @@ def test_a_worker_killed_mid_trial_is_retried_with_the_same_params(project):
     assert killed.state.name == "FAIL"
     [retry] = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
     assert retry.params == killed.params and retry.state.name == "COMPLETE"
-    assert len(tuning.finished(trials)) == 4
+    assert len(studies.finished(trials)) == 4
     # the killed trial's MLflow run is closed as FAILED, not left RUNNING
     runs = {r.info.run_id: r for r in mlflow_runs(project)}
     assert runs[killed.user_attrs["mlflow_run_id"]].info.status == "FAILED"
@@ -380,8 +380,8 @@ def test_a_worker_killed_mid_trial_is_retried_with_the_same_params(project):
 
 HOLD_LOCK = """
 import sys, time
-from pipeline import tune as tuning
-storage = tuning.open_storage(sys.argv[1], 1)
+from pipeline.tuning import studies
+storage = studies.open_storage(sys.argv[1], 1)
 storage._backend._lock.acquire()  # as a worker does for each write to the journal
 print("held", flush=True)
 time.sleep(600)
@@ -389,9 +389,9 @@ time.sleep(600)
 CREATE_STUDY = """
 import sys
 import optuna
-from pipeline import tune as tuning
-tuning.LOCK_GRACE_SECONDS = 3  # Optuna warns below 3
-optuna.create_study(study_name="after", storage=tuning.open_storage(sys.argv[1], 1))
+from pipeline.tuning import studies
+studies.LOCK_GRACE_SECONDS = 3  # Optuna warns below 3
+optuna.create_study(study_name="after", storage=studies.open_storage(sys.argv[1], 1))
 """
 
 
@@ -425,7 +425,7 @@ def test_a_worker_killed_holding_the_journal_lock_does_not_block_the_others(tmp_
             holder.kill()
     assert other.returncode == 0, other.stderr
     assert "Forcibly releasing the lock file" in other.stderr
-    storage = tuning.open_storage(str(tmp_path / journal), 1)
+    storage = studies.open_storage(str(tmp_path / journal), 1)
     assert optuna.get_all_study_names(storage) == ["after"]
 
 
@@ -481,11 +481,11 @@ def test_an_interrupted_stage_resumes_its_study_and_raising_n_trials_continues_i
     raw["experiments"][EXP]["tune"]["n_trials"] = 5  # not part of the study's identity
     assert tune_stage(project, raw).returncode == 0
     trials = study_of(project).get_trials()
-    assert len(tuning.finished(trials)) == 5
+    assert len(studies.finished(trials)) == 5
     assert (
         len(
             optuna.get_all_study_names(
-                tuning.open_storage(str(project / paths.study_journal(EXP)), 1)
+                studies.open_storage(str(project / paths.study_journal(EXP)), 1)
             )
         )
         == 1
@@ -563,10 +563,10 @@ def test_every_sampler_searches_a_declared_space(sampler):
             "model.hidden_sizes": {"type": "categorical", "choices": [[8], [8, 8]]},
         },
     )
-    study = optuna.create_study(sampler=tuning.make_sampler(tune, 0))
+    study = optuna.create_study(sampler=search.make_sampler(tune, 0))
 
     def objective(trial):
-        values = tuning.sample(trial, tune, {})
+        values = search.sample(trial, tune, {})
         assert 0.001 <= values["train.optimizer.lr"] <= 0.1
         assert values["train.batch_size"] in (16, 32, 48, 64)
         assert values["model.hidden_sizes"] in ([8], [8, 8])
@@ -582,7 +582,7 @@ def test_declared_pruners_are_optunas():
     kinds = {"median": "MedianPruner", "hyperband": "HyperbandPruner"}
     kinds |= {"successive_halving": "SuccessiveHalvingPruner", "none": "NopPruner"}
     for name, cls in kinds.items():
-        assert type(tuning.make_pruner(TuneParams(pruner=name), 10)).__name__ == cls
+        assert type(search.make_pruner(TuneParams(pruner=name), 10)).__name__ == cls
 
 
 @pytest.mark.slow
@@ -592,7 +592,7 @@ def test_rdb_storage_and_timeout_stop_the_study_early(project):
     raw = params_with(storage="sqlite:///optuna.db", timeout=10, n_trials=200, pruner="none")
     proc = tune_stage(project, raw)
     assert proc.returncode == 0, proc.stderr
-    storage = tuning.open_storage("sqlite:///" + str(project / "optuna.db"), 1)
+    storage = studies.open_storage("sqlite:///" + str(project / "optuna.db"), 1)
     [name] = optuna.get_all_study_names(storage)
     trials = optuna.load_study(study_name=name, storage=storage).get_trials()
     assert 1 <= len(trials) < 200
@@ -609,7 +609,7 @@ def test_a_worker_joins_an_existing_study_from_the_command_line(project):
     assert tune_stage(project, raw).returncode == 0
     raw["experiments"][EXP]["tune"]["n_trials"] = 3  # room for one more trial
     write_params(project / "params.yaml", raw)
-    cmd = [sys.executable, "-m", "pipeline.tune_worker", "--experiment", EXP]
+    cmd = [sys.executable, "-m", "pipeline.tuning.worker", "--experiment", EXP]
     proc = subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "ran 1 trials" in proc.stderr
@@ -633,20 +633,20 @@ def test_a_worker_joins_an_existing_study_from_the_command_line(project):
 def test_the_study_name_follows_training_not_evaluation_or_budget(tmp_path):
     params = load_params(write_params(tmp_path / "params.yaml", params_with()))
     exp = params.experiments[EXP]
-    name = tuning.study_name(EXP, exp)
+    name = studies.study_name(EXP, exp)
     budget = exp.model_copy(update={"tune": exp.tune.model_copy(update={"n_trials": 99})})
     evaluation = exp.model_copy(
         update={"evaluate": exp.evaluate.model_copy(update={"batch_size": 7})}
     )
     training = exp.model_copy(update={"train": exp.train.model_copy(update={"epochs": 9})})
-    assert tuning.study_name(EXP, budget) == tuning.study_name(EXP, evaluation) == name
-    assert tuning.study_name(EXP, training) != name
+    assert studies.study_name(EXP, budget) == studies.study_name(EXP, evaluation) == name
+    assert studies.study_name(EXP, training) != name
 
 
 @pytest.mark.slow
 @pytest.mark.integration
 def test_workers_started_apart_share_one_postgresql_study(project, postgres):
-    """`tune.storage: postgresql://...`: three `pipeline.tune_worker` processes started on
+    """`tune.storage: postgresql://...`: three `pipeline.tuning.worker` processes started on
     their own (as on three machines) join the study the stage creates; one is killed mid-trial
     and its trial is retried from the stale heartbeat; the study ends with exactly n_trials."""
     url = postgres.create_database("optuna_workers")
@@ -655,7 +655,7 @@ def test_workers_started_apart_share_one_postgresql_study(project, postgres):
     raw["defaults"]["train"].update(epochs=30, batch_size=32)
     write_params(project / "params.yaml", raw)
     env = {**os.environ, "MPLBACKEND": "Agg"}
-    join = [sys.executable, "-m", "pipeline.tune_worker", "--experiment", EXP, "--wait", "300"]
+    join = [sys.executable, "-m", "pipeline.tuning.worker", "--experiment", EXP, "--wait", "300"]
     workers = [
         subprocess.Popen(
             join, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -664,7 +664,7 @@ def test_workers_started_apart_share_one_postgresql_study(project, postgres):
     ]
     stage = tune_stage(project, raw, wait=False)
 
-    storage = tuning.open_storage(url, 1)  # one connection pool for all the polling below
+    storage = studies.open_storage(url, 1)  # one connection pool for all the polling below
 
     def study():
         names = optuna.get_all_study_names(storage)
@@ -694,7 +694,7 @@ def test_workers_started_apart_share_one_postgresql_study(project, postgres):
     assert [w.returncode for w in workers if w is not killed] == [0, 0], outputs
     trials = study().get_trials()
     assert not [t for t in trials if t.state.name == "RUNNING"]
-    assert len(tuning.finished(trials)) == 10
+    assert len(studies.finished(trials)) == 10
     assert trials[victim.number].state.name == "FAIL"
     [retry] = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
     assert retry.params == victim.params and retry.state.name == "COMPLETE"

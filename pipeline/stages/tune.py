@@ -8,8 +8,6 @@ writes empty overrides, so every experiment has the same stages.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import time
 
@@ -30,15 +28,13 @@ def run(params: Params, experiment: str) -> dict | None:
 
 
 def tune_experiment(experiment: str, exp: ExperimentParams) -> dict:
-    import optuna
-
     from pipeline import tracking
-    from pipeline import tune as tuning
     from pipeline.metrics import history_csv
+    from pipeline.tuning import results, runner, studies
 
     tune = exp.tune
-    url = tuning.storage_url(experiment, tune)
-    study = tuning.create_study(experiment, exp, tuning.open_storage(url, tune.heartbeat_seconds))
+    url = studies.storage_url(experiment, tune)
+    study = studies.create_study(experiment, exp, studies.open_storage(url, tune.heartbeat_seconds))
     if tune.storage:  # the study lives in a database; dvc.yaml still declares the journal
         journal = paths.study_journal(experiment)
         journal.parent.mkdir(parents=True, exist_ok=True)
@@ -65,33 +61,27 @@ def tune_experiment(experiment: str, exp: ExperimentParams) -> dict:
             settings = tune.model_dump(mode="json", exclude={"space", "n_trials", "storage"})
             run.log_params(flatten(settings, "tune"))
             run.log_dict(tune.model_dump(mode="json")["space"], "search_space.json")
-        done = len(tuning.finished(study.get_trials(deepcopy=False)))
+        done = len(studies.finished(study.get_trials(deepcopy=False)))
         print(
             f"tune@{experiment}: study {study.study_name} in {url}: {done} of {tune.n_trials} "
             f"trials done; {tune.workers} worker(s)",
             file=sys.stderr,
         )
-        run_workers(experiment, exp, url, study.study_name, deadline)
-        settle(experiment, exp, url, study, deadline)
+        runner.run_workers(experiment, exp, url, study.study_name, deadline)
+        runner.settle(experiment, exp, url, study, deadline)
 
         trials = study.get_trials(deepcopy=False)
-        complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-        lost_runs = [
-            t.user_attrs["mlflow_run_id"]
-            for t in trials
-            if t.state == optuna.trial.TrialState.FAIL and "mlflow_run_id" in t.user_attrs
-        ]
-        tracking.close_lost_trial_runs(exp.tracking, lost_runs)
-        if not complete:
+        tracking.close_lost_trial_runs(exp.tracking, results.failed_run_ids(trials))
+        if not any(t.state.name == "COMPLETE" for t in trials):
             states = {t.state.name for t in trials}
             raise PipelineError(
                 f"no trial of study {study.study_name} completed (states: {sorted(states)}); "
                 "see the trial runs in MLflow, widen the space or lower the pruner's strictness"
             )
-        best = tuning.chosen_trial(study, tune)
-        summary = tuning.summary(study, tune, best, time.time() - start)
-        rows = tuning.trial_rows(study, tune)
-        figures = tuning.figures(study, tune, experiment)
+        best = results.chosen_trial(study, tune)
+        summary = results.summary(study, tune, best, time.time() - start)
+        rows = results.trial_rows(study, tune)
+        figures = results.figures(study, tune, experiment)
         overrides = unflatten(summary["best"]["params"])
 
         run.log_metrics(
@@ -128,63 +118,6 @@ def tune_experiment(experiment: str, exp: ExperimentParams) -> dict:
         file=sys.stderr,
     )
     return summary
-
-
-def run_workers(
-    experiment: str, exp: ExperimentParams, url: str, name: str, deadline: float | None
-) -> None:
-    """One worker runs in this process; more run as `pipeline.tune_worker` subprocesses, each
-    with its own GPU or share of the CPU threads."""
-    from pipeline import tune as tuning
-
-    if exp.tune.workers == 1:
-        tuning.work(experiment, exp, url, name, worker=0, deadline=deadline)
-        return
-    from pipeline import tune_worker
-
-    procs = []
-    try:
-        for i, env in enumerate(tune_worker.worker_envs(exp.tune.workers)):
-            cmd = tune_worker.command(
-                experiment,
-                i,
-                storage=url,
-                study=name,
-                config=exp.model_dump_json(),
-                parent=os.getpid(),
-                deadline=deadline,
-            )
-            procs.append(subprocess.Popen(cmd, env={**os.environ, **env}))
-        codes = [p.wait() for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-                p.wait()
-    for i, code in enumerate(codes):
-        if code != 0:
-            print(f"tune@{experiment}: worker {i} exited with {code}", file=sys.stderr)
-
-
-def settle(experiment: str, exp: ExperimentParams, url: str, study, deadline) -> None:
-    """Wait until no trial is RUNNING (a dead worker's trial is failed once its heartbeat is
-    stale, and queued again); then run whatever the budget still holds in this process."""
-    import optuna
-
-    from pipeline import tune as tuning
-
-    while True:
-        with tuning.experimental():
-            optuna.storages.fail_stale_trials(study)
-        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-        if running:  # live workers elsewhere, or a dead one not yet stale
-            time.sleep(min(exp.tune.heartbeat_seconds, 2))
-            continue
-        if not tuning.has_work(study, exp.tune.n_trials):
-            return
-        if deadline is not None and time.time() >= deadline:
-            return
-        tuning.work(experiment, exp, url, study.study_name, exp.tune.workers, deadline)
 
 
 def write_tuning_off(experiment: str) -> None:

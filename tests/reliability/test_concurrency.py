@@ -71,7 +71,7 @@ def test_four_workers_finish_exactly_forty_trials_and_retry_a_killed_one(project
     import os
     import signal
 
-    from pipeline import tune as tuning
+    from pipeline.tuning import studies
 
     # heartbeats every 20 s: on a busy machine (make test runs two test processes) a worker
     # slowed down at start-up is not taken for dead; the killed one's trial is retried 40 s on
@@ -86,7 +86,7 @@ def test_four_workers_finish_exactly_forty_trials_and_retry_a_killed_one(project
         stop(proc)
     assert proc.returncode == 0, err
     trials = study_of(project).get_trials()
-    finished = tuning.finished(trials)
+    finished = studies.finished(trials)
     assert len(finished) == 40
     assert len({t.number for t in trials}) == len(trials)
     assert [t.number for t in trials if t.state.name == "FAIL"] == [victim.number]  # no other

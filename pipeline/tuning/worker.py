@@ -1,4 +1,4 @@
-"""`python -m pipeline.tune_worker --experiment X`: join an experiment's study as one worker.
+"""`python -m pipeline.tuning.worker --experiment X`: join an experiment's study as one worker.
 
 The tune@X stage creates the study and starts its local workers with this module; run it on
 other machines (same code and params.yaml, `tune.storage` pointing at a shared database) to add
@@ -11,62 +11,15 @@ import argparse
 import os
 import signal
 import sys
-import threading
-import time
 
 from pipeline import cores, paths
 from pipeline.config import ExperimentParams, load_params, require_declared
 from pipeline.errors import PipelineError
-
-
-def command(experiment: str, worker: int, **options) -> list[str]:
-    """The command line of one worker: `options` are this module's flags without the dashes
-    (params, storage, study, deadline, wait, config, parent); None leaves a flag out. The tune
-    stage and the Prefect flows start their workers with it."""
-    cmd = [sys.executable, "-m", "pipeline.tune_worker", "--experiment", experiment]
-    cmd += ["--worker", str(worker)]
-    for flag, value in options.items():
-        if value is not None:
-            cmd += [f"--{flag}", str(value)]
-    return cmd
-
-
-def worker_env(worker: int, workers: int, gpus: int, cpus: int) -> dict[str, str]:
-    """Environment of local worker `worker`: a GPU of its own (round-robin when there are more
-    workers than GPUs), or on CPU its share of the `cpus` threads."""
-    if gpus:
-        return {"CUDA_VISIBLE_DEVICES": str(worker % gpus)}
-    threads = str(max(1, cpus // workers))
-    return {
-        "CUDA_VISIBLE_DEVICES": "",
-        **dict.fromkeys(cores.THREAD_VARS, threads),
-        cores.SHARED: "",
-    }
-
-
-def worker_envs(workers: int) -> list[dict[str, str]]:
-    """The environments of `workers` local workers started by this process: on CPU they split
-    this process's own share of the cores."""
-    import torch
-
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return [worker_env(i, workers, gpus, cores.own_threads()) for i in range(workers)]
-
-
-def exit_with(parent: int) -> None:
-    """End this worker (as SIGTERM does) once process `parent` is gone: a tune stage that is
-    killed, even with SIGKILL, must not leave its local workers training on."""
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+from pipeline.tuning import launch
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.tune_worker")
+    parser = argparse.ArgumentParser(prog="python -m pipeline.tuning.worker")
     parser.add_argument("--experiment", required=True, help="as named in params.yaml")
     parser.add_argument("--params", default=str(paths.PARAMS), help="params file")
     parser.add_argument("--storage", help="default: the experiment's tune.storage or journal")
@@ -85,7 +38,7 @@ def main(argv=None) -> int:
     cores.join()  # before torch starts its threads: the stage's share, or this machine's
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if args.parent:
-        exit_with(args.parent)
+        launch.exit_with(args.parent)
     try:
         if args.config:
             exp = ExperimentParams.model_validate_json(args.config)
@@ -95,15 +48,15 @@ def main(argv=None) -> int:
             exp = params.experiments[args.experiment]
         if not exp.tune.enabled:
             raise PipelineError(f"experiments.{args.experiment}.tune.enabled is false")
-        from pipeline import tune as tuning
+        from pipeline.tuning import runner, studies
 
-        url = args.storage or tuning.storage_url(args.experiment, exp.tune)
-        name = args.study or tuning.study_name(args.experiment, exp)
+        url = args.storage or studies.storage_url(args.experiment, exp.tune)
+        name = args.study or studies.study_name(args.experiment, exp)
         worker = os.getpid() if args.worker is None else args.worker
         if args.wait:
-            tuning.wait_for_study(url, name, args.wait, exp.tune.heartbeat_seconds)
+            studies.wait_for_study(url, name, args.wait, exp.tune.heartbeat_seconds)
         try:
-            ran = tuning.work(args.experiment, exp, url, name, worker, args.deadline)
+            ran = runner.work(args.experiment, exp, url, name, worker, args.deadline)
         except KeyError:
             raise PipelineError(
                 f"no study {name!r} in {url}; `dvc repro tune@{args.experiment}` creates it"
