@@ -64,17 +64,17 @@ def hand_written(exp) -> float:
     from torch.nn import functional as F
 
     from models import build_model
-    from pipeline import data
+    from pipeline.data import datasets
     from pipeline.experiment import data_spec
 
     torch.manual_seed(exp.seed)
     model = build_model(
         exp.model.name,
         exp.model.model_dump(exclude={"name"}),
-        data_spec(data.load_schema(exp.dataset)),
+        data_spec(datasets.load_schema(exp.dataset)),
     )
-    x, y = (torch.as_tensor(a) for a in data.load_split(exp.dataset, "train"))
-    vx, vy = (torch.as_tensor(a) for a in data.load_split(exp.dataset, "val"))
+    x, y = (torch.as_tensor(a) for a in datasets.load_split(exp.dataset, "train"))
+    vx, vy = (torch.as_tensor(a) for a in datasets.load_split(exp.dataset, "val"))
     opt_cfg = exp.train.optimizer
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import yaml
 
-from pipeline import data, distributed, paths
+from pipeline import distributed, paths
 from pipeline.config import ExperimentParams, Params, apply_overrides
+from pipeline.data import datasets
 from pipeline.errors import PipelineError
 from pipeline.tasks.kinds import task_kind
 
@@ -48,7 +49,7 @@ def prepare(exp: ExperimentParams, experiment: str) -> Prepared:
     from models.layers import init_weights
     from pipeline import augment, engine, tasks
 
-    schema = data.load_schema(exp.dataset)
+    schema = datasets.load_schema(exp.dataset)
     device = engine.select_device(exp.device)
     shard = (distributed.rank(), distributed.world_size())
     if distributed.in_worker():
@@ -63,8 +64,8 @@ def prepare(exp: ExperimentParams, experiment: str) -> Prepared:
     except (ValueError, FileNotFoundError) as err:
         raise PipelineError(f"experiments.{experiment}.model: {err}") from None
     model.to(device)
-    train_x, train_y = data.load_split(exp.dataset, "train")
-    val_x, val_y = data.load_split(exp.dataset, "val")
+    train_x, train_y = datasets.load_split(exp.dataset, "train")
+    val_x, val_y = datasets.load_split(exp.dataset, "val")
     weights = None
     if exp.train.sampler == "weighted":
         if schema["task"] != "classification":
@@ -149,7 +150,7 @@ def load_judge(dataset: str):
     info = json.loads(info_path.read_text())
     if not info["applicable"]:
         raise PipelineError(f"dataset {dataset!r} has no judge: {info['reason']}")
-    model = build_model("cnn", info["model"], data_spec(data.load_schema(dataset)))
+    model = build_model("cnn", info["model"], data_spec(datasets.load_schema(dataset)))
     state = load_tensors(paths.judge_model_file(dataset))
     model.load_state_dict(state)
     return model.eval()

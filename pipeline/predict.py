@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import atomic, tracking
+from pipeline.data.preprocessing import IMAGE_SUFFIXES, InputError, as_numbers
 from pipeline.errors import PipelineError
-from pipeline.preprocessing import IMAGE_SUFFIXES, InputError, as_numbers
 
 SUFFIXES = (".csv", ".parquet", ".npy", ".npz")
 
@@ -172,7 +172,7 @@ def _read_images(names: list[str], files: list[Path], meta: dict, path: Path):
     """Decode every image as ingest does; unreadable ones are skipped and reported."""
     from PIL import UnidentifiedImageError
 
-    from pipeline.preprocessing import read_image
+    from pipeline.data.preprocessing import read_image
 
     kept, images, skipped = [], [], []
     for name, file in zip(names, files, strict=True):
@@ -183,7 +183,9 @@ def _read_images(names: list[str], files: list[Path], meta: dict, path: Path):
             skipped.append(name)
     if not images:
         raise PipelineError(f"--input {path}: none of its {len(files)} images could be read")
-    from pipeline.data import handling_notes  # the line preprocess prints for a skipped file
+    from pipeline.data.datasets import (
+        handling_notes,  # the line preprocess prints for a skipped file
+    )
 
     return kept, np.stack(images), handling_notes({"skipped_unreadable": skipped})
 

@@ -1,7 +1,7 @@
 """The registered model: an MLflow pyfunc that takes raw inputs.
 
 It carries the trained weights (the model.pt dict train writes) and the dataset's fitted
-preprocessor (preprocessor.json), and ships this file, pipeline/preprocessing.py and the
+preprocessor (preprocessor.json), and ships this file, pipeline/data/preprocessing.py and the
 `models` package as code, so `mlflow.pyfunc.load_model(...)` and `mlflow models serve` need
 nothing from this project's folder. `predict` takes raw rows (a DataFrame with the original
 columns, raw text, or images in their raw units) and returns labels with class probabilities,
@@ -17,7 +17,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from pipeline import preprocessing
+from pipeline.data import preprocessing
 
 BATCH_ROWS = 512  # as evaluate's default batch: the same rows meet the same arithmetic
 

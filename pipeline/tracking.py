@@ -196,6 +196,7 @@ class StageRun:
         preprocessor at `prep_path`. Its signature names the raw columns and types; its
         input example is raw training rows. Returns the registered version, if any."""
         import tempfile
+        from importlib.metadata import version
 
         import numpy as np
         import pandas as pd
@@ -204,7 +205,8 @@ class StageRun:
         from mlflow.models import ModelSignature, infer_signature
         from mlflow.types import ColSpec, Schema, TensorSpec
 
-        from pipeline import preprocessing, serving
+        from pipeline import serving
+        from pipeline.data import preprocessing
 
         prep = preprocessing.load(prep_path)
         example = prep.example_input()
@@ -232,6 +234,8 @@ class StageRun:
                     f"numpy=={np.__version__}",
                     f"pandas=={pd.__version__}",
                     f"pillow=={PIL.__version__}",
+                    # models/configs.py declares the families' constraints with it
+                    f"annotated-types=={version('annotated-types')}",
                 ],
                 registered_model_name=registered_name,
                 metadata={**prep.describe(), "task": prep.kind_of_task()},
@@ -266,8 +270,14 @@ def _serving_code(folder: Path) -> list[str]:
     import pipeline
 
     here = Path(pipeline.__file__).parent
-    (folder / "pipeline").mkdir()
-    for name in ("__init__.py", "errors.py", "preprocessing.py", "serving.py"):
+    (folder / "pipeline" / "data").mkdir(parents=True)
+    for name in (
+        "__init__.py",
+        "errors.py",
+        "serving.py",
+        "data/__init__.py",
+        "data/preprocessing.py",
+    ):
         shutil.copy2(here / name, folder / "pipeline" / name)
     shutil.copytree(
         Path(models.__file__).parent,

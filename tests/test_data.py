@@ -5,8 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from pipeline import data, paths
+from pipeline import paths
 from pipeline.atomic import atomic_dir
+from pipeline.data import datasets
 from pipeline.errors import PipelineError
 from pipeline.params.datasets import DigitsDataset, SeriesDataset, TextCorpusDataset
 
@@ -18,13 +19,13 @@ CFG = DigitsDataset.model_validate(
 @pytest.fixture
 def digits(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    data.ingest("digits", CFG)
-    data.preprocess("digits", CFG)
+    datasets.ingest("digits", CFG)
+    datasets.preprocess("digits", CFG)
     return tmp_path
 
 
 def test_splits_are_disjoint_stratified_and_complete(digits):
-    schema = data.load_schema("digits")
+    schema = datasets.load_schema("digits")
     assert schema["input_shape"] == [1, 8, 8]
     assert schema["dtypes"] == {"x": "float32", "y": "int64", "index": "int64"}
     assert schema["num_classes"] == 10
@@ -35,16 +36,16 @@ def test_splits_are_disjoint_stratified_and_complete(digits):
         frac = np.array(schema["class_counts"][split]) / counts[split]
         assert np.all(np.abs(frac - 0.1) < 0.02), split  # every class near its 10 % share
     # no sample is in two splits
-    rows = [data.load_split("digits", s)[0].reshape(counts[s], -1) for s in paths.SPLITS]
+    rows = [datasets.load_split("digits", s)[0].reshape(counts[s], -1) for s in paths.SPLITS]
     assert len({r.tobytes() for r in np.concatenate(rows)}) > 1700
     # each split names its rows of the raw data: together, every row exactly once
-    index = np.concatenate([data.load_arrays("digits", s)["index"] for s in paths.SPLITS])
+    index = np.concatenate([datasets.load_arrays("digits", s)["index"] for s in paths.SPLITS])
     assert sorted(index.tolist()) == list(range(1797))
 
 
 def test_normalisation_uses_train_statistics_only(digits):
-    train_x, _ = data.load_split("digits", "train")
-    test_x, _ = data.load_split("digits", "test")
+    train_x, _ = datasets.load_split("digits", "train")
+    test_x, _ = datasets.load_split("digits", "test")
     assert abs(train_x.mean()) < 1e-4 and abs(train_x.std() - 1) < 1e-3
     assert abs(test_x.mean()) > 1e-4  # test was not re-centred on itself
     norm = json.loads(paths.schema_file("digits").read_text())["normalization"]
@@ -52,15 +53,15 @@ def test_normalisation_uses_train_statistics_only(digits):
 
 
 def test_split_is_seeded(digits):
-    first = data.load_split("digits", "test")[1]
-    first_hash = data.load_schema("digits")["content_hash"]
-    data.preprocess("digits", CFG)
-    assert np.array_equal(first, data.load_split("digits", "test")[1])
-    assert data.load_schema("digits")["content_hash"] == first_hash
+    first = datasets.load_split("digits", "test")[1]
+    first_hash = datasets.load_schema("digits")["content_hash"]
+    datasets.preprocess("digits", CFG)
+    assert np.array_equal(first, datasets.load_split("digits", "test")[1])
+    assert datasets.load_schema("digits")["content_hash"] == first_hash
     other = CFG.model_copy(update={"split": CFG.split.model_copy(update={"seed": 7})})
-    data.preprocess("digits", other)
-    assert not np.array_equal(first, data.load_split("digits", "test")[1])
-    assert data.load_schema("digits")["content_hash"] != first_hash
+    datasets.preprocess("digits", other)
+    assert not np.array_equal(first, datasets.load_split("digits", "test")[1])
+    assert datasets.load_schema("digits")["content_hash"] != first_hash
 
 
 def test_missing_input_names_the_stage_to_run(tmp_path, monkeypatch):
@@ -68,7 +69,7 @@ def test_missing_input_names_the_stage_to_run(tmp_path, monkeypatch):
     with pytest.raises(
         PipelineError, match=r"data/raw/digits/data.npz not found; run `dvc repro ingest@digits`"
     ):
-        data.preprocess("digits", CFG)
+        datasets.preprocess("digits", CFG)
 
 
 def test_failed_write_leaves_the_previous_output_untouched(tmp_path):
@@ -95,16 +96,16 @@ SERIES = SeriesDataset.model_validate(
 
 def test_series_split_is_chronological_and_scaled_on_train_only(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    data.ingest("sun", SERIES)
-    data.preprocess("sun", SERIES)
-    schema = data.load_schema("sun")
-    parts = {s: data.load_arrays("sun", s) for s in paths.SPLITS}
+    datasets.ingest("sun", SERIES)
+    datasets.preprocess("sun", SERIES)
+    schema = datasets.load_schema("sun")
+    parts = {s: datasets.load_arrays("sun", s) for s in paths.SPLITS}
     # every target of a split lies after every target of the split before it
     last_train = parts["train"]["t"].max() + SERIES.horizon - 1
     assert last_train < parts["val"]["t"].min()
     assert parts["val"]["t"].max() + SERIES.horizon - 1 < parts["test"]["t"].min()
     assert np.all(np.diff(parts["test"]["t"]) > 0)  # kept in time order
-    values, years, _ = data.read_raw("sun")
+    values, years, _ = datasets.read_raw("sun")
     train_steps = schema["scaler"]["train_steps"]
     assert years[train_steps - 1] <= last_train < years[train_steps]
     assert schema["scaler"]["mean"] == pytest.approx(values[:train_steps].mean(), rel=1e-5)
@@ -119,9 +120,9 @@ def test_series_split_is_chronological_and_scaled_on_train_only(tmp_path, monkey
 def test_series_too_short_for_the_window_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     long = SERIES.model_copy(update={"lookback": 250})
-    data.ingest("sun", long)
+    datasets.ingest("sun", long)
     with pytest.raises(PipelineError, match="too short for lookback=250"):
-        data.preprocess("sun", long)
+        datasets.preprocess("sun", long)
     assert not paths.processed_dir("sun").exists()
 
 
@@ -137,16 +138,16 @@ DOCS = TextCorpusDataset.model_validate(
 
 def test_text_corpus_targets_are_shifted_inputs_and_vocab_comes_from_train(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    data.ingest("docs", DOCS)
-    data.preprocess("docs", DOCS)
-    schema = data.load_schema("docs")
+    datasets.ingest("docs", DOCS)
+    datasets.preprocess("docs", DOCS)
+    schema = datasets.load_schema("docs")
     assert schema["task"] == "language_model" and schema["input_shape"] == [16]
-    codes = data.read_raw("docs")[0]
+    codes = datasets.read_raw("docs")[0]
     text = "".join(map(chr, codes))
     assert "JSON" in text  # json's own module docstring
     train_chars = set(text[: schema["chars"]["train"]])
     assert set(schema["vocab"][1:]) == train_chars
-    train = data.load_arrays("docs", "train")
+    train = datasets.load_arrays("docs", "train")
     assert np.array_equal(train["x"][0, 1:], train["y"][0, :-1])  # next-character targets
     vocab = schema["vocab"]
     assert "".join(vocab[i] for i in train["x"][0]) == text[:16]

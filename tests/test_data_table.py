@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline import data, paths
+from pipeline import paths
 from pipeline.config import load_params
+from pipeline.data import datasets
 from pipeline.errors import PipelineError
 from pipeline.params.datasets import TableDataset
 
@@ -42,9 +43,9 @@ def workdir(tmp_path, monkeypatch):
 
 
 def run(name, cfg):
-    data.ingest(name, cfg)
-    data.preprocess(name, cfg)
-    return data.load_schema(name)
+    datasets.ingest(name, cfg)
+    datasets.preprocess(name, cfg)
+    return datasets.load_schema(name)
 
 
 def test_csv_classification_is_encoded_with_train_statistics(workdir):
@@ -58,7 +59,7 @@ def test_csv_classification_is_encoded_with_train_statistics(workdir):
         "contract=two-year",
         "contract=yearly",
     ]
-    x, y = data.load_split("churn", "train")
+    x, y = datasets.load_split("churn", "train")
     assert x.shape == (schema["counts"]["train"], 5) and y.dtype == np.int64
     assert np.allclose(x[:, :2].mean(0), 0, atol=1e-5)  # standardised on train
     assert set(np.unique(x[:, 2:])) == {0.0, 1.0} and (x[:, 2:].sum(1) == 1).all()
@@ -75,9 +76,9 @@ def test_parquet_regression_imputes_with_train_means(workdir):
     assert schema["task"] == "regression" and schema["horizon"] == 1
     assert schema["missing_values"] == {"charges": 3}  # NaN and inf alike
     for split in paths.SPLITS:
-        x, y = data.load_split("houses", split)
+        x, y = datasets.load_split("houses", split)
         assert np.isfinite(x).all() and np.isfinite(y).all()
-    train_y = data.load_split("houses", "train")[1]
+    train_y = datasets.load_split("houses", "train")[1]
     assert abs(train_y.mean()) < 1e-5 and schema["scaler"]["fitted_on"] == "train"
 
 
@@ -91,11 +92,11 @@ def test_nan_policy_fail_reports_per_column_and_drop_drops(workdir):
     assert not paths.processed_dir("churn").exists()  # nothing written
     schema = run("churn", table("churn.csv", target="churn", nan="drop"))
     assert sum(schema["counts"].values()) == len(frame) - 3
-    assert data.handling_notes(schema) == [
+    assert datasets.handling_notes(schema) == [
         "dropped 3 row(s) with missing values (tenure: 2, contract: 1)"
     ]
     schema = run("churn", table("churn.csv", target="churn", nan="impute_median"))
-    assert data.handling_notes(schema) == [
+    assert datasets.handling_notes(schema) == [
         "imputed 2 value(s) in tenure (median of the train split)",
         "left missing categories as no category (all-zero one-hot): 1 in contract",
     ]
@@ -114,7 +115,7 @@ def test_group_column_keeps_each_group_in_one_split(workdir):
 
 
 def data_table_splits(frame, cfg):
-    from pipeline.data_table import split_rows
+    from pipeline.data.table import split_rows
 
     y = (frame["churn"] == "yes").to_numpy(np.int64)
     return split_rows("churn", cfg, y, frame["customer"], ["no", "yes"])
@@ -141,7 +142,7 @@ def test_bad_table_input_is_one_clear_error(workdir, setup, kw, message):
     setup()
     cfg = table(kw.pop("path", "missing.csv"), **kw)
     with pytest.raises(PipelineError, match=message):
-        data.ingest("t", cfg)
+        datasets.ingest("t", cfg)
     assert not paths.raw_dir("t").exists()
 
 
@@ -189,7 +190,7 @@ def test_mlp_learns_churn_through_the_real_stages(workdir):
 
 
 def test_small_batches_stream_to_the_same_splits_and_train_statistics(workdir, monkeypatch):
-    from pipeline import data_table
+    from pipeline.data import table as source
 
     frame = churn_frame(n=500)
     frame.loc[[3, 40, 200], "charges"] = np.nan
@@ -197,8 +198,8 @@ def test_small_batches_stream_to_the_same_splits_and_train_statistics(workdir, m
     frame.to_csv("churn.csv", index=False)
     cfg = table("churn.csv", target="churn", nan="impute_median")
     whole = run("whole", cfg)
-    monkeypatch.setattr(data_table, "BATCH_ROWS", 7)  # 72 batches instead of one
-    monkeypatch.setattr(data_table, "CSV_BLOCK_BYTES", 1024)  # ingest reads ~20 blocks
+    monkeypatch.setattr(source, "BATCH_ROWS", 7)  # 72 batches instead of one
+    monkeypatch.setattr(source, "CSV_BLOCK_BYTES", 1024)  # ingest reads ~20 blocks
     small = run("small", cfg)
 
     for key in ("counts", "features", "classes", "class_counts", "task"):
@@ -206,11 +207,11 @@ def test_small_batches_stream_to_the_same_splits_and_train_statistics(workdir, m
     for col, (mean, std) in whole["encoding"]["stats"].items():
         assert small["encoding"]["stats"][col] == pytest.approx([mean, std], rel=1e-9)
     for split in paths.SPLITS:
-        x_small, y_small = data.load_split("small", split)
-        x_whole, y_whole = data.load_split("whole", split)
+        x_small, y_small = datasets.load_split("small", split)
+        x_whole, y_whole = datasets.load_split("whole", split)
         np.testing.assert_allclose(x_small, x_whole, rtol=1e-6)
         np.testing.assert_array_equal(y_small, y_whole)
-    x_train = data.load_split("small", "train")[0]
+    x_train = datasets.load_split("small", "train")[0]
     assert np.isfinite(x_train).all()  # the NaN charges took the train median
     # standardised with train statistics merged batch by batch (charges: before imputing)
     np.testing.assert_allclose(x_train[:, 0].std(ddof=1), 1, rtol=1e-5)
@@ -225,4 +226,4 @@ def test_a_table_of_floats_only_is_encoded(workdir):
     frame.to_csv("floats.csv", index=False)
     schema = run("floats", table("floats.csv", target="churn", nan="impute_mean"))
     assert schema["features"] == ["charges", "ratio"]
-    assert all(np.isfinite(data.load_split("floats", s)[0]).all() for s in paths.SPLITS)
+    assert all(np.isfinite(datasets.load_split("floats", s)[0]).all() for s in paths.SPLITS)

@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline import data, paths
+from pipeline import paths
 from pipeline.config import load_params
+from pipeline.data import datasets
 from pipeline.errors import PipelineError
 from pipeline.params.datasets import TextDataset
 
@@ -52,28 +53,28 @@ def test_vocabulary_comes_from_train_and_texts_are_left_padded(workdir):
     frame.loc[:19, "review"] = [f"{w} was great!" for w in rare]
     frame.to_csv("reviews.csv", index=False)
     cfg = text_cfg()
-    data.ingest("rev", cfg)
-    data.preprocess("rev", cfg)
-    schema = data.load_schema("rev")
+    datasets.ingest("rev", cfg)
+    datasets.preprocess("rev", cfg)
+    schema = datasets.load_schema("rev")
     assert schema["vocab"][:2] == ["<pad>", "<unk>"] and "!" in schema["vocab"]
     assert schema["classes"] == ["neg", "pos"] and schema["input_shape"] == [12]
     known = sum(w in schema["vocab"] for w in rare)
-    unknown = {s: int((data.load_split("rev", s)[0] == 1).sum()) for s in paths.SPLITS}
+    unknown = {s: int((datasets.load_split("rev", s)[0] == 1).sum()) for s in paths.SPLITS}
     assert unknown["train"] == 0  # every train token is in the vocabulary
     assert unknown["val"] + unknown["test"] == len(rare) - known > 0  # the rest were unseen
-    x, _ = data.load_split("rev", "train")
+    x, _ = datasets.load_split("rev", "train")
     assert (x[:, -1] != 0).all() and (x == 0).any()  # padding sits on the left
 
 
 def test_char_tokenizer_min_freq_and_truncation(workdir):
     reviews().to_csv("reviews.csv", index=False)
     cfg = text_cfg(tokenizer="char", min_freq=1000, max_length=5)
-    data.ingest("rev", cfg)
-    data.preprocess("rev", cfg)
-    schema = data.load_schema("rev")
+    datasets.ingest("rev", cfg)
+    datasets.preprocess("rev", cfg)
+    schema = datasets.load_schema("rev")
     assert set(schema["vocab"][2:]) <= set("abcdefghijklmnopqrstuvwxyz !")
     assert schema["truncated"] == 240  # every review is longer than 5 characters
-    x, _ = data.load_split("rev", "test")
+    x, _ = datasets.load_split("rev", "test")
     assert x.shape[1] == 5
 
 
@@ -81,12 +82,12 @@ def test_bad_text_input_is_one_clear_error(workdir):
     frame = reviews()
     frame.loc[3, "review"] = " "
     frame.to_csv("reviews.csv", index=False)
-    data.ingest("rev", text_cfg())
+    datasets.ingest("rev", text_cfg())
     with pytest.raises(PipelineError, match="1 rows have an empty text or label"):
-        data.preprocess("rev", text_cfg())
+        datasets.preprocess("rev", text_cfg())
     assert not paths.processed_dir("rev").exists()
     with pytest.raises(PipelineError, match=r"column\(s\) 'body' not in reviews.csv"):
-        data.ingest("rev2", text_cfg(text_column="body"))
+        datasets.ingest("rev2", text_cfg(text_column="body"))
 
 
 @pytest.mark.slow

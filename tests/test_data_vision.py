@@ -8,7 +8,8 @@ import struct
 import numpy as np
 import pytest
 
-from pipeline import data, paths
+from pipeline import paths
+from pipeline.data import datasets
 from pipeline.errors import PipelineError
 from pipeline.params.datasets import TorchvisionDataset
 
@@ -69,20 +70,20 @@ def cfg(source, **kw):
 )
 def test_mnist_family_reads_idx_files_and_keeps_the_official_test_set(workdir, source, folder, gz):
     fake_mnist(workdir / "ext", folder, gz=gz)
-    data.ingest("imgs", cfg(source))
-    data.preprocess("imgs", cfg(source))
-    schema = data.load_schema("imgs")
+    datasets.ingest("imgs", cfg(source))
+    datasets.preprocess("imgs", cfg(source))
+    schema = datasets.load_schema("imgs")
     assert schema["input_shape"] == [1, 28, 28] and schema["num_classes"] == 10
     assert schema["counts"] == {"train": 30, "val": 10, "test": 20}
-    x, y = data.load_split("imgs", "test")
+    x, y = datasets.load_split("imgs", "test")
     assert np.array_equal(y, np.arange(20) % 10)  # the t10k files, in order
 
 
 def test_cifar10_reads_pickled_batches(workdir):
     fake_cifar(workdir / "ext")
-    data.ingest("cifar", cfg("cifar10"))
-    data.preprocess("cifar", cfg("cifar10"))
-    schema = data.load_schema("cifar")
+    datasets.ingest("cifar", cfg("cifar10"))
+    datasets.preprocess("cifar", cfg("cifar10"))
+    schema = datasets.load_schema("cifar")
     assert schema["input_shape"] == [3, 32, 32] and schema["classes"][0] == "airplane"
     assert schema["counts"]["test"] == 10 and sum(schema["counts"].values()) == 60
     assert len(schema["normalization"]["mean"]) == 3  # per channel, from train
@@ -90,7 +91,7 @@ def test_cifar10_reads_pickled_batches(workdir):
 
 def test_missing_files_name_the_path_and_how_to_get_them(workdir):
     with pytest.raises(PipelineError) as info:
-        data.ingest("m", cfg("mnist"))
+        datasets.ingest("m", cfg("mnist"))
     message = str(info.value)
     assert "mnist files missing under ext/MNIST/raw: train-images-idx3-ubyte" in message
     assert "download: true" in message
@@ -101,18 +102,18 @@ def test_corrupt_files_are_clear_errors(workdir):
     fake_mnist(workdir / "ext")
     (workdir / "ext/MNIST/raw/t10k-labels-idx1-ubyte").write_bytes(b"not idx at all")
     with pytest.raises(PipelineError, match="is not an unsigned-byte IDX file"):
-        data.ingest("m", cfg("mnist"))
+        datasets.ingest("m", cfg("mnist"))
     fake_cifar(workdir / "ext")
     with open(workdir / "ext/cifar-10-batches-py/test_batch", "wb") as f:
         pickle.dump({b"data": __import__("os").getcwd}, f)  # code, not data
     with pytest.raises(PipelineError, match="refusing to load"):
-        data.ingest("c", cfg("cifar10"))
+        datasets.ingest("c", cfg("cifar10"))
 
 
 def test_limit_takes_a_seeded_subset(workdir):
     fake_mnist(workdir / "ext")
-    data.ingest("m", cfg("mnist", limit=30))
-    assert data.raw_meta("m")["samples"] == 30
+    datasets.ingest("m", cfg("mnist", limit=30))
+    assert datasets.raw_meta("m")["samples"] == 30
 
 
 def image_folder(root, per_class=8, classes=("cat", "dog", "owl")):
@@ -137,42 +138,42 @@ def folder_cfg(**kw):
 
 def test_image_folder_resizes_png_and_jpeg_per_class(workdir):
     image_folder(workdir / "imgs")
-    data.ingest("f", folder_cfg())
-    data.preprocess("f", folder_cfg())
-    schema = data.load_schema("f")
+    datasets.ingest("f", folder_cfg())
+    datasets.preprocess("f", folder_cfg())
+    schema = datasets.load_schema("f")
     assert schema["classes"] == ["cat", "dog", "owl"] and schema["input_shape"] == [3, 16, 16]
     assert sum(schema["counts"].values()) == 24
     grey = folder_cfg(channels=1)
-    data.ingest("g", grey)
-    assert data.read_raw("g")[0].shape == (24, 1, 16, 16)
+    datasets.ingest("g", grey)
+    assert datasets.read_raw("g")[0].shape == (24, 1, 16, 16)
 
 
 def test_unreadable_images_are_skipped_counted_or_fail_past_the_limit(workdir):
     image_folder(workdir / "imgs")
     (workdir / "imgs/dog/broken.png").write_bytes(b"\x89PNG but not really")
     with pytest.raises(PipelineError, match=r"1 of 25 images are unreadable .*broken.png"):
-        data.ingest("f", folder_cfg())
+        datasets.ingest("f", folder_cfg())
     assert not paths.raw_dir("f").exists()
-    data.ingest("f", folder_cfg(max_bad_fraction=0.1))
-    meta = data.raw_meta("f")
+    datasets.ingest("f", folder_cfg(max_bad_fraction=0.1))
+    meta = datasets.raw_meta("f")
     assert meta["samples"] == 24 and meta["skipped_unreadable"] == ["imgs/dog/broken.png"]
 
 
 def test_folder_errors_name_the_path_or_class(workdir):
     with pytest.raises(PipelineError, match="folder imgs not found"):
-        data.ingest("f", folder_cfg())
+        datasets.ingest("f", folder_cfg())
     (workdir / "imgs").mkdir()
     with pytest.raises(PipelineError, match="imgs has no class sub-folders"):
-        data.ingest("f", folder_cfg())
+        datasets.ingest("f", folder_cfg())
     (workdir / "imgs/empty").mkdir()
     with pytest.raises(PipelineError, match="class folder imgs/empty has no PNG/JPEG/BMP files"):
-        data.ingest("f", folder_cfg())
+        datasets.ingest("f", folder_cfg())
 
 
 def test_a_class_too_small_to_stratify_is_named(workdir):
     image_folder(workdir / "imgs")
     image_folder(workdir / "imgs", per_class=2, classes=("rare",))
-    data.ingest("f", folder_cfg())
+    datasets.ingest("f", folder_cfg())
     with pytest.raises(PipelineError, match=r"class\(es\) 'rare' \(2\) have fewer than 3"):
-        data.preprocess("f", folder_cfg())
+        datasets.preprocess("f", folder_cfg())
     assert not paths.processed_dir("f").exists()

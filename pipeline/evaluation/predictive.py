@@ -7,7 +7,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from pipeline import data, plots
+from pipeline import plots
+from pipeline.data import datasets
 from pipeline.engine import Batches, predict
 from pipeline.evaluation.base import CONFUSION_HEADER, Evaluation, Inputs
 from pipeline.evaluation.images import cnn_insight, robustness
@@ -221,7 +222,7 @@ def ar_forecasts(train_series, inputs: np.ndarray, horizon: int) -> tuple[np.nda
 
 def _classification(i: Inputs) -> Evaluation:
     result = classification(
-        i.model, i.batches, i.schema, i.experiment, data.load_split(i.exp.dataset, "train")
+        i.model, i.batches, i.schema, i.experiment, datasets.load_split(i.exp.dataset, "train")
     )
     result.metrics.update(robustness(i.model, i.batches, i.schema, i.exp.evaluate.corruptions))
     if i.exp.model.name == "cnn":
@@ -230,17 +231,17 @@ def _classification(i: Inputs) -> Evaluation:
 
 
 def _regression(i: Inputs) -> Evaluation:
-    train = data.load_split(i.exp.dataset, "train")
+    train = datasets.load_split(i.exp.dataset, "train")
     return regression(i.model, i.batches, i.schema, i.experiment, train)
 
 
 def _language_model(i: Inputs) -> Evaluation:
-    counts = data.load_arrays(i.exp.dataset, "train")["char_counts"]
+    counts = datasets.load_arrays(i.exp.dataset, "train")["char_counts"]
     return language_model(i.model, i.batches, counts, i.schema, i.experiment)
 
 
 def _forecasting(i: Inputs) -> Evaluation:
-    series = data.load_arrays(i.exp.dataset, "train")["series"]
+    series = datasets.load_arrays(i.exp.dataset, "train")["series"]
     return forecasting(i.model, i.batches, i.arrays, series, i.schema, i.experiment)
 
 

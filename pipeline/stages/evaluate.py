@@ -6,8 +6,9 @@ import csv
 import json
 import sys
 
-from pipeline import atomic, data, paths, plots, tracking
+from pipeline import atomic, paths, plots, tracking
 from pipeline.config import Params
+from pipeline.data import datasets
 from pipeline.experiment import load_trained_model, resolved_experiment
 from pipeline.metrics import interval_half_width
 from pipeline.stages import stage_main
@@ -18,9 +19,9 @@ def run(params: Params, experiment: str) -> dict[str, float]:
     from pipeline import engine, evaluation
 
     exp, _ = resolved_experiment(params, experiment)
-    schema = data.load_schema(exp.dataset)
+    schema = datasets.load_schema(exp.dataset)
     device = engine.select_device(exp.device)
-    arrays = data.load_arrays(exp.dataset, "test")
+    arrays = datasets.load_arrays(exp.dataset, "test")
     inputs = evaluation.Inputs(
         experiment=experiment,
         exp=exp,

@@ -1,14 +1,14 @@
 """ingest@<dataset>: fetch a declared source into data/raw/<dataset>/."""
 
-from pipeline import data
 from pipeline.config import Params
+from pipeline.data import datasets
 from pipeline.stages import dataset_run, stage_main
 
 
 def run(params: Params, dataset: str):
     with dataset_run(params, "ingest", dataset) as (cfg, run):
-        out = data.ingest(dataset, cfg)
-        run.log_metrics({"samples": data.raw_meta(dataset)["samples"]})
+        out = datasets.ingest(dataset, cfg)
+        run.log_metrics({"samples": datasets.raw_meta(dataset)["samples"]})
     return out
 
 

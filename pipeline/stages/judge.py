@@ -8,8 +8,9 @@ for the others, and for datasets that are not labelled images, the stage records
 
 from __future__ import annotations
 
-from pipeline import atomic, data, paths, tracking
+from pipeline import atomic, paths, tracking
 from pipeline.config import Params, judged_by
+from pipeline.data import datasets
 from pipeline.experiment import data_spec
 from pipeline.params.training import EarlyStoppingParams
 from pipeline.stages import stage_main
@@ -40,7 +41,7 @@ def run(params: Params, dataset: str) -> dict:
     from pipeline.evaluation.predictive import classification
     from pipeline.tasks.predictive import Classification
 
-    schema = data.load_schema(dataset)
+    schema = datasets.load_schema(dataset)
     with tracking.stage_run(
         params.defaults.tracking,
         name=f"{dataset}/judge",
@@ -57,7 +58,7 @@ def run(params: Params, dataset: str) -> dict:
         cfg = params.defaults.train  # the shared recipe, early-stopped on val/loss
         if cfg.early_stopping.metric != "val/loss":
             cfg = cfg.model_copy(update={"early_stopping": EarlyStoppingParams()})
-        split = {s: data.load_split(dataset, s) for s in ("train", "val", "test")}
+        split = {s: datasets.load_split(dataset, s) for s in ("train", "val", "test")}
         batches = {
             s: engine.Batches(
                 *xy,

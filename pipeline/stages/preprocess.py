@@ -1,14 +1,14 @@
 """preprocess@<dataset>: seeded stratified split, train-fitted normalisation, schema.json."""
 
-from pipeline import data
 from pipeline.config import Params
+from pipeline.data import datasets
 from pipeline.stages import dataset_run, stage_main
 
 
 def run(params: Params, dataset: str):
     with dataset_run(params, "preprocess", dataset) as (cfg, run):
-        out = data.preprocess(dataset, cfg)
-        schema = data.load_schema(dataset)
+        out = datasets.preprocess(dataset, cfg)
+        schema = datasets.load_schema(dataset)
         run.log_metrics({f"{split}/samples": n for split, n in schema["counts"].items()})
         report_handling(run, f"preprocess@{dataset}", schema)
         run.log_dict(schema, "schema.json")
@@ -18,7 +18,7 @@ def run(params: Params, dataset: str):
 def report_handling(run, label: str, schema: dict) -> None:
     """What ingest and preprocess did to the data (skipped files, filled or dropped values):
     a console line each, a tag and counts on the stage's MLflow run, as in schema.json."""
-    notes = data.handling_notes(schema)
+    notes = datasets.handling_notes(schema)
     for note in notes:
         print(f"{label}: {note}", flush=True)
     if notes:

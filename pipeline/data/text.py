@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline import data_table, paths, preprocessing
+from pipeline import paths
+from pipeline.data import preprocessing, table
 from pipeline.errors import PipelineError
 
 
 def ingest(name: str, cfg):
-    return data_table.ingest(name, cfg, [cfg.text_column, cfg.label_column])
+    return table.ingest(name, cfg, [cfg.text_column, cfg.label_column])
 
 
 def preprocess(name: str, cfg):
     """-> (splits {split: {x, y, index}}, schema, fitted preprocessor) for data.py to write."""
     import pandas as pd
 
-    from pipeline.splits import stratified_split
+    from pipeline.data.splits import stratified_split
 
     frame = pd.read_parquet(paths.raw_table_file(name))
     texts, labels = frame[cfg.text_column], frame[cfg.label_column]

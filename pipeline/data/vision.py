@@ -168,7 +168,7 @@ def load_folder(name: str, cfg) -> tuple[np.ndarray, np.ndarray, dict]:
     """
     from PIL import UnidentifiedImageError
 
-    from pipeline.preprocessing import IMAGE_SUFFIXES, decode_image
+    from pipeline.data.preprocessing import IMAGE_SUFFIXES, decode_image
 
     root = Path(cfg.path)
     if not root.is_dir():

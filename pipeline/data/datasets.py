@@ -10,22 +10,23 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import atomic, data_table, data_text, data_vision, paths, preprocessing, store
+from pipeline import atomic, paths
+from pipeline.data import preprocessing, store, table, text, vision
+from pipeline.data.splits import stratified_split
 from pipeline.errors import PipelineError
 from pipeline.params.datasets import DatasetParams
-from pipeline.splits import stratified_split
 
 
 def ingest(name: str, cfg: DatasetParams) -> Path:
     """Fetch the source into data/raw/<name>/ (x, y arrays + meta.json)."""
     if cfg.source == "table":
-        return data_table.ingest(name, cfg)
+        return table.ingest(name, cfg)
     if cfg.source == "text":
-        return data_text.ingest(name, cfg)
-    if cfg.source in data_vision.SOURCES:
-        x, y, meta = data_vision.load(name, cfg)
+        return text.ingest(name, cfg)
+    if cfg.source in vision.SOURCES:
+        x, y, meta = vision.load(name, cfg)
     elif cfg.source == "image_folder":
-        x, y, meta = data_vision.load_folder(name, cfg)
+        x, y, meta = vision.load_folder(name, cfg)
     else:
         x, y, meta = _load_source(cfg)
     extra = {"test_mask": meta.pop("test_mask")} if "test_mask" in meta else {}
@@ -110,9 +111,9 @@ def preprocess(name: str, cfg: DatasetParams) -> Path:
     if cfg.source == "python_docstrings":
         return _preprocess_text(name, cfg)
     if cfg.source == "table":
-        return data_table.preprocess(name, cfg)  # streams: writes the splits itself
+        return table.preprocess(name, cfg)  # streams: writes the splits itself
     if cfg.source == "text":
-        splits, schema, prep = data_text.preprocess(name, cfg)
+        splits, schema, prep = text.preprocess(name, cfg)
         store.write_processed(name, splits, schema, prep)
         return paths.processed_dir(name)
     x, y, meta = read_raw(name)

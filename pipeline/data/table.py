@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import atomic, paths, preprocessing
+from pipeline import atomic, paths
+from pipeline.data import preprocessing
 from pipeline.errors import PipelineError
 
 READERS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -118,8 +119,8 @@ def preprocess(name: str, cfg) -> Path:
     import pandas as pd
     import pyarrow.parquet as pq
 
-    from pipeline.splits import require_two_classes
-    from pipeline.store import SplitWriter, write_schema
+    from pipeline.data.splits import require_two_classes
+    from pipeline.data.store import SplitWriter, write_schema
 
     table = pq.ParquetFile(paths.raw_table_file(name), pre_buffer=False)
     names = table.schema_arrow.names
@@ -300,7 +301,7 @@ def apply_nan_policy(name: str, counts, bad_rows: np.ndarray, policy: str, targe
 def split_rows(name: str, cfg, y, groups, classes) -> dict[str, np.ndarray]:
     from sklearn.model_selection import GroupShuffleSplit
 
-    from pipeline.splits import stratified_split
+    from pipeline.data.splits import stratified_split
 
     n = len(groups) if groups is not None else len(y)
     if groups is not None:  # no group in two splits

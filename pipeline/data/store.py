@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import atomic, paths, preprocessing
+from pipeline import atomic, paths
+from pipeline.data import preprocessing
 
 
 def write_processed(
