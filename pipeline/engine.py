@@ -362,31 +362,13 @@ def fit(
     state = {"epoch": 0, "history": [], "best_score": None, "best_epoch": 0, "bad_epochs": 0}
     best_weights = _cpu_copy(model.state_dict())
     result = FitResult()
+    resumed = _resume(checkpoint_path, run_key, model, optimizers, schedulers, train)
+    if resumed is not None:
+        best_weights, state = resumed
+        result.resumed_from_epoch = state["epoch"]
+        if main:
+            _say_resumed(desc, checkpoint_path, state["epoch"], cfg.epochs)
 
-    if checkpoint_path is not None and checkpoint_path.is_file():
-        ckpt = load_tensors(checkpoint_path)
-        if ckpt.get("run_key") == run_key and not ckpt.get("finished"):
-            model.load_state_dict(ckpt["model"])
-            for name, opt in optimizers.items():
-                opt.load_state_dict(ckpt["optimizers"][name])
-            for name, sched in schedulers.items():
-                sched.load_state_dict(ckpt["schedulers"][name])
-            torch.set_rng_state(ckpt["rng"]["torch"])
-            if torch.cuda.is_available() and ckpt["rng"]["cuda"]:
-                torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-            train.generator.set_state(ckpt["rng"]["shuffle"])
-            _set_host_rng(ckpt["rng"]["host"])
-            best_weights = ckpt["best_weights"]
-            state = ckpt["state"]
-            result.resumed_from_epoch = state["epoch"]
-
-    if result.resumed_from_epoch and main:
-        saved = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(checkpoint_path.stat().st_mtime))
-        print(
-            f"{desc}: resumed from epoch {result.resumed_from_epoch} of {cfg.epochs} "
-            f"(checkpoint {saved})",
-            flush=True,
-        )
     start = saved_at = time.perf_counter()
     progress = EpochProgress(desc, state["epoch"], cfg.epochs, metric, enabled=main)
     for epoch in range(state["epoch"], cfg.epochs):
@@ -401,19 +383,9 @@ def fit(
             row.update(task.validate(runner, val))
         row["lr"] = next(iter(optimizers.values())).param_groups[0]["lr"]
         state["history"].append(row)
-        score = row[metric]
-        best = state["best_score"]
-        if best is None or (score < best if mode == "min" else score > best):
-            state.update(best_score=score, best_epoch=epoch + 1, bad_epochs=0)
+        if _improved(state, row[metric], mode, epoch + 1):
             best_weights = _cpu_copy(model.state_dict())
-        else:
-            state["bad_epochs"] += 1
-        for sched in per_epoch:
-            if isinstance(sched, lr_scheduler.ReduceLROnPlateau):
-                sched.step(score)
-            else:
-                sched.step()
-        state["epoch"] = epoch + 1
+        _step_per_epoch(per_epoch, row[metric])
         stop = 0 < cfg.early_stopping.patience <= state["bad_epochs"]
         finished = stop or epoch + 1 == cfg.epochs
         due = time.perf_counter() - saved_at >= cfg.checkpoint_interval
@@ -446,6 +418,51 @@ def fit(
     result.best_epoch = state["best_epoch"]
     result.best_score = state["best_score"]
     return result
+
+
+def _improved(state: dict, score: float, mode: str, epoch: int) -> bool:
+    """Record `epoch`'s score in the early-stopping state; whether it is the best so far."""
+    state["epoch"] = epoch
+    best = state["best_score"]
+    if best is None or (score < best if mode == "min" else score > best):
+        state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
+        return True
+    state["bad_epochs"] += 1
+    return False
+
+
+def _step_per_epoch(schedulers: list, score: float) -> None:
+    for sched in schedulers:
+        if isinstance(sched, lr_scheduler.ReduceLROnPlateau):
+            sched.step(score)
+        else:
+            sched.step()
+
+
+def _resume(checkpoint_path, run_key, model, optimizers, schedulers, train):
+    """Load an unfinished checkpoint of the same run into the model, optimizers, schedulers
+    and random generators; its best weights and loop state, or None when there is none."""
+    if checkpoint_path is None or not checkpoint_path.is_file():
+        return None
+    ckpt = load_tensors(checkpoint_path)
+    if ckpt.get("run_key") != run_key or ckpt.get("finished"):
+        return None
+    model.load_state_dict(ckpt["model"])
+    for name, opt in optimizers.items():
+        opt.load_state_dict(ckpt["optimizers"][name])
+    for name, sched in schedulers.items():
+        sched.load_state_dict(ckpt["schedulers"][name])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if torch.cuda.is_available() and ckpt["rng"]["cuda"]:
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    train.generator.set_state(ckpt["rng"]["shuffle"])
+    _set_host_rng(ckpt["rng"]["host"])
+    return ckpt["best_weights"], ckpt["state"]
+
+
+def _say_resumed(desc: str, checkpoint_path: Path, epoch: int, epochs: int) -> None:
+    saved = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(checkpoint_path.stat().st_mtime))
+    print(f"{desc}: resumed from epoch {epoch} of {epochs} (checkpoint {saved})", flush=True)
 
 
 def accelerate(

@@ -51,16 +51,7 @@ def train(exp: ExperimentParams, tuned: dict, experiment: str) -> dict:
         "world_size": str(distributed.world_size()),
     }
     with tracking.stage_run(track, name=f"{experiment}/train", tags=tags) as run:
-        run.log_params(flatten(config))
-        run.log_dict(config, "config.yaml")
-        if tuned:
-            run.log_dict(tuned, "tuned.yaml")
-        if main:
-            preview = augmentation_preview(prep.train.x[:8], prep.augment_fn, experiment)
-            plots.save(preview, paths.augment_preview(experiment))
-            run.log_artifact(paths.augment_preview(experiment))
-        run.log_dataset(schema, "train", arrays["train_x"], arrays["train_y"], context="training")
-        run.log_dataset(schema, "val", arrays["val_x"], arrays["val_y"], context="validation")
+        log_inputs(run, experiment, config, tuned, prep, main)
         n_params = sum(p.numel() for p in model.parameters())
         result = engine.fit(
             model,
@@ -100,22 +91,12 @@ def train(exp: ExperimentParams, tuned: dict, experiment: str) -> dict:
         )
         if not main:
             return summary  # rank 0 writes the outputs
-        model_config = exp.model.model_dump(mode="json")
-        if model_config.get("weights"):  # the state_dict holds every trained weight: a
-            model_config["weights"] = None  # rebuild (e.g. by a served model) loads no file
-        saved = {
-            "model": model_config,
-            "spec": dataclasses.asdict(prep.spec),
-            "state_dict": model.cpu().state_dict(),
-        }
+        saved = saved_model(exp, prep)
         if track.enabled and track.log_model:
             name = tracking.registered_name(exp.tracking, experiment)
-            summary["registered_model"] = {
-                "name": name,
-                "version": log_model(
-                    run, model, saved, schema, exp.model.name, name, arrays["train_x"][:4]
-                ),
-            }
+            example = arrays["train_x"][:4]
+            version = log_model(run, model, saved, schema, exp.model.name, name, example)
+            summary["registered_model"] = {"name": name, "version": version}
         engine.save_tensors(paths.model_file(experiment), saved)
         atomic.write_text(paths.history_file(experiment), history_csv(result.history))
         atomic.write_text(
@@ -123,6 +104,34 @@ def train(exp: ExperimentParams, tuned: dict, experiment: str) -> dict:
         )
         atomic.write_json(paths.train_summary_file(experiment), summary)
     return summary
+
+
+def log_inputs(run, experiment: str, config: dict, tuned: dict, prep, main: bool) -> None:
+    """What the run trains from: params, the resolved config and tuned overrides, the
+    augmentation preview and the train/val data."""
+    run.log_params(flatten(config))
+    run.log_dict(config, "config.yaml")
+    if tuned:
+        run.log_dict(tuned, "tuned.yaml")
+    if main:
+        preview = augmentation_preview(prep.train.x[:8], prep.augment_fn, experiment)
+        plots.save(preview, paths.augment_preview(experiment))
+        run.log_artifact(paths.augment_preview(experiment))
+    arrays, schema = prep.arrays, prep.schema
+    run.log_dataset(schema, "train", arrays["train_x"], arrays["train_y"], context="training")
+    run.log_dataset(schema, "val", arrays["val_x"], arrays["val_y"], context="validation")
+
+
+def saved_model(exp: ExperimentParams, prep) -> dict:
+    """The model.pt dict: the family's config, the data spec and every trained weight."""
+    model_config = exp.model.model_dump(mode="json")
+    if model_config.get("weights"):  # the state_dict holds every trained weight: a
+        model_config["weights"] = None  # rebuild (e.g. by a served model) loads no file
+    return {
+        "model": model_config,
+        "spec": dataclasses.asdict(prep.spec),
+        "state_dict": prep.model.cpu().state_dict(),
+    }
 
 
 def log_model(run, model, saved: dict, schema: dict, model_name: str, registered: str, example):
