@@ -57,24 +57,8 @@ def run(params: Params, experiment: str) -> dict[str, float]:
         run.log_metrics(result.metrics)
         registered = train_info.get("registered_model") or {}
         if registered.get("version"):
-            metric = KINDS[kind].main_metric
-            decision = tracking.consider_champion(
-                exp.tracking,
-                registered["name"],
-                registered["version"],
-                metric,
-                result.metrics[metric],
-                interval_half_width(result.metrics, metric),
-                KINDS[kind].higher_is_better,
-            )
+            decision = decide_champion(run, exp, kind, registered, result)
             result.details["registry"] = decision
-            run.set_tags(
-                {
-                    "pipeline.registry.decision": "promoted" if decision["promoted"] else "kept",
-                    "pipeline.registry.champion": str(decision["champion_after"]),
-                }
-            )
-            run.log_dict(decision, "registry_decision.json")
             print(
                 f"evaluate@{experiment}: {registered['name']} v{registered['version']} "
                 f"{'is now' if decision['promoted'] else 'is not'} champion: {decision['reason']}",
@@ -104,6 +88,29 @@ def run(params: Params, experiment: str) -> dict[str, float]:
         # written last: DVC treats metrics.json as the stage's result
         atomic.write_json(paths.metrics_file(experiment), result.metrics)
     return result.metrics
+
+
+def decide_champion(run, exp, kind: str, registered: dict, result) -> dict:
+    """Move the registry's champion alias to this version only if its main test metric beats
+    the champion's by more than half its interval; the decision is logged on the run."""
+    metric = KINDS[kind].main_metric
+    decision = tracking.consider_champion(
+        exp.tracking,
+        registered["name"],
+        registered["version"],
+        metric,
+        result.metrics[metric],
+        interval_half_width(result.metrics, metric),
+        KINDS[kind].higher_is_better,
+    )
+    run.set_tags(
+        {
+            "pipeline.registry.decision": "promoted" if decision["promoted"] else "kept",
+            "pipeline.registry.champion": str(decision["champion_after"]),
+        }
+    )
+    run.log_dict(decision, "registry_decision.json")
+    return decision
 
 
 def main(argv=None) -> int:

@@ -29,7 +29,6 @@ def run(params: Params, experiment: str) -> dict | None:
 
 def tune_experiment(experiment: str, exp: ExperimentParams) -> dict:
     from pipeline import tracking
-    from pipeline.metrics import history_csv
     from pipeline.tuning import results, runner, studies
 
     tune = exp.tune
@@ -78,38 +77,7 @@ def tune_experiment(experiment: str, exp: ExperimentParams) -> dict:
                 f"no trial of study {study.study_name} completed (states: {sorted(states)}); "
                 "see the trial runs in MLflow, widen the space or lower the pruner's strictness"
             )
-        best = results.chosen_trial(study, tune)
-        summary = results.summary(study, tune, best, time.time() - start)
-        rows = results.trial_rows(study, tune)
-        figures = results.figures(study, tune, experiment)
-        overrides = unflatten(summary["best"]["params"])
-
-        run.log_metrics(
-            {
-                **{f"best/{k}": v for k, v in summary["best"]["values"].items()},
-                **{f"trials_{k.lower()}": v for k, v in summary["states"].items()},
-                "total_epochs": summary["total_epochs"],
-                "tune_seconds": summary["seconds"],
-            }
-        )
-        run.set_tags(
-            {f"best.{k}": str(v) for k, v in flatten(summary["best"]["params"]).items()}
-            | {"best.trial": str(best.number)}
-        )
-        with atomic.atomic_dir(paths.tuning_plots_dir(experiment)) as tmp:
-            for name, fig in figures.items():
-                plots.save(fig, tmp / f"{name}.png")
-                run.log_artifact(tmp / f"{name}.png", "tuning")
-        atomic.write_text(paths.trials_csv(experiment), history_csv(rows))
-        atomic.write_json(paths.tuning_summary(experiment), summary)
-        values = ", ".join(f"{k}={v:.6g}" for k, v in summary["best"]["values"].items())
-        header = f"# tune@{experiment}: trial {best.number} of {study.study_name} ({values})\n"
-        # written last: train@ depends on it
-        atomic.write_text(
-            paths.tuned_file(experiment), header + yaml.safe_dump(overrides, sort_keys=False)
-        )
-        for path in (paths.trials_csv, paths.tuning_summary, paths.tuned_file):
-            run.log_artifact(path(experiment))
+        summary, best, values = write_results(run, experiment, study, tune, time.time() - start)
     states = summary["states"]
     print(
         f"tune@{experiment}: best trial {best.number} ({values}); "
@@ -118,6 +86,47 @@ def tune_experiment(experiment: str, exp: ExperimentParams) -> dict:
         file=sys.stderr,
     )
     return summary
+
+
+def write_results(run, experiment: str, study, tune, seconds: float):
+    """The finished study's outputs: tuned.yaml (last: train@ depends on it), trials.csv,
+    tuning.json, the figures, and the best values and params on the stage's MLflow run."""
+    from pipeline.metrics import history_csv
+    from pipeline.tuning import results
+
+    best = results.chosen_trial(study, tune)
+    summary = results.summary(study, tune, best, seconds)
+    rows = results.trial_rows(study, tune)
+    figures = results.figures(study, tune, experiment)
+    overrides = unflatten(summary["best"]["params"])
+
+    run.log_metrics(
+        {
+            **{f"best/{k}": v for k, v in summary["best"]["values"].items()},
+            **{f"trials_{k.lower()}": v for k, v in summary["states"].items()},
+            "total_epochs": summary["total_epochs"],
+            "tune_seconds": summary["seconds"],
+        }
+    )
+    run.set_tags(
+        {f"best.{k}": str(v) for k, v in flatten(summary["best"]["params"]).items()}
+        | {"best.trial": str(best.number)}
+    )
+    with atomic.atomic_dir(paths.tuning_plots_dir(experiment)) as tmp:
+        for name, fig in figures.items():
+            plots.save(fig, tmp / f"{name}.png")
+            run.log_artifact(tmp / f"{name}.png", "tuning")
+    atomic.write_text(paths.trials_csv(experiment), history_csv(rows))
+    atomic.write_json(paths.tuning_summary(experiment), summary)
+    values = ", ".join(f"{k}={v:.6g}" for k, v in summary["best"]["values"].items())
+    header = f"# tune@{experiment}: trial {best.number} of {study.study_name} ({values})\n"
+    # written last: train@ depends on it
+    atomic.write_text(
+        paths.tuned_file(experiment), header + yaml.safe_dump(overrides, sort_keys=False)
+    )
+    for path in (paths.trials_csv, paths.tuning_summary, paths.tuned_file):
+        run.log_artifact(path(experiment))
+    return summary, best, values
 
 
 def write_tuning_off(experiment: str) -> None:
