@@ -16,9 +16,12 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -134,7 +137,7 @@ def run_stage(
         try:
             # in the repository, as `dvc repro` runs: DVC's run cache resolves paths from there
             # (a process-wide change; a flow runs one stage task at a time)
-            with contextlib.chdir(root), Repo(".") as repo:
+            with contextlib.chdir(root), Repo(".") as repo, ctrl_c_kept():
                 ran = bool(
                     repo.reproduce(
                         f"dvc.yaml:{stage}", single_item=True, force=force, run_env=run_env
@@ -147,6 +150,24 @@ def run_stage(
             forward_output(logger, stage, output_file)
     logger.info("%s: %s", stage, "ran" if ran else "up to date, skipped")
     return {"stage": stage, "ran": ran}
+
+
+@contextlib.contextmanager
+def ctrl_c_kept() -> Iterator[None]:
+    """Ctrl-C's handler as it was before DVC ran a stage command in this process. DVC ignores
+    SIGINT while the command runs and puts the old handler back only when it is truthy, so
+    `SIG_DFL` (0) or a handler installed outside Python (None) stayed replaced by SIG_IGN: the
+    flow could no longer be stopped with Ctrl-C, and every process it started later inherited
+    the ignored signal."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGINT, before)
 
 
 OUTPUT_LINES = 200  # the last lines of a stage's output that reach the flow run's logs

@@ -9,11 +9,13 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 
 import pytest
@@ -53,6 +55,28 @@ def _no_process_outlives_its_test():
         with contextlib.suppress(psutil.Error):
             proc.kill()
     psutil.wait_procs(left, timeout=10)
+
+
+SESSION_SIGINT = signal.getsignal(signal.SIGINT)
+
+
+@pytest.fixture(autouse=True)
+def _ctrl_c_untouched(request):
+    """Every test starts with Ctrl-C handled as the session started, and leaves it so: an
+    ignored SIGINT is inherited by every process a later test starts (their Ctrl-C tests
+    would hang). A test that changed it fails here, by name; a change made outside any test
+    (a fixture) is put back with a warning naming the test that found it. (A stage run
+    in-process installs its SIGTERM handler by design; Python handlers are not inherited.)"""
+    found = signal.getsignal(signal.SIGINT)
+    if found != SESSION_SIGINT:
+        signal.signal(signal.SIGINT, SESSION_SIGINT)
+        note = f"SIGINT was handled by {found!r} when {request.node.nodeid} started"
+        warnings.warn(note, stacklevel=1)
+    yield
+    after = signal.getsignal(signal.SIGINT)
+    if after != SESSION_SIGINT:
+        signal.signal(signal.SIGINT, SESSION_SIGINT)
+        pytest.fail(f"{request.node.nodeid} left SIGINT handled by {after!r}")
 
 
 # the smallest pipeline: one dataset, one 2-epoch MLP; every key dvc.yaml lists must exist

@@ -575,3 +575,23 @@ def test_the_prefect_server_logged_no_traceback():
     # write ("database is locked"; Prefect retries it at the next heartbeat): not ours to fix
     ours = [r for r in failed if "sqlite3.OperationalError) database is locked" not in r]
     assert ours == [], ours[0][-3000:]
+
+
+def test_ctrl_c_is_handled_again_after_dvc_ran_a_stage_command():
+    """DVC ignores SIGINT while a stage command runs and restores a falsy handler (SIG_DFL)
+    as ignored; the flow's stage task puts back whatever was there."""
+    import signal
+
+    from dvc.stage.run import _run  # what `Repo.reproduce` runs a stage command with
+
+    from pipeline.flows import ctrl_c_kept
+
+    before = signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        with ctrl_c_kept():
+            _run(None, ["true"])
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_DFL
+        _run(None, ["true"])  # DVC alone
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
