@@ -57,7 +57,12 @@ def _no_process_outlives_its_test():
     psutil.wait_procs(left, timeout=10)
 
 
-SESSION_SIGINT = signal.getsignal(signal.SIGINT)
+# Ctrl-C raises KeyboardInterrupt in the tests and is handled by default in what they start,
+# also when the session itself was started with SIGINT ignored (a shell's background job, as
+# `make test &` is): Python keeps an inherited SIG_IGN, and so would every stage process, so
+# the tests of what Ctrl-C does could not work.
+SESSION_SIGINT = signal.default_int_handler
+signal.signal(signal.SIGINT, SESSION_SIGINT)
 
 
 @pytest.fixture(autouse=True)
