@@ -258,7 +258,7 @@ def dvc_command(command: str, root: str) -> str:
 
 def registry_decisions(root: Path, cfg: Params, ran: set[str]) -> dict[str, dict]:
     """For each experiment evaluated in this run: its main test metric and the champion
-    decision evaluate@ made (tracking.consider_champion)."""
+    decision evaluate@ made (tracking.registry.consider_champion)."""
     out = {}
     for name in cfg.experiments:
         if f"evaluate@{name}" not in ran:

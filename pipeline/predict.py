@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import atomic, tracking
+from pipeline import atomic
 from pipeline.data.preprocessing import IMAGE_SUFFIXES, InputError, as_numbers
 from pipeline.errors import PipelineError
+from pipeline.tracking import registry
 
 SUFFIXES = (".csv", ".parquet", ".npy", ".npz")
 
@@ -193,7 +194,7 @@ def _read_images(names: list[str], files: list[Path], meta: dict, path: Path):
 def model_info(uri: str, tracking_uri: str):
     """The registered model's MLmodel (signature, metadata), without loading its weights."""
     try:
-        info = tracking.model_info(uri, tracking_uri)
+        info = registry.model_info(uri, tracking_uri)
     except PipelineError as err:
         raise PipelineError(f"--model {uri}: cannot load it from {tracking_uri}: {err}") from None
     if "input" not in (info.metadata or {}) or info.signature is None:
@@ -220,7 +221,7 @@ def run(
         print(f"predict: {note}", file=sys.stderr)
 
     try:
-        predictions = tracking.pyfunc_predict(model_uri, device, model_input)
+        predictions = registry.pyfunc_predict(model_uri, device, model_input)
     except PipelineError as err:
         raise PipelineError(f"--model {model_uri}: {err}") from None
     predictions.insert(0, "input", names)

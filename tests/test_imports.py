@@ -21,7 +21,8 @@ NOT_DEPS = {
     "pipeline",
     "pipeline.stages",
     "pipeline.tracking",
-    "pipeline.serving",
+    "pipeline.tracking.registry",
+    "pipeline.tracking.serving",
     "pipeline.progress",
     "pipeline.atomic",
     "pipeline.locks",
@@ -93,7 +94,7 @@ def test_models_import_nothing_from_the_pipeline():
 
 def test_only_the_tracking_modules_import_mlflow():
     users = {m for m in MODULES if any(i.split(".")[0] == "mlflow" for i in imported(m))}
-    assert users == {"pipeline.tracking", "pipeline.serving"}
+    assert users == {"pipeline.tracking", "pipeline.tracking.serving", "pipeline.tracking.registry"}
 
 
 def test_no_import_circles():

@@ -330,7 +330,8 @@ rows = sys.argv[3]
 data = pd.read_csv(rows) if rows.endswith(".csv") else np.load(rows)["x"]
 out = model.predict(data)
 out.to_csv(sys.argv[4], index=False)
-print(json.dumps({m: sys.modules[m].__file__ for m in ("pipeline.serving", "models.registry")}))
+modules = ("pipeline.tracking.serving", "models.registry")
+print(json.dumps({m: sys.modules[m].__file__ for m in modules}))
 """
 
 

@@ -3,7 +3,7 @@ model's outputs -> labels with probabilities or values in the target's units.
 
 preprocess@<dataset> fits one of these on the train split, writes the processed arrays with
 its `transform` and saves it as data/processed/<dataset>/preprocessor.json. The registered
-model carries the same file (pipeline/serving.py), so the pipeline and whoever serves the
+model carries the same file (pipeline/tracking/serving.py), so the pipeline and whoever serves the
 model apply the same code to the same fitted numbers. The state is plain JSON rather than a
 pickled scikit-learn object: loading a model must not run code from its artifact, and the
 table fit streams over files larger than memory (OneHotEncoder has no partial_fit).

@@ -93,8 +93,10 @@ def run(params: Params, experiment: str) -> dict[str, float]:
 def decide_champion(run, exp, kind: str, registered: dict, result) -> dict:
     """Move the registry's champion alias to this version only if its main test metric beats
     the champion's by more than half its interval; the decision is logged on the run."""
+    from pipeline.tracking import registry
+
     metric = KINDS[kind].main_metric
-    decision = tracking.consider_champion(
+    decision = registry.consider_champion(
         exp.tracking,
         registered["name"],
         registered["version"],

@@ -13,6 +13,7 @@ from pipeline.experiment import prepare, resolved_experiment
 from pipeline.metrics import history_csv
 from pipeline.stages import stage_main
 from pipeline.tasks.kinds import KINDS, task_kind
+from pipeline.tracking import registry
 
 
 def run(params: Params, experiment: str):
@@ -93,7 +94,7 @@ def train(exp: ExperimentParams, tuned: dict, experiment: str) -> dict:
             return summary  # rank 0 writes the outputs
         saved = saved_model(exp, prep)
         if track.enabled and track.log_model:
-            name = tracking.registered_name(exp.tracking, experiment)
+            name = registry.registered_name(exp.tracking, experiment)
             example = arrays["train_x"][:4]
             version = log_model(run, model, saved, schema, exp.model.name, name, example)
             summary["registered_model"] = {"name": name, "version": version}

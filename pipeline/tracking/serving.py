@@ -7,7 +7,7 @@ nothing from this project's folder. `predict` takes raw rows (a DataFrame with t
 columns, raw text, or images in their raw units) and returns labels with class probabilities,
 or values in the target's units.
 
-tracking.py logs it; MLflow imports it when loading the model. It imports torch and MLflow
+pipeline/tracking logs it; MLflow imports it when loading the model. It imports torch and MLflow
 only here and in `load_context`.
 """
 

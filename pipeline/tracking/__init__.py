@@ -23,7 +23,6 @@ from typing import Any
 import yaml
 
 from pipeline import cores, paths
-from pipeline.errors import PipelineError
 from pipeline.params.training import TrackingParams
 from pipeline.shutdown import holding_signals
 
@@ -205,8 +204,8 @@ class StageRun:
         from mlflow.models import ModelSignature, infer_signature
         from mlflow.types import ColSpec, Schema, TensorSpec
 
-        from pipeline import serving
         from pipeline.data import preprocessing
+        from pipeline.tracking import serving
 
         prep = preprocessing.load(prep_path)
         example = prep.example_input()
@@ -270,15 +269,16 @@ def _serving_code(folder: Path) -> list[str]:
     import pipeline
 
     here = Path(pipeline.__file__).parent
-    (folder / "pipeline" / "data").mkdir(parents=True)
-    for name in (
-        "__init__.py",
-        "errors.py",
-        "serving.py",
-        "data/__init__.py",
-        "data/preprocessing.py",
-    ):
+    for sub in ("data", "tracking"):
+        (folder / "pipeline" / sub).mkdir(parents=True)
+    for name in ("__init__.py", "errors.py", "data/__init__.py", "data/preprocessing.py"):
         shutil.copy2(here / name, folder / "pipeline" / name)
+    shutil.copy2(here / "tracking" / "serving.py", folder / "pipeline" / "tracking" / "serving.py")
+    # the served model runs serving.py alone: its package is empty there (this module, with
+    # the stages' run logging, needs the whole project)
+    (folder / "pipeline" / "tracking" / "__init__.py").write_text(
+        '"""The registered model\'s copy: serving.py only."""\n'
+    )
     shutil.copytree(
         Path(models.__file__).parent,
         folder / "models",
@@ -426,65 +426,6 @@ def connect(tracking: TrackingParams, run_id: str) -> None:
     MlflowClient(store_uri(tracking.uri)).get_run(run_id)
 
 
-CHAMPION = "champion"
-
-
-def registered_name(tracking: TrackingParams, experiment: str) -> str:
-    """The stable registry name of an experiment's model."""
-    return f"{tracking.experiment_name}.{experiment}"
-
-
-def consider_champion(
-    tracking: TrackingParams,
-    name: str,
-    version: str,
-    metric: str,
-    value: float,
-    margin: float,
-    higher_is_better: bool,
-) -> dict:
-    """Record `version`'s test metric on it; move the `champion` alias to it only if it beats
-    the current champion's value by more than `margin` (half its bootstrap 95% interval).
-    Returns the decision with its numbers."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    client = MlflowClient(store_uri(tracking.uri))
-    client.set_model_version_tag(name, version, "test_metric", metric)
-    client.set_model_version_tag(name, version, "test_value", repr(value))
-    try:
-        champion = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        champion = None
-    decision = {
-        "model": name,
-        "version": version,
-        "metric": metric,
-        "value": value,
-        "margin": margin,
-        "champion_before": champion.version if champion else None,
-        "champion_value": None,
-    }
-    if champion is None:
-        promote, why = True, "no champion yet"
-    elif champion.version == version:
-        promote, why = False, "this version is the champion"
-    else:
-        best = float(champion.tags.get("test_value", "nan"))
-        decision["champion_value"] = best
-        gain = (value - best) if higher_is_better else (best - value)
-        promote = bool(gain > margin) or best != best  # a champion without a value loses
-        why = f"{'beats' if promote else 'does not beat'} {best:.6g} by more than {margin:.4g}"
-    if promote:
-        client.set_registered_model_alias(name, CHAMPION, version)
-    decision.update(
-        promoted=promote,
-        reason=why,
-        champion_after=version if promote else (champion.version if champion else None),
-    )
-    return decision
-
-
 def close_lost_trial_runs(tracking: TrackingParams, run_ids: list[str]) -> int:
     """Mark FAILED the trial runs a killed worker left RUNNING; returns how many."""
     if not run_ids:
@@ -599,30 +540,3 @@ def _read_lock(path: Path, mtime_ns: int, size: int) -> dict:
     """dvc.lock parsed once per version: it lists every stage of the zoo (about 100 kB, 0.5 s
     to parse) and a stage asks for it up to three times."""
     return yaml.safe_load(path.read_text()) or {}
-
-
-def model_info(uri: str, tracking_uri: str):
-    """The MLmodel of a logged or registered model (signature, metadata), without its weights;
-    PipelineError with MLflow's first line when it cannot be read."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    mlflow.set_tracking_uri(store_uri(tracking_uri))
-    try:
-        return mlflow.models.get_model_info(uri)
-    except (MlflowException, OSError) as err:
-        raise PipelineError(str(err).strip().splitlines()[0]) from None
-
-
-def pyfunc_predict(uri: str, device: str, model_input):
-    """Load the pyfunc model at `uri` (set as tracking URI first) on `device` and predict;
-    PipelineError with MLflow's first line when it refuses (e.g. the input's schema)."""
-    import mlflow.pyfunc
-    from mlflow.exceptions import MlflowException
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr: our notes
-    try:
-        model = mlflow.pyfunc.load_model(uri, model_config={"predict_device": device})
-        return model.predict(model_input)
-    except MlflowException as err:
-        raise PipelineError(str(err).strip().splitlines()[0]) from None
