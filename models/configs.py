@@ -2,7 +2,7 @@
 
 Each family is a frozen dataclass with its defaults and a `tiny()` preset (for tests and smoke
 runs). The constraints in the type hints (`Ge`, `Interval`, `Literal`) and the `doc` of each
-field are read by `pipeline.config` to build the params.yaml schema, so `check` validates a
+field are read by `pipeline.params.models` to build the params.yaml schema, so `check` validates a
 model section without importing torch, and `docs/params.md` describes it. A family module
 (`models/<name>.py`) builds the network from its config and registers it under the same name.
 """

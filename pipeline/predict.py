@@ -184,9 +184,7 @@ def _read_images(names: list[str], files: list[Path], meta: dict, path: Path):
             skipped.append(name)
     if not images:
         raise PipelineError(f"--input {path}: none of its {len(files)} images could be read")
-    from pipeline.data.datasets import (
-        handling_notes,  # the line preprocess prints for a skipped file
-    )
+    from pipeline.data.datasets import handling_notes  # preprocess's line for a skipped file
 
     return kept, np.stack(images), handling_notes({"skipped_unreadable": skipped})
 

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-import warnings
 from pathlib import Path
 
 import pytest
@@ -67,16 +66,10 @@ signal.signal(signal.SIGINT, SESSION_SIGINT)
 
 @pytest.fixture(autouse=True)
 def _ctrl_c_untouched(request):
-    """Every test starts with Ctrl-C handled as the session started, and leaves it so: an
-    ignored SIGINT is inherited by every process a later test starts (their Ctrl-C tests
-    would hang). A test that changed it fails here, by name; a change made outside any test
-    (a fixture) is put back with a warning naming the test that found it. (A stage run
-    in-process installs its SIGTERM handler by design; Python handlers are not inherited.)"""
-    found = signal.getsignal(signal.SIGINT)
-    if found != SESSION_SIGINT:
-        signal.signal(signal.SIGINT, SESSION_SIGINT)
-        note = f"SIGINT was handled by {found!r} when {request.node.nodeid} started"
-        warnings.warn(note, stacklevel=1)
+    """A test leaves Ctrl-C handled as it found it: an ignored SIGINT is inherited by every
+    process a later test starts (their Ctrl-C tests would hang). The test that changed it
+    fails here, by name. (A stage run in-process installs its SIGTERM handler by design;
+    Python handlers are not inherited.)"""
     yield
     after = signal.getsignal(signal.SIGINT)
     if after != SESSION_SIGINT:

@@ -155,3 +155,15 @@ def test_mlp_learns_xor():
     task = Classification(cfg, {"class_counts": {"train": [2, 2]}})
     engine.fit(model, batches, batches, cfg, task)
     assert (model.eval()(x).argmax(1) == y).all()
+
+
+def test_declared_choices_are_the_ones_the_model_code_builds():
+    """models/configs.py names the activations and backbones params.yaml may choose; the
+    torch side has a builder for each and no other."""
+    from models.configs import Activation, PretrainedConfig
+    from models.layers import ACTIVATIONS
+    from models.pretrained import BACKBONES
+
+    assert set(typing.get_args(Activation)) == set(ACTIVATIONS)
+    backbone = typing.get_type_hints(PretrainedConfig, include_extras=True)["backbone"]
+    assert set(typing.get_args(backbone)) == set(BACKBONES)

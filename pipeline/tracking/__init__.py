@@ -1,4 +1,6 @@
-"""The one place that talks to MLflow.
+"""Each stage's MLflow run. This package is the only one that talks to MLflow: `registry`
+holds the model registry's side (names, the champion alias, reading a model back) and
+`serving` the registered model itself.
 
 Every stage invocation is one MLflow run named `<experiment or dataset>/<stage>` with tags
 `pipeline.stage`, `pipeline.experiment`/`pipeline.dataset`, the git commit and the DVC hash of

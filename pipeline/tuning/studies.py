@@ -22,11 +22,7 @@ from pipeline.tuning import experimental
 from pipeline.tuning.search import make_pruner, make_sampler, trial_epochs
 
 MAX_RETRIES = 3  # a trial whose worker died this often is left failed
-
-
 LOCK_GRACE_SECONDS = 30  # a journal lock untouched this long belongs to a dead worker: broken
-
-
 STUDY_KEYS = (  # the tune settings that define a study; the rest (n_trials, workers...) do not
     "space",
     "metric",
