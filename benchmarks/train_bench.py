@@ -6,8 +6,9 @@
    validating once per epoch as any script would. MLP and CNN on digits. Target >= 0.95x.
 2. tracking: `python -m pipeline.stages.train` as its own process (as `dvc repro` runs it)
    with tracking.enabled true vs false on the shipped experiments (wall time); the training
-   loop with every epoch logged to a real MLflow run vs not (in one process); MLflow's fixed
-   costs (import, store set-up, run start/end). Targets: <= 1.05x, run set-up <= 2 s.
+   loop with every epoch logged to a real MLflow run vs not (in one process); the stage's
+   fixed cost (wall minus training loop) and what its MLflow writer spent; MLflow's parts one
+   after the other. Targets: <= 1.15x, fixed cost <= 3 s.
 
 Run from the project root: `python -m benchmarks.train_bench [--quick]`.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -117,52 +119,24 @@ def bench_throughput(params, epochs: dict[str, int], reps: int) -> dict:
     return out
 
 
-# The train stage's main() with its two MLflow steps timed from outside (our own functions,
-# wrapped; the stage's code is unchanged): entering tracking.stage_run (import mlflow, open the
-# store, start the run) and StageRun.log_raw_input_model / log_torch_model (log + register the
-# model: a raw-input pyfunc for predictive models, a torch module for the others).
-STAGE_TIMED = """
-import contextlib, json, sys, time
-from pipeline import tracking
-from pipeline.stages import train
+def stage_process(workdir: Path, name: str, params_file: str) -> tuple[float, float, dict]:
+    """The train stage as its own process, as `dvc repro` runs it: wall seconds, seconds in
+    the training loop, and what its MLflow writer reported (tracking/writer.py: the seconds
+    the stage waited for it, and what it spent per kind of call)."""
+    from pipeline import paths
+    from pipeline.tracking.writer import TIMES
 
-spent = {"mlflow_start_s": 0.0, "log_model_s": 0.0}
-stage_run = tracking.stage_run
-
-@contextlib.contextmanager
-def timed_stage_run(*args, **kwargs):
-    start = time.perf_counter()
-    with stage_run(*args, **kwargs) as run:
-        spent["mlflow_start_s"] += time.perf_counter() - start
-        yield run
-
-def timed(log_model):
-    def wrapper(self, *args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return log_model(self, *args, **kwargs)
-        finally:
-            spent["log_model_s"] += time.perf_counter() - start
-    return wrapper
-
-tracking.stage_run = timed_stage_run
-for method in ("log_raw_input_model", "log_torch_model"):
-    setattr(tracking.StageRun, method, timed(getattr(tracking.StageRun, method)))
-code = train.main(sys.argv[2:])
-with open(sys.argv[1], "w") as out:
-    json.dump(spent, out)
-from pipeline import shutdown  # ends as the stage's own script does
-shutdown.exit(code)
-"""
-
-
-def stage_process(workdir: Path, name: str, params_file: str) -> tuple[float, dict]:
-    """Wall seconds of the train stage as its own process, and the seconds it spent starting
-    its MLflow run and logging its model."""
-    spent = workdir / "stage-spent.json"
-    cmd = [sys.executable, "-c", STAGE_TIMED, str(spent), name, "--params", params_file]
-    seconds = timed_process(cmd, workdir)[0]
-    return seconds, json.loads(spent.read_text())
+    times = workdir / "tracking-times.jsonl"
+    times.unlink(missing_ok=True)
+    os.environ[TIMES] = str(times)
+    try:
+        cmd = [sys.executable, "-m", "pipeline.stages.train", name, "--params", params_file]
+        seconds = timed_process(cmd, workdir)[0]
+    finally:
+        del os.environ[TIMES]
+    loop = json.loads((workdir / paths.train_summary_file(name)).read_text())["train_seconds"]
+    writer = json.loads(times.read_text().splitlines()[-1]) if times.exists() else {}
+    return seconds, loop, writer
 
 
 def fit_seconds(exp, name: str, logged: bool) -> float:
@@ -200,21 +174,28 @@ def bench_tracking(workdir: Path, raw: dict, names: list[str], reps: int) -> dic
         (workdir / f"tracking-{enabled}.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     out = {}
     for name in names:
-        wall, spent = {True: [], False: []}, []
+        wall, fixed, writer = {True: [], False: []}, {True: [], False: []}, []
         for _ in range(reps):
             for enabled in (True, False):
-                seconds, steps = stage_process(workdir, name, f"tracking-{enabled}.yaml")
+                seconds, loop, times = stage_process(workdir, name, f"tracking-{enabled}.yaml")
                 wall[enabled].append(seconds)
+                fixed[enabled].append(seconds - loop)
                 if enabled:
-                    spent.append(steps)
-        on, off = min(wall[True]), min(wall[False])
+                    writer.append(times)
+        on, off = statistics.median(wall[True]), statistics.median(wall[False])
         out[name] = {
             "wall_on_s": round(on, 2),
             "wall_off_s": round(off, 2),
             "wall_ratio": on / off,
-            "fixed_cost_s": round(on - off, 2),
-            # medians over the MLflow-on runs: where the fixed cost goes
-            **{k: round(statistics.median(s[k] for s in spent), 2) for k in spent[0]},
+            # wall time minus the training loop's: what the stage costs around its work
+            "fixed_on_s": round(statistics.median(fixed[True]), 2),
+            "fixed_off_s": round(statistics.median(fixed[False]), 2),
+            # medians over the MLflow-on runs: the writer's parts, and the stage's wait for it
+            "writer": {
+                k: round(statistics.median(t.get(k, 0.0) for t in writer), 2)
+                for k in writer[0]
+                if k != "process"
+            },
         }
     out["fixed_costs"] = mlflow_fixed_costs(workdir)
     return out
@@ -325,19 +306,32 @@ def main(argv=None) -> int:
         )
     for name in epochs:
         r = tracking[name]
+        w = r["writer"]
+        model_s = w.get("log_raw_input_model", 0.0) + w.get("log_torch_model", 0.0)
         print(
             f"tracking {name}: stage {r['wall_on_s']} s with MLflow vs {r['wall_off_s']} s "
-            f"without -> {r['wall_ratio']:.2f}x (+{r['fixed_cost_s']} s; run start "
-            f"{r['mlflow_start_s']} s, model logging {r['log_model_s']} s)"
+            f"without -> {r['wall_ratio']:.2f}x; fixed cost {r['fixed_on_s']} s "
+            f"(off: {r['fixed_off_s']} s); waited for MLflow {w['waited_s']} s; writer {w}"
         )
         rows.append(
             row(
                 f"train stage wall time, {name} (shipped config)",
-                f"{r['wall_on_s']} s, MLflow on (of it: starting the run {r['mlflow_start_s']} s, "
-                f"logging the model {r['log_model_s']} s)",
+                f"{r['wall_on_s']} s, MLflow on",
                 f"{r['wall_off_s']} s, tracking.enabled: false",
                 r["wall_ratio"],
-                "<= 1.05x",
+                "<= 1.15x",
+            )
+        )
+        rows.append(
+            row(
+                f"train stage fixed cost (wall minus training loop), {name}, MLflow on",
+                f"{r['fixed_on_s']} s (waited for the MLflow writer {w['waited_s']} s; the "
+                f"writer, beside the stage: import + open the store {w.get('open', 0):.2f} s, "
+                f"start the run {w.get('start', 0):.2f} s, log + register the model "
+                f"{model_s:.2f} s, end {w.get('end', 0):.2f} s)",
+                f"{r['fixed_off_s']} s, MLflow off",
+                None,
+                "<= 3.0 s",
             )
         )
     print(
@@ -370,7 +364,7 @@ def main(argv=None) -> int:
     )
     rows.append(
         row(
-            "train stage fixed cost, part by part (existing store; a fresh process each)",
+            "MLflow's parts one after the other (existing store; a fresh process each)",
             ", ".join(f"{label} {existing[key]:.2f} s" for label, key in parts),
             f"MLflow's scan of the installed packages inside log_model: "
             f"{existing['package_scan_s']:.2f} s",
@@ -387,8 +381,9 @@ def main(argv=None) -> int:
             "epoch_logging": logging,
             "rows": rows,
             "notes": [
-                "the train stage's fixed MLflow cost is import + store + model logging "
-                "(mlflow.pytorch.log_model and the registry); it does not grow with epochs",
+                "the train stage's MLflow work (import, store, run, model logging and the "
+                "registry) runs in its writer process beside the stage; the stage waits only "
+                "for what it needs back (the registered version) and for the run's end",
             ],
         },
         args.out,

@@ -220,7 +220,10 @@ def start_mlflow_server(root: Path, port: int, backend: str | None = None) -> su
         str(port),
     ]
     log = (root / "server.log").open("w")
-    return subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT)
+    # no job runner: its half a dozen huey consumers serve GenAI jobs the tests never start,
+    # and take the cores the tests need while they load
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    return subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def wait_for_file(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from pipeline import paths, tracking
+from pipeline.errors import PipelineError
 from pipeline.params.training import TrackingParams
 
 
@@ -119,3 +120,86 @@ def test_dvc_data_hash_follows_dvc_lock(tmp_path, monkeypatch):
     assert tracking.dvc_data_hash("sunspots") == "untracked"
     write_lock("bbbb.dir")  # another size: a new version even within the same mtime tick
     assert tracking.dvc_data_hash("digits") == "bbbb.dir"
+
+
+def test_an_mlflow_error_fails_the_stage_and_its_run(store):
+    """A call MLflow refuses (a param logged again with another value) is not waited for; the
+    stage fails with MLflow's message when its run ends, and the run ends FAILED."""
+    cfg, client = store
+    refused = pytest.raises(PipelineError, match="MLflow: .*param")
+    with refused, tracking.stage_run(cfg, name="refused", tags={}) as run:
+        run.log_params({"lr": 0.1})
+        run.log_params({"lr": 0.2})
+        run.log_metrics({"after": 1.0})  # skipped: the run already failed
+    refused = _only_run(client, "refused")
+    assert refused.info.status == "FAILED"
+    assert refused.data.params == {"lr": "0.1"} and "after" not in refused.data.metrics
+
+
+# A stage process as `dvc repro` starts it: the writer is spawned first, MLflow is never
+# imported by the stage itself; the file logged is gone before the run ends.
+WRITER_STAGE = """
+import json, os, sys, time
+from pathlib import Path
+from pipeline import tracking
+from pipeline.params.training import TrackingParams
+
+cfg = TrackingParams(**json.loads(sys.argv[1]))
+tracking.start(cfg)
+with tracking.stage_run(cfg, name=sys.argv[2], tags={"stage": "train"}) as run:
+    run.log_params({"model.width": 8})
+    run.log_metrics({"val/loss": 0.5}, step=1)
+    figure = Path("figure.png")
+    figure.write_bytes(b"png")
+    run.log_artifact(figure, "plots")
+    figure.unlink()
+    print("RUN", run.run_id, flush=True)
+    if sys.argv[2] == "killed":
+        time.sleep(600)
+print("MLFLOW IMPORTED", "mlflow" in sys.modules)
+"""
+
+
+def _stage_process(cfg, name: str, cwd):
+    import subprocess
+    import sys
+
+    from benchmarks.common import venv_env
+
+    code = ["-c", WRITER_STAGE, cfg.model_dump_json(), name]
+    return subprocess.Popen(
+        [sys.executable, *code], cwd=cwd, env=venv_env(), stdout=subprocess.PIPE, text=True
+    )
+
+
+def test_a_stage_process_logs_through_its_writer_without_importing_mlflow(store, tmp_path):
+    cfg, client = store
+    proc = _stage_process(cfg, "written", tmp_path)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "MLFLOW IMPORTED False" in out, out
+    run = _only_run(client, "written")
+    assert run.info.status == "FINISHED" and run.info.run_id in out
+    assert run.data.params == {"model.width": "8"} and run.data.metrics == {"val/loss": 0.5}
+    assert run.data.tags["pipeline.pid"] == str(proc.pid)  # owned by the stage
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "plots")]
+    assert artifacts == ["plots/figure.png"]
+
+
+def test_a_stage_killed_with_sigkill_leaves_its_run_killed(store, tmp_path):
+    """kill -9 of the stage alone: its writer reads the socket's end and ends the run KILLED,
+    with what was logged before."""
+    import signal
+    import time
+
+    cfg, client = store
+    proc = _stage_process(cfg, "killed", tmp_path)
+    line = proc.stdout.readline()
+    assert line.startswith("RUN "), line
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 60
+    while _only_run(client, "killed").info.status == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    run = _only_run(client, "killed")
+    assert run.info.status == "KILLED"
+    assert run.data.metrics == {"val/loss": 0.5}

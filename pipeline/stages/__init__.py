@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pipeline import cores, distributed, locks, paths, tracking
 from pipeline.config import Params, flatten, load_params, require_declared
 from pipeline.errors import PipelineError
+from pipeline.params.training import TrackingParams
 
 # Set by whoever starts the stage through DVC and cannot read its stderr (the Prefect flow):
 ERROR_FILE = "PIPELINE_ERROR_FILE"  # the stage's one-line error is also written here
@@ -33,14 +34,30 @@ def dataset_run(params: Params, stage: str, dataset: str):
         yield cfg, run
 
 
+def default_tracking(params: Params, name: str | None) -> TrackingParams:
+    """`tracked` for the stages whose run uses `defaults.tracking`."""
+    return params.defaults.tracking
+
+
+def experiment_tracking(params: Params, experiment: str) -> TrackingParams:
+    """`tracked` for the stages whose run uses the experiment's tracking settings."""
+    return params.experiments[experiment].tracking
+
+
 def stage_main(
     stage: str,
     run: Callable[[Params, str | None], object],
     argv: list[str] | None,
     *,
     target: str | None,
+    tracked: Callable[[Params, str | None], TrackingParams | None] | None = None,
+    logs_model: bool = False,
 ) -> int:
     """Parse `<name> [--params FILE]`, validate params before any work, run, report errors.
+
+    `tracked(params, name)`: the tracking settings the stage's MLflow run will use (None: it
+    opens none); its MLflow writer starts first, so that MLflow loads beside the stage's own
+    start (tracking/writer.py), with what logging a model needs if the stage `logs_model`.
 
     `target` is 'dataset', 'experiment' or None (the stage takes no name). Bad input prints
     one message and exits 2; SIGTERM ends the stage through SystemExit so the MLflow run is
@@ -67,6 +84,8 @@ def stage_main(
         params = load_params(args.params)
         if target:
             require_declared(params, target, name, args.params)
+        if tracked is not None and distributed.is_main():
+            tracking.start(tracked(params, name), logs_model)
         # torchrun's workers run under the lock their launching stage process holds
         held = contextlib.nullcontext() if distributed.in_worker() else None
         with held or locks.stage_lock(f"{stage}@{name}" if name else stage):
@@ -82,6 +101,8 @@ def stage_main(
     except Exception as err:  # a crash: its traceback goes to stderr as usual
         _report(f"{label}: {type(err).__name__}: {err}")
         raise
+    finally:
+        tracking.discard()
     return 0
 
 

@@ -11,7 +11,7 @@ from pipeline.config import Params
 from pipeline.data import datasets
 from pipeline.experiment import load_trained_model, resolved_experiment
 from pipeline.metrics import interval_half_width
-from pipeline.stages import stage_main
+from pipeline.stages import experiment_tracking, stage_main
 from pipeline.tasks.kinds import KINDS, task_kind
 
 
@@ -93,10 +93,8 @@ def run(params: Params, experiment: str) -> dict[str, float]:
 def decide_champion(run, exp, kind: str, registered: dict, result) -> dict:
     """Move the registry's champion alias to this version only if its main test metric beats
     the champion's by more than half its interval; the decision is logged on the run."""
-    from pipeline.tracking import registry
-
     metric = KINDS[kind].main_metric
-    decision = registry.consider_champion(
+    decision = run.consider_champion(
         exp.tracking,
         registered["name"],
         registered["version"],
@@ -116,7 +114,7 @@ def decide_champion(run, exp, kind: str, registered: dict, result) -> dict:
 
 
 def main(argv=None) -> int:
-    return stage_main("evaluate", run, argv, target="experiment")
+    return stage_main("evaluate", run, argv, target="experiment", tracked=experiment_tracking)
 
 
 if __name__ == "__main__":

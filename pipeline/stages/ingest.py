@@ -2,7 +2,7 @@
 
 from pipeline.config import Params
 from pipeline.data import datasets
-from pipeline.stages import dataset_run, stage_main
+from pipeline.stages import dataset_run, default_tracking, stage_main
 
 
 def run(params: Params, dataset: str):
@@ -13,7 +13,7 @@ def run(params: Params, dataset: str):
 
 
 def main(argv=None) -> int:
-    return stage_main("ingest", run, argv, target="dataset")
+    return stage_main("ingest", run, argv, target="dataset", tracked=default_tracking)
 
 
 if __name__ == "__main__":

@@ -90,8 +90,13 @@ def run(params: Params, dataset: str) -> dict:
     return info
 
 
+def tracked(params: Params, dataset: str):
+    """The judge's run's tracking settings; none where no judge is trained (no run)."""
+    return params.defaults.tracking if judged_by(params, dataset) else None
+
+
 def main(argv=None) -> int:
-    return stage_main("judge", run, argv, target="dataset")
+    return stage_main("judge", run, argv, target="dataset", tracked=tracked)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import yaml
 from pipeline import atomic, paths, tracking
 from pipeline.config import Params
 from pipeline.errors import PipelineError
-from pipeline.stages import stage_main
+from pipeline.stages import default_tracking, stage_main
 from pipeline.tasks.kinds import KINDS
 
 TASK_ORDER = list(KINDS)
@@ -228,7 +228,7 @@ th{{background:#f3f3f3}} img{{max-width:100%;margin:4px}} section{{margin-top:2e
 
 
 def main(argv=None) -> int:
-    return stage_main("report", run, argv, target=None)
+    return stage_main("report", run, argv, target=None, tracked=default_tracking)
 
 
 if __name__ == "__main__":

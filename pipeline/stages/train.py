@@ -168,8 +168,16 @@ def augmentation_preview(images, augment_fn, experiment: str):
     return plots.image_grid(grid.numpy(), title, ncols=len(images))
 
 
+def tracked(params: Params, experiment: str):
+    """The run's tracking settings; none in the process that launches DDP workers (rank 0
+    tracks)."""
+    exp = params.experiments[experiment]
+    launches = exp.train.distributed == "ddp" and not distributed.in_worker()
+    return None if launches else exp.tracking
+
+
 def main(argv=None) -> int:
-    return stage_main("train", run, argv, target="experiment")
+    return stage_main("train", run, argv, target="experiment", tracked=tracked, logs_model=True)
 
 
 if __name__ == "__main__":

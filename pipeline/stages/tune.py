@@ -29,6 +29,7 @@ def run(params: Params, experiment: str) -> dict | None:
 
 def tune_experiment(experiment: str, exp: ExperimentParams) -> dict:
     from pipeline import tracking
+    from pipeline.tracking import store
     from pipeline.tuning import results, runner, studies
 
     tune = exp.tune
@@ -70,7 +71,7 @@ def tune_experiment(experiment: str, exp: ExperimentParams) -> dict:
         runner.settle(experiment, exp, url, study, deadline)
 
         trials = study.get_trials(deepcopy=False)
-        tracking.close_lost_trial_runs(exp.tracking, results.failed_run_ids(trials))
+        store.close_lost_trial_runs(exp.tracking, results.failed_run_ids(trials))
         if not any(t.state.name == "COMPLETE" for t in trials):
             states = {t.state.name for t in trials}
             raise PipelineError(
@@ -141,8 +142,14 @@ def write_tuning_off(experiment: str) -> None:
     atomic.write_text(paths.tuned_file(experiment), f"# {note}: no overrides\n{{}}\n")
 
 
+def tracked(params: Params, experiment: str):
+    """The study's run's tracking settings; none when tuning is off (no run)."""
+    exp = params.experiments[experiment]
+    return exp.tracking if exp.tune.enabled else None
+
+
 def main(argv=None) -> int:
-    return stage_main("tune", run, argv, target="experiment")
+    return stage_main("tune", run, argv, target="experiment", tracked=tracked)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import os
 
 from pipeline.errors import PipelineError
 from pipeline.params.training import TrackingParams
-from pipeline.tracking import store_uri
+from pipeline.tracking.context import store_uri
 
 CHAMPION = "champion"
 

@@ -30,12 +30,12 @@ class Objective:
     def warm_up(self) -> None:
         """Import what a trial needs before claiming one, so a trial's time is training."""
         import pipeline.experiment  # noqa: F401  (torch, models, the engine)
-        from pipeline import tracking
+        from pipeline.tracking import store
 
         if self.exp.train.augment:
             import torchvision.transforms.v2  # noqa: F401
         if self.parent_run_id:
-            tracking.connect(self.exp.tracking, self.parent_run_id)
+            store.connect(self.exp.tracking, self.parent_run_id)
 
     def __call__(self, trial: optuna.Trial):
         self.on_claimed()  # the trial is RUNNING and counted: other workers may claim theirs
@@ -47,8 +47,9 @@ class Objective:
             raise SystemExit(130) from None  # Optuna lets SystemExit through untouched
 
     def _run(self, trial: optuna.Trial):
-        from pipeline import engine, tracking
+        from pipeline import engine
         from pipeline.experiment import prepare
+        from pipeline.tracking import store
 
         tune = self.exp.tune
         values = sample(trial, tune, self.exp.model_dump(mode="json"))
@@ -63,7 +64,7 @@ class Objective:
                 )
         child = None
         if self.parent_run_id:
-            child = tracking.trial_run(
+            child = store.trial_run(
                 exp.tracking,
                 self.parent_run_id,
                 name=f"{self.experiment}/trial-{trial.number}",
