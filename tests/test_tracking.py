@@ -5,7 +5,6 @@ import json
 import pytest
 
 from pipeline import paths, tracking
-from pipeline.errors import PipelineError
 from pipeline.params.training import TrackingParams
 
 
@@ -126,7 +125,7 @@ def test_an_mlflow_error_fails_the_stage_and_its_run(store):
     """A call MLflow refuses (a param logged again with another value) is not waited for; the
     stage fails with MLflow's message when its run ends, and the run ends FAILED."""
     cfg, client = store
-    refused = pytest.raises(PipelineError, match="MLflow: .*param")
+    refused = pytest.raises(tracking.TrackingError, match="MLflow: .*param")
     with refused, tracking.stage_run(cfg, name="refused", tags={}) as run:
         run.log_params({"lr": 0.1})
         run.log_params({"lr": 0.2})

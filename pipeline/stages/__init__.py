@@ -60,7 +60,7 @@ def stage_main(
     start (tracking/writer.py), with what logging a model needs if the stage `logs_model`.
 
     `target` is 'dataset', 'experiment' or None (the stage takes no name). Bad input prints
-    one message and exits 2; SIGTERM ends the stage through SystemExit so the MLflow run is
+    one message and exits 2 (an MLflow failure: 1, as a crash); SIGTERM ends the stage through SystemExit so the MLflow run is
     closed as KILLED rather than left RUNNING. With PIPELINE_STAGE_TIMEOUT set, the stage
     stops the same way once that many seconds have passed, and with PIPELINE_ERROR_FILE set,
     the error that ends it is written to that file as well.
@@ -94,6 +94,10 @@ def stage_main(
         print(f"error: {label}: {err}", file=sys.stderr)
         _report(f"error: {label}: {err}")
         return 2
+    except tracking.TrackingError as err:  # MLflow's traceback is above, from its writer
+        print(f"error: {label}: {err}", file=sys.stderr)
+        _report(f"error: {label}: {err}")
+        return 1
     except KeyboardInterrupt:  # Ctrl-C: the run is closed as KILLED; no traceback to read
         print(f"{label}: interrupted", file=sys.stderr)
         _report(f"{label}: interrupted")

@@ -17,12 +17,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import PipelineError
 from pipeline.params.training import TrackingParams
 from pipeline.tracking.context import REDACTED, dvc_data_hash, public_params, store_uri
-from pipeline.tracking.writer import Writer
+from pipeline.tracking.writer import TrackingError, Writer
 
-__all__ = ["REDACTED", "dvc_data_hash", "public_params", "stage_run", "start", "store_uri"]
+__all__ = [
+    "REDACTED",
+    "TrackingError",
+    "dvc_data_hash",
+    "public_params",
+    "stage_run",
+    "start",
+    "store_uri",
+]
 
 _started: dict = {}  # the writer `start` spawned, and the settings it opened
 
@@ -138,7 +145,7 @@ def stage_run(
 
     The run ends FINISHED on success, FAILED on an error and KILLED on an interrupt or
     SIGTERM (the stage CLI turns SIGTERM into SystemExit), never staying RUNNING. An MLflow
-    error fails the stage (PipelineError) once the block is done. With tracking off, a
+    error fails the stage (TrackingError) once the block is done. With tracking off, a
     NullRun: MLflow is not even imported.
     """
     if not tracking.enabled:
@@ -165,7 +172,7 @@ def stage_run(
         raise
     error = _end(run, writer, "FINISHED")
     if error:
-        raise PipelineError(error if error.startswith("MLflow") else f"MLflow: {error}")
+        raise TrackingError(error if error.startswith("MLflow") else f"MLflow: {error}")
 
 
 def _end(run: StageRun, writer: Writer, status: str) -> str | None:

@@ -10,7 +10,7 @@ The stage holds a `Writer`: one pickled message per call over a socket pair, han
 A call whose result the stage needs (the run id, a registered model version, a registry
 decision) waits for it; the others return at once. The first error the writer meets ends the
 run FAILED and is raised in the stage at its next waiting call or at the end, as a
-PipelineError naming MLflow's message.
+TrackingError naming MLflow's message.
 
 With PIPELINE_TRACKING_TIMES naming a file, each run appends one JSON line to it: the seconds
 the stage waited for the writer, and what the writer spent on each kind of call ("open":
@@ -35,11 +35,15 @@ import traceback
 from pathlib import Path
 
 from pipeline import cores
-from pipeline.errors import PipelineError
 from pipeline.params.training import TrackingParams
 from pipeline.shutdown import signals_held
 
 TIMES = "PIPELINE_TRACKING_TIMES"
+
+
+class TrackingError(RuntimeError):
+    """MLflow failed a call of the stage's run (the store unreachable, a call refused). Not
+    bad input: the stage exits 1, and the flows retry it as a transient failure."""
 
 
 class Server:
@@ -163,7 +167,7 @@ class Writer:
         finally:
             self.waited += time.perf_counter() - start
         if status == "error":
-            raise PipelineError(f"MLflow: {value}")
+            raise TrackingError(f"MLflow: {value}")
         return value
 
     def _exchange(self, wait: bool, method: str, args: tuple, kwargs: dict):
@@ -178,7 +182,7 @@ class Writer:
             try:
                 return self._conn.recv()
             except (EOFError, OSError):
-                raise PipelineError(self._gone()) from None
+                raise TrackingError(self._gone()) from None
 
     def _gone(self) -> str:
         code = self._proc.wait()
@@ -189,7 +193,7 @@ class Writer:
         error (None if none)."""
         try:
             ended = self.call("end", status)
-        except PipelineError as err:
+        except TrackingError as err:
             ended = {"run_id": None, "error": str(err), "spent": {}}
         start = time.perf_counter()
         if self._proc is not None:
