@@ -55,7 +55,7 @@ $(PG_CTL):
 # pytest-xdist: TEST_WORKERS processes, each test file in one of them (a module's server or
 # shared project is set up once); each worker and what it starts takes its share of the cores
 TEST_WORKERS ?= 2
-PYTEST := python -m pytest -n $(TEST_WORKERS) --dist loadfile
+PYTEST := python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: lint $(CHROMIUM) $(PG_CTL)
 	$(PYTEST) -m "not quality"

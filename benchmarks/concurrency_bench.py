@@ -32,12 +32,16 @@ from pipeline import cores
 EXPERIMENTS = ("cnn_digits", "cnn_digits_seed7")
 
 
-def params(epochs: int) -> dict:
+def params(epochs: int, quick: bool) -> dict:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["defaults"]["device"] = "cpu"
     raw["defaults"]["tracking"]["log_model"] = False
     cnn = raw["experiments"]["cnn_digits"]
     cnn["tune"] = {"enabled": False}
+    if quick:  # the family's smallest preset
+        from tests.conftest import tiny_model
+
+        cnn["model"] = tiny_model("cnn")
     cnn.setdefault("train", {}).update(epochs=epochs, early_stopping={"patience": 0})
     raw["experiments"] = {
         "cnn_digits": cnn,
@@ -90,7 +94,7 @@ def main(argv=None) -> int:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        setup_project(workdir, params(epochs))
+        setup_project(workdir, params(epochs, args.quick))
         # a registry of this run's own, so that nothing else on the machine changes the shares
         base["TMPDIR"] = everything["TMPDIR"] = tmp
         for mode, run, env in (

@@ -38,6 +38,29 @@ def pytest_configure(config):
         os.environ.update(cores.for_children(int(workers)))
 
 
+# The longest test files, longest first (`make test` with --durations): `make test` hands
+# whole files to its workers in collection order (--no-loadscope-reorder), so these start
+# first and the short files fill the gaps at the end instead of one long file ending last.
+LONGEST_FIRST = (
+    "tests/test_pipeline_e2e.py",
+    "tests/test_flows.py",
+    "tests/test_benchmarks.py",
+    "tests/test_tune.py",
+    "tests/test_registry.py",
+    "tests/reliability/test_concurrency.py",
+    "tests/reliability/test_queue.py",
+    "tests/reliability/test_crash_resume.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def rank(item) -> int:
+        path = item.nodeid.split("::")[0]
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a file is kept
+
+
 @pytest.fixture(autouse=True)
 def _no_process_outlives_its_test():
     """Whatever a test started and left running (a stage it timed out waiting for, a server

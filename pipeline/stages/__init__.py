@@ -60,8 +60,9 @@ def stage_main(
     start (tracking/writer.py), with what logging a model needs if the stage `logs_model`.
 
     `target` is 'dataset', 'experiment' or None (the stage takes no name). Bad input prints
-    one message and exits 2 (an MLflow failure: 1, as a crash); SIGTERM ends the stage through SystemExit so the MLflow run is
-    closed as KILLED rather than left RUNNING. With PIPELINE_STAGE_TIMEOUT set, the stage
+    one message and exits 2 (an MLflow failure: 1, as a crash); SIGTERM ends the stage
+    through SystemExit so the MLflow run is closed as KILLED rather than left RUNNING.
+    With PIPELINE_STAGE_TIMEOUT set, the stage
     stops the same way once that many seconds have passed, and with PIPELINE_ERROR_FILE set,
     the error that ends it is written to that file as well.
     """
