@@ -5,6 +5,11 @@ class PipelineError(Exception):
     """Bad input or a missing prerequisite; the message says what is wrong and what is right."""
 
 
+class TrackingError(RuntimeError):
+    """MLflow failed a call of a stage's run (the store unreachable, a call refused). Not bad
+    input: the stage exits 1, and the flows retry it as a transient failure."""
+
+
 class ParamsError(PipelineError):
     """params.yaml is unreadable or does not match the schema."""
 

@@ -17,9 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import TrackingError
 from pipeline.params.training import TrackingParams
 from pipeline.tracking.context import REDACTED, dvc_data_hash, public_params, store_uri
-from pipeline.tracking.writer import TrackingError, Writer
 
 __all__ = [
     "REDACTED",
@@ -42,6 +42,8 @@ def start(tracking: TrackingParams | None, logs_model: bool = False) -> None:
     discard()
     if tracking is not None and tracking.enabled and "mlflow" not in sys.modules:
         logs_model = logs_model and tracking.log_model
+        from pipeline.tracking.writer import Writer
+
         _started.update(tracking=tracking, writer=Writer.spawn(tracking, logs_model))
 
 
@@ -52,20 +54,25 @@ def discard() -> None:
         _started.clear()
 
 
-def _writer(tracking: TrackingParams) -> Writer:
+def _writer(tracking: TrackingParams):
+    """The writer of the next run: the process `start` spawned with these settings, else
+    MLflow in this process (a stage's `run` called from Python: a test, a benchmark, a
+    notebook), as a writer started there would compete with the training that follows."""
+    from pipeline.tracking.writer import Writer
+
     if _started and _started["tracking"] == tracking:
         writer = _started.pop("writer")
         _started.clear()
         return writer
     discard()
-    return Writer.in_process() if "mlflow" in sys.modules else Writer.spawn(tracking)
+    return Writer.in_process()
 
 
 class StageRun:
     """The stage's live MLflow run, written by its writer. Metrics are sent in batches (every
     few seconds and at the end); files are read when logged."""
 
-    def __init__(self, writer: Writer):
+    def __init__(self, writer):
         self._writer = writer
         self._run_id = None
 
@@ -175,7 +182,7 @@ def stage_run(
         raise TrackingError(error if error.startswith("MLflow") else f"MLflow: {error}")
 
 
-def _end(run: StageRun, writer: Writer, status: str) -> str | None:
+def _end(run: StageRun, writer, status: str) -> str | None:
     """End the run; its id stays readable. An MLflow error after the stage's own is printed
     (it must not hide the first); after success it is returned."""
     ended = writer.close(status)

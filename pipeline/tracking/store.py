@@ -104,25 +104,15 @@ def open_store(tracking: TrackingParams):
 
 
 def warm_model_logging() -> None:
-    """Load what logging a model needs (torch, MLflow's flavours, the served model's code)
-    and save a throwaway pyfunc model once: MLflow scans the installed packages on a
-    process's first model (0.5 s here, to check the model's pip requirements) and keeps the
-    result. The writer does this while its stage starts, off the stage's critical path."""
-    import tempfile
-
-    import mlflow.pyfunc
+    """Load what logging a model needs (torch, MLflow's flavours, the served model's code).
+    The writer does this while its stage imports its own libraries: no more, since whatever
+    it still does once the stage trains competes with the training threads for the cores."""
+    import mlflow.pyfunc  # noqa: F401
     import mlflow.pytorch  # noqa: F401
-    import torch
+    import torch  # noqa: F401
 
     import models  # noqa: F401
     import pipeline.tracking.serving  # noqa: F401
-
-    with tempfile.TemporaryDirectory() as tmp, _quiet_cloudpickle_note():
-        mlflow.pyfunc.save_model(
-            Path(tmp) / "model",
-            python_model=mlflow.pyfunc.PythonModel(),
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-        )
 
 
 class StageRun:

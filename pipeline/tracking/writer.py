@@ -3,8 +3,9 @@
 A stage used to wait for `import mlflow` (1.0-1.6 s on 2 cores) and for opening the store
 (0.7 s) before it could start, on top of its own imports (torch: 1-2 s) and data. In a process
 of its own, started as the stage starts (`start` in stages/__init__.stage_main), MLflow loads
-and opens the store while the stage loads torch and its data. Where MLflow is already imported
-in the stage's process (a test, a notebook), the same `Server` runs there: nothing to overlap.
+and opens the store while the stage loads torch and its data. A stage's `run` called from
+Python (a test, a notebook) runs the same `Server` in its own process: a writer started then
+would compete with the training that follows (OpenMP threads that find a core taken wait).
 
 The stage holds a `Writer`: one pickled message per call over a socket pair, handled in order.
 A call whose result the stage needs (the run id, a registered model version, a registry
@@ -35,15 +36,11 @@ import traceback
 from pathlib import Path
 
 from pipeline import cores
+from pipeline.errors import TrackingError
 from pipeline.params.training import TrackingParams
 from pipeline.shutdown import signals_held
 
 TIMES = "PIPELINE_TRACKING_TIMES"
-
-
-class TrackingError(RuntimeError):
-    """MLflow failed a call of the stage's run (the store unreachable, a call refused). Not
-    bad input: the stage exits 1, and the flows retry it as a transient failure."""
 
 
 class Server:
