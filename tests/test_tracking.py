@@ -1,6 +1,7 @@
 """MLflow runs end FINISHED, FAILED or KILLED, never RUNNING; secrets never reach the store."""
 
 import json
+import os
 
 import pytest
 
@@ -202,3 +203,18 @@ def test_a_stage_killed_with_sigkill_leaves_its_run_killed(store, tmp_path):
     run = _only_run(client, "killed")
     assert run.info.status == "KILLED"
     assert run.data.metrics == {"val/loss": 0.5}
+
+
+def test_mlflow_telemetry_is_off_unless_the_user_turns_it_on():
+    """No network beyond the package indexes: the tracking modules turn MLflow's usage
+    telemetry off in their process (and what it starts), unless the user set it."""
+    import subprocess
+    import sys
+
+    code = "import os, pipeline.tracking; print(os.environ['MLFLOW_DISABLE_TELEMETRY'])"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_DISABLE_TELEMETRY"}
+    off = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert off.stdout.strip() == "true", off.stderr
+    env["MLFLOW_DISABLE_TELEMETRY"] = "false"
+    on = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert on.stdout.strip() == "false", on.stderr

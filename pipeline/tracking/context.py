@@ -19,6 +19,10 @@ from pipeline import paths
 
 TAG_PREFIX = "pipeline."
 
+# No network beyond the package indexes (README): MLflow's usage telemetry would call its
+# servers from every process that loads MLflow. Set MLFLOW_DISABLE_TELEMETRY=false to send it.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 SECRET = re.compile(
     r"password|passwd|secret|token|credential|(^|[._-])(api|access|private)?[_-]?key$",
     re.IGNORECASE,
