@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed
 # dvc runs stage commands through the shell: put the venv first so `python` is ours
 export PATH := $(BIN):$(PATH)
 export MPLBACKEND := Agg
+# no network beyond the package indexes: MLflow's usage telemetry stays off (the pipeline's
+# own processes default to the same; set it to false to send it)
+export MLFLOW_DISABLE_TELEMETRY ?= true
 
 .PHONY: install run test test-fast test-quality bench lint format ui serve check clean
 
