@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 import warnings
@@ -26,6 +27,9 @@ from pipeline.tracking.context import (
     source_tags,
     store_uri,
 )
+
+# a unique key broken by a concurrent insert: SQLite's and PostgreSQL's words for it
+DUPLICATE_KEY = re.compile(r"UNIQUE constraint failed|duplicate key value")
 
 
 def close_orphaned_runs(client, experiment_id: str) -> list[str]:
@@ -232,7 +236,16 @@ class StageRun:
             "task": schema["task"],
             "split_sizes": json.dumps(schema["counts"]),
         }
-        self._mlflow.log_input(dataset, context=context, tags=tags)
+        for attempt in range(3):
+            try:
+                self._mlflow.log_input(dataset, context=context, tags=tags)
+                return
+            except Exception as err:
+                # two stages logging the same dataset at once (parallel stages, queued
+                # experiments): MLflow looks the dataset up, then inserts it, and the second
+                # insert breaks the store's unique key; the next try finds the first's row
+                if attempt == 2 or not DUPLICATE_KEY.search(str(err)):
+                    raise
 
     @holding_signals
     def log_torch_model(

@@ -18,10 +18,26 @@ from tests.conftest import TINY, make_project, run, venv_env
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 RATES = (0.001, 0.003, 0.008, 0.02)
-# `dvc exp run -S` overrides keys that exist
+# `dvc exp run -S` overrides keys that exist. Tuning is on (two quick trials over weight
+# decay): with it off, each experiment's tune@ writes the same empty study journal, and DVC
+# (3.67) committing that one object to the shared cache from two queue workers at once
+# sometimes fails one of them ("unable to remove ... study.journal without a confirmation")
 QUEUED = {
     **TINY,
     "defaults": {**TINY["defaults"], "train": {"epochs": 3, "optimizer": {"lr": 0.001}}},
+    "experiments": {
+        "mlp_digits": {
+            "dataset": "digits",
+            "tune": {
+                "enabled": True,
+                "n_trials": 2,
+                "epochs": 1,
+                "space": {
+                    "train.optimizer.weight_decay": {"type": "float", "low": 1e-5, "high": 1e-3}
+                },
+            },
+        }
+    },
 }
 
 
@@ -41,6 +57,11 @@ def kill_processes_in(folder: Path) -> None:
         with contextlib.suppress(OSError):
             if entry.name.isdigit() and Path(os.readlink(entry / "cwd")) == folder:
                 os.kill(int(entry.name), signal.SIGKILL)
+
+
+def failed_lines(status: str) -> str:
+    """The lines of `dvc queue status` that say Failed, each ending in a space."""
+    return "\n".join(line + " " for line in status.splitlines() if "Failed" in line)
 
 
 def finished_experiments(project) -> dict[str, dict]:
@@ -73,10 +94,14 @@ def test_four_queued_experiments_run_two_at_a_time(tmp_path):
                 break
             assert time.monotonic() < deadline, status
             time.sleep(5)
+        # what a failed experiment printed, for the assertion's message
+        failed = [f"lr-{i}" for i in range(len(RATES)) if f"lr-{i} " in failed_lines(status)]
+        logs = [run(["dvc", "queue", "logs", name], project, check=False) for name in failed]
     finally:
         run(["dvc", "queue", "stop"], project, check=False)
         kill_processes_in(project)
-    assert status.count("Success") == len(RATES), status
+    printed = "".join(p.stdout + p.stderr for p in logs)
+    assert status.count("Success") == len(RATES), status + printed
 
     done = finished_experiments(project)
     assert sorted(done) == [f"lr-{i}" for i in range(len(RATES))]
@@ -88,7 +113,9 @@ def test_four_queued_experiments_run_two_at_a_time(tmp_path):
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     trains = [r for r in runs if r.info.run_name == "mlp_digits/train"]
     assert sorted(r.data.tags["pipeline.dvc_exp"] for r in trains) == sorted(done)
-    assert all(r.info.status == "FINISHED" for r in runs)
+    unfinished = [(r.info.run_name, r.info.status, r.data.tags) for r in runs]
+    unfinished = [u for u in unfinished if u[1] != "FINISHED"]
+    assert not unfinished
     by_exp = {r.data.tags["pipeline.dvc_exp"]: r for r in trains}
     for i, rate in enumerate(RATES):
         assert float(by_exp[f"lr-{i}"].data.params["train.optimizer.lr"]) == rate
