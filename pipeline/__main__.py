@@ -1,4 +1,5 @@
 """`python -m pipeline check [--params FILE]`: validate params.yaml and print the stage plan.
+`python -m pipeline run [-j N] [TARGETS...]`: the pipeline with independent stages at once.
 `python -m pipeline predict ...`: batch inference with a registered model.
 `python -m pipeline serve`: serve the Prefect flows (retrain on `schedule.cron`); see flows.py.
 `python -m pipeline verify-determinism <experiment>`: train and evaluate twice, diff the outputs.
@@ -12,9 +13,10 @@ and DVC's command-line set-up on top (skip it with --no-status).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from pipeline import locks, paths
+from pipeline import cores, locks, paths
 from pipeline.config import Params, load_params, require_declared
 from pipeline.errors import PipelineError
 
@@ -116,6 +118,59 @@ def dvc_changed_stages(params_file: str) -> set[str] | None:
         return None
 
 
+def run_command(args) -> int:
+    """Validate, ask DVC what is stale (and stop there when nothing is), then run the stages
+    through the Prefect flow, `-j` at a time."""
+    import time
+
+    from pipeline import parallel
+
+    start = time.monotonic()
+    # before Prefect is imported (it reads them then): the flow's and tasks' own INFO lines
+    # stay in Prefect (its UI, its API), as the board says what runs
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    if not os.environ.get("PREFECT_API_URL"):
+        # no server configured: Prefect starts a temporary one for this run; its database
+        # stays in the project (.prefect/, as `make serve` keeps it), and it sends nothing out
+        os.environ.setdefault("PREFECT_HOME", os.path.abspath(".prefect"))
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    try:
+        load_params(args.params)
+        graph = parallel.stage_graph(".", args.targets or None)
+        gpus = parallel.visible_gpus()
+        jobs = args.jobs or parallel.default_jobs(gpus)
+        slots = parallel.Slots(jobs, gpus, args.gpus_per_stage, args.stages_per_gpu)
+    except (PipelineError, ValueError) as err:
+        print(f"error: run: {err}", file=sys.stderr)
+        return 2
+    if not parallel.stale(".", list(graph)):
+        print(f"run: all {len(graph)} stages are up to date; nothing to run")
+        return 0
+    where = f"{len(slots.gpus)} GPU(s), " if slots.gpus else ""
+    print(f"run: {len(graph)} stages, up to {jobs} at a time ({where}{cores.available()} cores)")
+    print(f"run: each stage's output goes to {parallel.LOGS}/<stage>.log")
+    from pipeline.flows import pipeline_flow
+
+    state = pipeline_flow(
+        params=args.params,
+        targets=args.targets or None,
+        retries=args.retries,
+        jobs=jobs,
+        gpus_per_stage=args.gpus_per_stage,
+        stages_per_gpu=args.stages_per_gpu,
+        live=None,
+        return_state=True,
+    )
+    seconds = time.monotonic() - start
+    if not state.is_completed():
+        print(f"error: run: {state.result(raise_on_failure=False)}", file=sys.stderr)
+        print(f"run: failed after {seconds:.1f} s", file=sys.stderr)
+        return 1
+    ran = sum(r["ran"] for r in state.result())
+    print(f"run: {ran} stage(s) ran, {len(graph) - ran} up to date, in {seconds:.1f} s")
+    return 0
+
+
 def predict_command(args) -> int:
     from pipeline import predict
 
@@ -177,6 +232,29 @@ def main(argv=None) -> int:
         action="store_false",
         help="skip asking DVC which stages are out of date",
     )
+    run = sub.add_parser(
+        "run",
+        help="run the DVC pipeline with independent stages at once; DVC decides what is "
+        "stale and writes dvc.lock, as `dvc repro` does",
+    )
+    run.add_argument("targets", nargs="*", help="stages to run with what they need (default: all)")
+    run.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        help="stages at once (default: the number of GPUs, or of CPU cores and at least 2)",
+    )
+    run.add_argument("--gpus-per-stage", type=int, default=1, help="GPUs each GPU stage gets")
+    run.add_argument(
+        "--stages-per-gpu", type=int, default=1, help="GPU stages sharing one GPU (small models)"
+    )
+    run.add_argument(
+        "--retries",
+        type=int,
+        default=0,
+        help="times a stage is retried after a failure that is not bad input",
+    )
+    run.add_argument("--params", default=str(paths.PARAMS))
     pred = sub.add_parser("predict", help="batch inference with a model from MLflow")
     pred.add_argument("--model", required=True, help="e.g. models:/dl-pipeline.cnn_digits@champion")
     pred.add_argument(
@@ -218,6 +296,8 @@ def main(argv=None) -> int:
         return params_doc.main()
     if args.command == "verify-determinism":
         return verify_command(args)
+    if args.command == "run":
+        return run_command(args)
     if args.command == "predict":
         return predict_command(args)
     if args.command == "serve":

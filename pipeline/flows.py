@@ -30,6 +30,7 @@ from prefect.tasks import exponential_backoff
 from pipeline import paths
 from pipeline.config import Params, load_params
 from pipeline.errors import PipelineError
+from pipeline.parallel import stage_order
 from pipeline.stages import ERROR_FILE, OUTPUT_FILE, TIMEOUT, TIMEOUT_EXIT
 from pipeline.tasks.kinds import KINDS
 from pipeline.tuning.launch import command, worker_envs
@@ -38,27 +39,6 @@ GPU_STAGES = ("judge", "tune", "train")
 GPU_TAG = "gpu"  # `prefect concurrency-limit create gpu 1`: one GPU stage at a time
 STAGE_TIMEOUT = 6 * 3600  # seconds; a stage that hangs fails instead of blocking the flow
 WORKER_WAIT = 600  # seconds a fanned-out tune worker waits for its study to be created
-
-
-def stage_order(root: str | Path = ".", targets: list[str] | None = None) -> list[str]:
-    """Stage names of dvc.yaml (e.g. `train@cnn_digits`), dependencies first; with `targets`,
-    only those stages and what they depend on."""
-    import networkx as nx
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
-        graph = repo.index.graph  # edges point from a stage to the stages it depends on
-        stages = {s.name: s for s in graph.nodes}
-        keep = set(stages)
-        if targets:
-            unknown = sorted(set(targets) - keep)
-            if unknown:
-                raise ValueError(f"targets: unknown stages {unknown}; dvc.yaml has {sorted(keep)}")
-            keep = set()
-            for name in targets:
-                keep |= {s.name for s in nx.descendants(graph, stages[name])} | {name}
-        order = [s.name for s in reversed(list(nx.topological_sort(graph)))]
-    return [name for name in order if name in keep]
 
 
 def gpu_limited() -> bool:
@@ -136,8 +116,14 @@ def run_stage(
         run_env[OUTPUT_FILE] = str(output_file)
         try:
             # in the repository, as `dvc repro` runs: DVC's run cache resolves paths from there
-            # (a process-wide change; a flow runs one stage task at a time)
-            with contextlib.chdir(root), Repo(".") as repo, ctrl_c_kept():
+            # (a process-wide change: the parallel runner is already there, so its threads'
+            # changes are no-ops); DVC's repository lock, which stages running at once take in
+            # turn to check and record themselves, is waited for as `dvc --wait-for-lock` does
+            with (
+                contextlib.chdir(root),
+                Repo(".", _wait_for_lock=True) as repo,
+                ctrl_c_kept(),
+            ):
                 ran = bool(
                     repo.reproduce(
                         f"dvc.yaml:{stage}", single_item=True, force=force, run_env=run_env
@@ -231,16 +217,41 @@ def pipeline_flow(
     retries: int = 2,
     retry_delay: float = 10.0,
     stage_timeout: float = STAGE_TIMEOUT,
+    jobs: int = 1,
+    gpus_per_stage: int = 1,
+    stages_per_gpu: int = 1,
+    live: bool | None = False,
 ) -> list[dict]:
-    """Run the DVC pipeline (or `targets` and what they need) as Prefect tasks, in order; a
-    stage still running after `stage_timeout` seconds is stopped and fails its task.
+    """Run the DVC pipeline (or `targets` and what they need) as Prefect tasks, up to `jobs`
+    stages at once (parallel.py: each starts once its upstream stages are done; on a GPU
+    machine, GPU stages get `gpus_per_stage` GPUs each, `stages_per_gpu` of them sharing one).
+    A stage still running after `stage_timeout` seconds is stopped and fails its task; a
+    failed stage stops its descendants, and the flow fails naming every failed stage once the
+    other branches are done. `live`: a live table of the stages rather than a line per change.
 
     `params` is validated first, so bad input fails the flow before any stage runs.
     """
+    from pipeline import parallel
+
     root_path = Path(root).resolve()
     load_params(root_path / params)
-    order = stage_order(root_path, targets)
-    return run_stages(order, root_path, retries, retry_delay, timeout=stage_timeout)
+    graph = parallel.stage_graph(root_path, targets)
+    slots = parallel.Slots(jobs, parallel.visible_gpus(), gpus_per_stage, stages_per_gpu)
+    task = run_stage.with_options(
+        retries=retries, retry_delay_seconds=exponential_backoff(backoff_factor=retry_delay)
+    )
+    gpu_limit = gpu_limited()
+    board = parallel.Board(list(graph), live=live)
+    # DVC resolves paths from the repository's root; the stages' threads share this process
+    with contextlib.chdir(root_path), board.shown():
+        return parallel.run_graph(
+            graph,
+            root_path,
+            slots,
+            board,
+            lambda stage: task.with_options(tags=stage_tags(stage, gpu_limit)),
+            stage_timeout,
+        )
 
 
 # ---- retraining -------------------------------------------------------------------------------

@@ -339,3 +339,43 @@ def postgres() -> Postgres:
     yield server
     server.stop()
     shutil.rmtree(root, ignore_errors=True)
+
+
+SERVER_LOGS: list = []  # the module's Prefect server log, checked for tracebacks at the end
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """A real `prefect server` on loopback for the module that uses it (its start-up is paid
+    once), its SQLite database in a temporary PREFECT_HOME; this process and its children
+    talk to it."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    home = tmp_path_factory.mktemp("prefect_home")
+    SERVER_LOGS.append(home / "server.log")
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    cmd = [os.path.join(os.path.dirname(sys.executable), "prefect"), "server", "start"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    log = (home / "server.log").open("w")
+    server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        wait_until_up(f"{url}/health", server, timeout=180)
+        with pytest.MonkeyPatch.context() as mp, temporary_settings({PREFECT_API_URL: url}):
+            mp.setenv("PREFECT_API_URL", url)
+            yield url
+    finally:
+        interrupt(server)
+        log.close()
+
+
+def interrupt(proc: subprocess.Popen) -> None:
+    """Ctrl-C, as a user stops `serve` or a worker; killed if it does not stop."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -19,45 +19,17 @@ import yaml
 
 from pipeline import paths
 from tests.conftest import (
+    SERVER_LOGS,
     TINY,
     free_port,
+    interrupt,
     make_project,
     run,
     start_mlflow_server,
-    wait_until_up,
     write_params,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-
-
-SERVER_LOGS: list = []  # the module's Prefect server log, checked for tracebacks at the end
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
-    """A real `prefect server` on loopback for the module (its start-up is paid once), its
-    SQLite database in a temporary PREFECT_HOME; this process and its children talk to it."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    home = tmp_path_factory.mktemp("prefect_home")
-    SERVER_LOGS.append(home / "server.log")
-    port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
-    cmd = [os.path.join(os.path.dirname(sys.executable), "prefect"), "server", "start"]
-    cmd += ["--host", "127.0.0.1", "--port", str(port)]
-    log = (home / "server.log").open("w")
-    server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        wait_until_up(f"{url}/health", server, timeout=180)
-        with pytest.MonkeyPatch.context() as mp, temporary_settings({PREFECT_API_URL: url}):
-            mp.setenv("PREFECT_API_URL", url)
-            yield url
-    finally:
-        interrupt(server)
-        log.close()
 
 
 def lock_outs(project) -> dict[str, str]:
@@ -67,16 +39,6 @@ def lock_outs(project) -> dict[str, str]:
         for stage in lock["stages"].values()
         for out in stage.get("outs", [])
     }
-
-
-def interrupt(proc: subprocess.Popen) -> None:
-    """Ctrl-C, as a user stops `serve` or a worker; killed if it does not stop."""
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def task_runs(flow_state) -> list:
@@ -105,13 +67,16 @@ def test_flow_matches_dvc_repro_and_a_second_run_skips_everything(prefect_server
     assert order.index("tune@mlp_digits") < order.index("train@mlp_digits")
     assert order[-1] == "report"
 
-    results = pipeline_flow(root=str(by_flow))
+    # two stages at once (as `python -m pipeline run -j 2`) against sequential `dvc repro`
+    results = pipeline_flow(root=str(by_flow), jobs=2)
     assert [r["stage"] for r in results] == order and all(r["ran"] for r in results)
     run(["dvc", "repro"], by_dvc)
     flow_lock, dvc_lock = lock_outs(by_flow), lock_outs(by_dvc)
     assert flow_lock.keys() == dvc_lock.keys()
-    for path in ("data/raw/digits", "data/processed/digits", "artifacts/mlp_digits/tuned.yaml"):
-        assert flow_lock[path] == dvc_lock[path]  # the same bytes, recorded the same way
+    deterministic = ["data/raw/digits", "data/processed/digits", "artifacts/mlp_digits/tuned.yaml"]
+    deterministic += ["artifacts/mlp_digits/model.pt", "artifacts/mlp_digits/checkpoint.pt"]
+    for path in deterministic:
+        assert flow_lock[path] == dvc_lock[path], path  # the same bytes, recorded the same way
     metrics = [
         json.loads((p / paths.metrics_file("mlp_digits")).read_text()) for p in (by_flow, by_dvc)
     ]
@@ -580,7 +545,6 @@ def test_the_prefect_server_logged_no_traceback():
 def test_ctrl_c_is_handled_again_after_dvc_ran_a_stage_command():
     """DVC ignores SIGINT while a stage command runs and restores a falsy handler (SIG_DFL)
     as ignored; the flow's stage task puts back whatever was there."""
-    import signal
 
     from dvc.stage.run import _run  # what `Repo.reproduce` runs a stage command with
 

@@ -36,7 +36,7 @@ NOT_DEPS = {
     "pipeline.paths",
 }
 # commands above the stages: they may run stages
-COMMANDS = {"pipeline.__main__", "pipeline.flows", "pipeline.verify"}
+COMMANDS = {"pipeline.__main__", "pipeline.flows", "pipeline.parallel", "pipeline.verify"}
 
 
 def module_files() -> dict[str, object]:

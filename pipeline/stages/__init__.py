@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from pipeline import cores, distributed, locks, paths, tracking
 from pipeline.config import Params, flatten, load_params, require_declared
@@ -18,6 +19,7 @@ from pipeline.params.training import TrackingParams
 # Set by whoever starts the stage through DVC and cannot read its stderr (the Prefect flow):
 ERROR_FILE = "PIPELINE_ERROR_FILE"  # the stage's one-line error is also written here
 OUTPUT_FILE = "PIPELINE_OUTPUT_FILE"  # and everything it prints (stdout and stderr) here
+LOG_FILE = "PIPELINE_LOG_FILE"  # its whole output (its children's too) here, not the terminal
 TIMEOUT = "PIPELINE_STAGE_TIMEOUT"  # seconds; then the stage stops and exits TIMEOUT_EXIT
 TIMEOUT_EXIT = 128 + signal.SIGALRM
 TIMEOUT_GRACE = 60  # seconds to close the MLflow run and the files before a hard exit
@@ -75,6 +77,8 @@ def stage_main(
     signal.signal(signal.SIGTERM, _exit_on_signal)
     with contextlib.suppress(OSError):  # a stderr without a file (captured): nowhere to print
         faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: where is it?
+    if os.environ.get(LOG_FILE):
+        _output_to(os.environ[LOG_FILE])
     if os.environ.get(OUTPUT_FILE):
         _copy_output(os.environ[OUTPUT_FILE])
     if os.environ.get(TIMEOUT):
@@ -134,6 +138,18 @@ def _copy_output(path: str) -> None:
     to `path`, line-buffered, as well as to the terminal or DVC's pipe."""
     copy = open(path, "a", buffering=1, encoding="utf-8", errors="replace")  # noqa: SIM115
     sys.stdout, sys.stderr = _Tee(sys.stdout, copy), _Tee(sys.stderr, copy)
+
+
+def _output_to(path: str) -> None:
+    """Stages running at once would interleave their lines on one terminal: each writes to
+    its own file instead, at the file-descriptor level so that what it starts does too."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
 
 
 def _report(message: str) -> None:
