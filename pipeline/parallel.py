@@ -10,9 +10,8 @@ result, which is what lets several commands run at once.
 What this module adds is the order: a stage is handed to Prefect's thread-pool task runner
 (its size is the run's slot count, `-j`) once every stage it depends on has succeeded, and,
 on a machine with GPUs, once a GPU slot is free. A failed stage stops its descendants; the
-other branches finish. Each stage process takes its share of the CPU cores (cores.py: cores
-// the pipeline processes running), so N stages at once never oversubscribe the cores, and a
-stage left running alone takes them all back.
+other branches finish. Each stage process gets a fixed share of the CPU cores (cores // N
+torch threads), so N stages at once never oversubscribe the cores (stage_env says why fixed).
 """
 
 from __future__ import annotations
@@ -132,9 +131,15 @@ def uses_gpu(stage: str) -> bool:
 
 
 def stage_env(stage: str, gpu_group: str | None, slots: Slots, root: Path) -> dict[str, str]:
-    """What a stage's process gets on top of the run's environment: its GPUs (none for a CPU
-    stage on a GPU machine), and the file its output goes to."""
-    env = {LOG_FILE: str(root / LOGS / f"{stage}.log")}
+    """What a stage's process gets on top of the run's environment: its fixed share of the
+    cores (cores // jobs torch threads), its GPUs (none for a CPU stage on a GPU machine), and
+    the file its output goes to.
+
+    The share is fixed rather than followed as stages start and end (cores.py's default)
+    because PyTorch's CPU kernels split sums by thread count: a model trained with 2 threads
+    differs in the last bits from one trained with 1, so a thread count that depended on
+    what else happened to run would make the run's results depend on timing."""
+    env = {**cores.for_children(slots.jobs), LOG_FILE: str(root / LOGS / f"{stage}.log")}
     if slots.gpus:
         env["CUDA_VISIBLE_DEVICES"] = gpu_group or ""
     return env
@@ -275,13 +280,27 @@ def run_graph(
 
 
 def _ready(graph, results, errors, running) -> list[str]:
-    """Stages not started whose upstream stages all succeeded, in `graph`'s order."""
-    return [
+    """Stages not started whose upstream stages all succeeded: those with the most stages
+    downstream first (they hold up the most work), then in `graph`'s order."""
+    ready = [
         stage
         for stage, upstream in graph.items()
         if stage not in results and stage not in errors and stage not in running
         if all(u in results for u in upstream)
     ]
+    return sorted(ready, key=lambda stage: -len(descendants(graph, stage)))
+
+
+def descendants(graph: dict[str, list[str]], stage: str) -> set[str]:
+    """Every stage that depends on `stage`, directly or not."""
+    found, todo = set(), [stage]
+    while todo:
+        current = todo.pop()
+        for other, upstream in graph.items():
+            if current in upstream and other not in found:
+                found.add(other)
+                todo.append(other)
+    return found
 
 
 def _blocked(graph, results, errors) -> list[str]:

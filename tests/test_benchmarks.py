@@ -99,3 +99,15 @@ def test_concurrency_bench(tmp_path):
         pytest.approx(results[m]["seconds"] / results["sequence"]["seconds"], rel=0.01)
         for m in ("shared", "every_core")
     ]
+
+
+def test_parallel_bench(tmp_path):
+    results = bench(tmp_path, "parallel_bench")
+    assert results["sequential_dvc_repro_s"] > 0 and results["parallel_run_s"] > 0
+    assert results["pinned_dvc_repro_s"] > 0 and results["threads_per_stage"] >= 1
+    # each stage's start and end, from the run's console lines
+    assert set(results["timeline"]) >= {"ingest@digits", "train@mlp_digits", "report"}
+    # the same results either way: every deterministic output and every metric
+    assert results["outputs_compared"] >= 5 and results["outputs_differing"] == []
+    assert results["metrics_identical"] and results["experiments"] == 1
+    assert "artifacts/mlp_digits/model.pt" not in results["outputs_not_compared"]

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import paths
+from pipeline import cores, paths
 from tests.conftest import (
     SERVER_LOGS,
     TINY,
@@ -26,6 +26,7 @@ from tests.conftest import (
     make_project,
     run,
     start_mlflow_server,
+    venv_env,
     write_params,
 )
 
@@ -68,9 +69,11 @@ def test_flow_matches_dvc_repro_and_a_second_run_skips_everything(prefect_server
     assert order[-1] == "report"
 
     # two stages at once (as `python -m pipeline run -j 2`) against sequential `dvc repro`
+    # with each stage on the same number of threads (PyTorch's CPU sums depend on it)
     results = pipeline_flow(root=str(by_flow), jobs=2)
     assert [r["stage"] for r in results] == order and all(r["ran"] for r in results)
-    run(["dvc", "repro"], by_dvc)
+    pinned = {**venv_env(), **cores.for_children(2)}
+    subprocess.run(["dvc", "repro"], cwd=by_dvc, env=pinned, check=True, capture_output=True)
     flow_lock, dvc_lock = lock_outs(by_flow), lock_outs(by_dvc)
     assert flow_lock.keys() == dvc_lock.keys()
     deterministic = ["data/raw/digits", "data/processed/digits", "artifacts/mlp_digits/tuned.yaml"]

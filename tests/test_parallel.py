@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import locks, parallel, paths
+from pipeline import cores, locks, parallel, paths
 from tests.conftest import TINY, make_project, run, venv_env, wait_for_file
 
 # ---- slots and environments (no server) -------------------------------------------------------
@@ -40,6 +40,12 @@ def test_stage_environment_names_its_gpus_and_its_log(tmp_path, monkeypatch):
     slots = parallel.Slots(2, ["0", "1"])
     env = parallel.stage_env("train@x", "1", slots, tmp_path)
     assert env["CUDA_VISIBLE_DEVICES"] == "1"
+    # a fixed share of the cores (not followed as stages come and go: results would depend
+    # on timing), marked as fixed for pipeline/cores.py
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    env = parallel.stage_env("train@x", "1", slots, tmp_path)
+    assert env["OMP_NUM_THREADS"] == str(max(1, cores.available() // 2))
+    assert env[cores.SHARED] == ""
     assert env[parallel.LOG_FILE] == str(tmp_path / "artifacts/logs/train@x.log")
     # a CPU stage on a GPU machine sees no GPU; on a CPU machine nothing is set
     assert parallel.stage_env("ingest@x", None, slots, tmp_path)["CUDA_VISIBLE_DEVICES"] == ""

@@ -218,3 +218,43 @@ def test_mlflow_telemetry_is_off_unless_the_user_turns_it_on():
     env["MLFLOW_DISABLE_TELEMETRY"] = "false"
     on = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert on.stdout.strip() == "false", on.stderr
+
+
+def test_a_dataset_logged_by_two_stages_at_once_is_retried_not_fatal(store, monkeypatch):
+    """Two stages logging the same dataset at once (parallel stages, queued experiments): the
+    second insert breaks MLflow's unique key; the stage tries again and finds the first's."""
+    import mlflow
+    import numpy as np
+    from mlflow.exceptions import MlflowException
+
+    cfg, client = store
+    real, calls = mlflow.log_input, []
+
+    def raced(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:  # what the store raised when another process inserted it first
+            raise MlflowException(
+                "(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
+                "datasets.name, datasets.digest"
+            )
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mlflow, "log_input", raced)
+    schema = {"dataset": "digits", "task": "classification", "counts": {"train": 4}}
+    x, y = np.zeros((4, 2), np.float32), np.arange(4)
+    with tracking.stage_run(cfg, name="raced", tags={}) as run:
+        run.log_dataset(schema, "train", x, y, context="training")
+    assert len(calls) == 2
+    [logged] = _only_run(client, "raced").inputs.dataset_inputs
+    assert logged.dataset.name == "digits/train"
+
+    # anything else MLflow refuses is not retried
+    def refused(*args, **kwargs):
+        calls.append(1)
+        raise MlflowException("RESOURCE_DOES_NOT_EXIST: run not found")
+
+    monkeypatch.setattr(mlflow, "log_input", refused)
+    calls.clear()
+    with pytest.raises(MlflowException), tracking.stage_run(cfg, name="other", tags={}) as run:
+        run.log_dataset(schema, "train", x, y, context="training")
+    assert len(calls) == 1
