@@ -18,6 +18,7 @@ import yaml
 
 from pipeline import cores, locks, parallel, paths
 from tests.conftest import TINY, make_project, run, venv_env, wait_for_file
+from tests.reliability.test_crash_resume import LONG  # long enough to kill mid-training
 
 # ---- slots and environments (no server) -------------------------------------------------------
 
@@ -209,21 +210,6 @@ def test_a_failed_stage_stops_its_descendants_and_the_other_branch_finishes(
 
 
 # ---- the real pipeline ------------------------------------------------------------------------
-
-LONG = {
-    **TINY,
-    "defaults": {
-        **TINY["defaults"],
-        "model": {"name": "mlp", "hidden_sizes": [64], "dropout": 0.2},
-        # long enough to be killed in the middle (as in reliability/test_crash_resume.py)
-        "train": {
-            "epochs": 60,
-            "batch_size": 4,
-            "early_stopping": {"patience": 0},
-            "checkpoint_interval": 0,
-        },
-    },
-}
 
 
 @pytest.mark.slow
