@@ -341,18 +341,17 @@ def postgres() -> Postgres:
     shutil.rmtree(root, ignore_errors=True)
 
 
-SERVER_LOGS: list = []  # the module's Prefect server log, checked for tracebacks at the end
-
-
 @pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory):
+def prefect_server(tmp_path_factory, request):
     """A real `prefect server` on loopback for the module that uses it (its start-up is paid
     once), its SQLite database in a temporary PREFECT_HOME; this process and its children
     talk to it."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     home = tmp_path_factory.mktemp("prefect_home")
-    SERVER_LOGS.append(home / "server.log")
+    # a module that checks its server's log keeps a SERVER_LOGS list (a list here would be
+    # another one: pytest loads conftest.py apart from `tests.conftest`)
+    getattr(request.module, "SERVER_LOGS", []).append(home / "server.log")
     port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)

@@ -19,7 +19,6 @@ import yaml
 
 from pipeline import cores, paths
 from tests.conftest import (
-    SERVER_LOGS,
     TINY,
     free_port,
     interrupt,
@@ -31,6 +30,8 @@ from tests.conftest import (
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+SERVER_LOGS: list = []  # the module's Prefect server log (prefect_server adds it), checked last
 
 
 def lock_outs(project) -> dict[str, str]:

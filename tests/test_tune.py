@@ -647,8 +647,9 @@ def test_the_study_name_follows_training_not_evaluation_or_budget(tmp_path):
 @pytest.mark.integration
 def test_workers_started_apart_share_one_postgresql_study(project, postgres):
     """`tune.storage: postgresql://...`: three `pipeline.tuning.worker` processes started on
-    their own (as on three machines) join the study the stage creates; one is killed mid-trial
-    and its trial is retried from the stale heartbeat; the study ends with exactly n_trials."""
+    their own (as on three machines) at once on a fresh database join the study the stage
+    creates; one is killed mid-trial and its trial is retried from the stale heartbeat; the
+    study ends with exactly n_trials."""
     url = postgres.create_database("optuna_workers")
     raw = params_with(storage=url, workers=1, n_trials=10, pruner="none")
     # trials of a few seconds, so that the joined workers (starting beside the stage) get some
@@ -656,12 +657,16 @@ def test_workers_started_apart_share_one_postgresql_study(project, postgres):
     write_params(project / "params.yaml", raw)
     env = {**os.environ, "MPLBACKEND": "Agg"}
     join = [sys.executable, "-m", "pipeline.tuning.worker", "--experiment", EXP, "--wait", "300"]
-    workers = [
-        subprocess.Popen(
-            join, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        for _ in range(3)
-    ]
+    logs = [project / f"worker-{i}.log" for i in range(3)]
+    workers = []
+    for log in logs:
+        with log.open("w") as out:
+            workers.append(subprocess.Popen(join, cwd=project, env=env, stderr=out, text=True))
+    # the stage starts once every worker waits for its study: on a busy machine a worker
+    # still importing could otherwise find the stage's own worker done with all 10 trials
+    waiting = ": waiting up to 300 s for study "
+    for log in logs:
+        wait_for(lambda log=log: waiting in log.read_text(), 300, f"{log.name} to wait")
     stage = tune_stage(project, raw, wait=False)
 
     storage = studies.open_storage(url, 1)  # one connection pool for all the polling below
@@ -682,7 +687,9 @@ def test_workers_started_apart_share_one_postgresql_study(project, postgres):
         victim = wait_for(running_elsewhere, what="a trial running in a joined worker")
         os.kill(victim.user_attrs["worker_pid"], signal.SIGKILL)
         _, err = stage.communicate(timeout=600)
-        outputs = [w.communicate(timeout=300) for w in workers]
+        for w in workers:
+            w.wait(timeout=300)
+        outputs = [log.read_text()[-3000:] for log in logs]
     finally:
         stop(stage)
         for proc in workers:
@@ -691,7 +698,7 @@ def test_workers_started_apart_share_one_postgresql_study(project, postgres):
     assert stage.returncode == 0, err
     killed = next(w for w in workers if w.pid == victim.user_attrs["worker_pid"])
     assert killed.returncode == -signal.SIGKILL
-    assert [w.returncode for w in workers if w is not killed] == [0, 0], outputs
+    assert [w.returncode for w in workers if w is not killed] == [0, 0], "\n".join(outputs)
     trials = study().get_trials()
     assert not [t for t in trials if t.state.name == "RUNNING"]
     assert len(studies.finished(trials)) == 10

@@ -79,14 +79,31 @@ def open_storage(url: str, heartbeat_seconds: int):
     with experimental():
         retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
         if "://" in url:
+            return _rdb_storage(url, heartbeat_seconds, grace, retry)
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        return HeartbeatJournalStorage(url, heartbeat_seconds, grace, retry)
+
+
+def _rdb_storage(url: str, heartbeat_seconds: int, grace: int, retry, tries: int = 3):
+    """Optuna's RDBStorage. Workers started at once on a fresh database (one per machine)
+    each create its tables; PostgreSQL then refuses all but one of them ("duplicate key
+    value", "relation ... already exists": one worker of three failed, measured). The next
+    try finds the tables made."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(tries):
+        try:
             return optuna.storages.RDBStorage(
                 url,
                 heartbeat_interval=heartbeat_seconds,
                 grace_period=grace,
                 heartbeat_stale_trial_callback=retry,
             )
-        Path(url).parent.mkdir(parents=True, exist_ok=True)
-        return HeartbeatJournalStorage(url, heartbeat_seconds, grace, retry)
+        except (IntegrityError, ProgrammingError) as err:
+            created = isinstance(err, IntegrityError) or "already exists" in str(err)
+            if not created or attempt == tries - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 def storage_url(experiment: str, tune: TuneParams) -> str:

@@ -54,6 +54,11 @@ def main(argv=None) -> int:
         name = args.study or studies.study_name(args.experiment, exp)
         worker = os.getpid() if args.worker is None else args.worker
         if args.wait:
+            print(
+                f"tune worker {worker}: waiting up to {args.wait:g} s for study {name}",
+                file=sys.stderr,
+                flush=True,
+            )
             studies.wait_for_study(url, name, args.wait, exp.tune.heartbeat_seconds)
         try:
             ran = runner.work(args.experiment, exp, url, name, worker, args.deadline)
