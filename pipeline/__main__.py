@@ -135,7 +135,7 @@ def run_command(args) -> int:
         os.environ.setdefault("PREFECT_HOME", os.path.abspath(".prefect"))
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     try:
-        load_params(args.params)
+        load_params(paths.PARAMS)  # what dvc.yaml reads
         graph = parallel.stage_graph(".", args.targets or None)
         gpus = parallel.visible_gpus()
         jobs = args.jobs or parallel.default_jobs(gpus)
@@ -152,7 +152,6 @@ def run_command(args) -> int:
     from pipeline.flows import pipeline_flow
 
     state = pipeline_flow(
-        params=args.params,
         targets=args.targets or None,
         retries=args.retries,
         jobs=jobs,
@@ -254,7 +253,6 @@ def main(argv=None) -> int:
         default=0,
         help="times a stage is retried after a failure that is not bad input",
     )
-    run.add_argument("--params", default=str(paths.PARAMS))
     pred = sub.add_parser("predict", help="batch inference with a model from MLflow")
     pred.add_argument("--model", required=True, help="e.g. models:/dl-pipeline.cnn_digits@champion")
     pred.add_argument(
