@@ -39,6 +39,12 @@ LOGS = paths.ARTIFACTS / "logs"  # <stage>.log of the last parallel run of each 
 def stage_order(root: str | Path = ".", targets: list[str] | None = None) -> list[str]:
     """Stage names of dvc.yaml (e.g. `train@cnn_digits`), dependencies first; with `targets`,
     only those stages and what they depend on."""
+    return list(stage_graph(root, targets))
+
+
+def stage_graph(root: str | Path = ".", targets: list[str] | None = None) -> dict[str, list[str]]:
+    """stage -> the stages it depends on, for every stage of dvc.yaml (or `targets` and what
+    they depend on), dependencies first."""
     import networkx as nx
     from dvc.repo import Repo
 
@@ -53,21 +59,9 @@ def stage_order(root: str | Path = ".", targets: list[str] | None = None) -> lis
             keep = set()
             for name in targets:
                 keep |= {s.name for s in nx.descendants(graph, stages[name])} | {name}
-        order = [s.name for s in reversed(list(nx.topological_sort(graph)))]
-    return [name for name in order if name in keep]
-
-
-def stage_graph(root: str | Path = ".", targets: list[str] | None = None) -> dict[str, list[str]]:
-    """stage -> the stages it depends on, for every stage of dvc.yaml (or `targets` and what
-    they depend on), dependencies first."""
-    from dvc.repo import Repo
-
-    order = stage_order(root, targets)
-    keep = set(order)
-    with Repo(str(root)) as repo:
-        graph = repo.index.graph  # edges point from a stage to the stages it depends on
-        upstream = {s.name: [d.name for d in graph.successors(s)] for s in graph.nodes}
-    return {name: sorted(set(upstream[name]) & keep) for name in order}
+        order = [s for s in reversed(list(nx.topological_sort(graph))) if s.name in keep]
+        upstream = {s.name: sorted(d.name for d in graph.successors(s)) for s in order}
+    return {name: [u for u in deps if u in keep] for name, deps in upstream.items()}
 
 
 def stale(root: str | Path, stages: list[str]) -> list[str]:
@@ -91,9 +85,10 @@ def visible_gpus() -> list[str]:
 
 
 def default_jobs(gpus: list[str]) -> int:
-    """One stage per GPU on a GPU machine; otherwise one per core, and at least 2: most of a
+    """One stage per GPU on a GPU machine; otherwise one per core, and at least 2: much of a
     small stage's time is single-threaded start-up (imports, store set-up) that a second
-    stage overlaps (measured in benchmarks/parallel_bench.py)."""
+    stage overlaps. benchmarks/parallel_bench.py measured -j 2 on 2 cores (0.80x of `dvc
+    repro`); no other value was measured."""
     return len(gpus) if gpus else max(2, cores.available())
 
 
@@ -237,13 +232,14 @@ def run_graph(
     running: dict[str, str | None] = {}  # stage -> its GPU group
     ended: queue.Queue[tuple[str, object]] = queue.Queue()
     free_gpus = slots.gpu_groups()
+    downstream = {stage: len(descendants(graph, stage)) for stage in graph}
     LOGS.mkdir(parents=True, exist_ok=True)
     with ThreadPoolTaskRunner(max_workers=slots.jobs) as runner, dvc_quiet():
         while len(results) + len(errors) < len(graph):
             for stage in _blocked(graph, results, errors):
                 errors[stage] = ""
                 board.set(stage, "not run", "an upstream stage failed")
-            for stage in _ready(graph, results, errors, running):
+            for stage in _ready(graph, results, errors, running, downstream):
                 needs_gpu = bool(slots.gpus) and uses_gpu(stage)
                 if len(running) >= slots.jobs or (needs_gpu and not free_gpus):
                     board.set(stage, "queued")
@@ -279,16 +275,17 @@ def run_graph(
     return [results[stage] for stage in graph]
 
 
-def _ready(graph, results, errors, running) -> list[str]:
+def _ready(graph, results, errors, running, downstream) -> list[str]:
     """Stages not started whose upstream stages all succeeded: those with the most stages
-    downstream first (they hold up the most work), then in `graph`'s order."""
+    downstream first (`downstream`: stage -> that count; they hold up the most work), then in
+    `graph`'s order."""
     ready = [
         stage
         for stage, upstream in graph.items()
         if stage not in results and stage not in errors and stage not in running
         if all(u in results for u in upstream)
     ]
-    return sorted(ready, key=lambda stage: -len(descendants(graph, stage)))
+    return sorted(ready, key=lambda stage: -downstream[stage])
 
 
 def descendants(graph: dict[str, list[str]], stage: str) -> set[str]:
