@@ -259,3 +259,35 @@ def test_a_dataset_logged_by_two_stages_at_once_is_retried_not_fatal(store, monk
     with failed, tracking.stage_run(cfg, name="other", tags={}) as run:
         run.log_dataset(schema, "train", x, y, context="training")
     assert len(calls) == 1
+
+
+def test_orphaned_runs_closed_but_never_a_run_its_owner_just_finished(store):
+    """A stage closes the RUNNING runs whose owner process is gone; a run its owner ended
+    (then exited) between that stage's search and its check stays FINISHED."""
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking.context import owner_tags
+    from pipeline.tracking.store import close_orphaned_runs
+
+    cfg, client = store
+    experiment_id = client.create_experiment("test")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid no process has now
+    dead, just_finished, alive = (
+        client.create_run(experiment_id, run_name=name, tags=owner_tags(pid)).info.run_id
+        for name, pid in (("dead", gone.pid), ("finished", gone.pid), ("alive", os.getppid()))
+    )
+
+    class OwnerFinishesDuringSearch(MlflowClient):
+        def search_runs(self, *args, **kwargs):
+            found = super().search_runs(*args, **kwargs)
+            self.set_terminated(just_finished, "FINISHED")  # and its owner exits
+            return found
+
+    closed = close_orphaned_runs(OwnerFinishesDuringSearch(cfg.uri), experiment_id)
+    assert closed == [dead]
+    status = {r: client.get_run(r).info.status for r in (dead, just_finished, alive)}
+    assert status == {dead: "KILLED", just_finished: "FINISHED", alive: "RUNNING"}

@@ -45,6 +45,11 @@ def close_orphaned_runs(client, experiment_id: str) -> list[str]:
     for run in client.search_runs([experiment_id], filter_string=query, max_results=1000):
         pid = int(run.data.tags.get(TAG_PREFIX + "pid", "0"))
         if pid and pid != os.getpid() and not cores.alive(pid):
+            # its owner may have ended the run and exited since the search (a short stage of
+            # a queued experiment beside this one): read the status again now that the owner
+            # is known gone, so a finished run is never marked KILLED
+            if client.get_run(run.info.run_id).info.status != "RUNNING":
+                continue
             client.set_terminated(run.info.run_id, "KILLED")
             closed.append(run.info.run_id)
     return closed
