@@ -24,7 +24,7 @@ from pipeline.errors import ParamsError, PipelineError
 from pipeline.params.base import Strict, unsafe_name
 from pipeline.params.datasets import DATASET_TASK, DatasetParams
 from pipeline.params.models import MODEL_PARAMS, ModelParams
-from pipeline.params.training import EvaluateParams, TrackingParams, TrainParams
+from pipeline.params.training import DataParams, EvaluateParams, TrackingParams, TrainParams
 from pipeline.params.tuning import CategoricalSpace, TuneParams
 from pipeline.schema_errors import has_path, unknown_key, validate
 from pipeline.tasks.kinds import GENERATIVE, KINDS, families_for
@@ -36,6 +36,7 @@ class Defaults(Strict):
         "auto", description="auto: CUDA when present, else CPU"
     )
     model: ModelParams = MODEL_PARAMS["mlp"](name="mlp")
+    data: DataParams = DataParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     tracking: TrackingParams = TrackingParams()

@@ -25,6 +25,7 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from pipeline import atomic, cores, distributed
+from pipeline.data.arrays import NpyRows
 from pipeline.errors import PipelineError
 from pipeline.params.training import OptimizerParams, SchedulerParams, TrainParams
 from pipeline.progress import EpochProgress
@@ -67,14 +68,14 @@ def check_deterministic(model: nn.Module, batches: Batches, task: Task, where: s
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
     trial = copy.deepcopy(model)
     try:
-        task.train_step(trial, batches.x[:2], batches.y[:2], task.optimizers(trial))
+        task.train_step(trial, batches.head(2), batches.y[:2], task.optimizers(trial))
     except RuntimeError as err:
         if "deterministic" not in str(err):
             raise
         first = str(err).strip().splitlines()[0]
         raise PipelineError(
             f"{where}: {first}; set it to false, or choose a model without that op on "
-            f"{batches.x.device.type}"
+            f"{batches.device.type}"
         ) from None
     finally:
         torch.set_rng_state(rng)
@@ -83,9 +84,13 @@ def check_deterministic(model: nn.Module, batches: Batches, task: Task, where: s
 
 
 class Batches:
-    """Mini-batches sliced from tensors that already sit on the device.
+    """Mini-batches of a split, in a seeded order.
 
-    For data that fits in memory this beats a DataLoader: no workers, no per-batch collation.
+    In memory (x an array or tensor): sliced from tensors that already sit on the device;
+    for data that fits this beats a DataLoader (no workers, no per-batch collation). Read
+    from disk (x an `arrays.NpyRows`, a split larger than the memory budget): the same
+    batches in the same order, each read by a DataLoader worker and copied to the device
+    (pinned, non-blocking on CUDA), so the two give identical results for one seed.
     """
 
     def __init__(
@@ -100,9 +105,14 @@ class Batches:
         weights=None,
         transform=None,
         shard: tuple[int, int] = (0, 1),
+        workers: int = 2,
     ):
-        self.x = torch.as_tensor(x).to(device)
+        self.device = torch.device(device)
+        self.streamed = isinstance(x, NpyRows)  # rows read from disk as needed
+        self.x = x if self.streamed else torch.as_tensor(x).to(device)
         self.y = torch.as_tensor(y).to(device)
+        self.input_shape = tuple(x.shape[1:])
+        self.workers = workers
         self.shuffle = shuffle
         self.generator = torch.Generator().manual_seed(seed)
         # per-sample draw weights: each epoch draws len(y) samples with replacement
@@ -118,22 +128,74 @@ class Batches:
     def __len__(self) -> int:
         return -(-self.samples // self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def head(self, n: int) -> torch.Tensor:
+        """The first `n` inputs, on the device (figures, a trial step)."""
+        if self.streamed:
+            return torch.from_numpy(self.x.rows(0, n)).to(self.device)
+        return self.x[:n]
+
+    def _order(self) -> tuple[torch.Tensor, int]:
+        """This epoch's sample order (this worker's part of it) and its length."""
         n = len(self.y)
         if self.weights is not None:
             order = torch.multinomial(self.weights, n, replacement=True, generator=self.generator)
-            order = order.to(self.x.device)
         elif self.shuffle:
-            order = torch.randperm(n, generator=self.generator).to(self.x.device)
+            order = torch.randperm(n, generator=self.generator)
         else:
-            order = torch.arange(n, device=self.x.device)
+            order = torch.arange(n)
         if self.world > 1:  # padded with the first samples, so all take the same steps
             order = torch.cat([order, order[: self.samples * self.world - n]])
             order, n = order[self.rank :: self.world], self.samples
+        return order, n
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order, n = self._order()
+        if self.streamed:
+            yield from self._read(order, n)
+            return
+        order = order.to(self.device)
         for start in range(0, n, self.batch_size):
             idx = order[start : start + self.batch_size]
             xb = self.x[idx]
             yield (xb if self.transform is None else self.transform(xb)), self.y[idx]
+
+    def _read(self, order: torch.Tensor, n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        from torch.utils.data import DataLoader
+
+        steps = [order[start : start + self.batch_size] for start in range(0, n, self.batch_size)]
+        cuda = self.device.type == "cuda"
+        loader = DataLoader(
+            _Rows(self.x),
+            sampler=steps,  # one item = one batch's indices: the workers read whole batches
+            batch_size=None,
+            num_workers=self.workers,
+            pin_memory=cuda,
+            prefetch_factor=4 if self.workers else None,
+            worker_init_fn=_one_thread,
+            # the loader's seed drawn from its own generator, not torch's global one: the
+            # global sequence (dropout, noise) stays that of the in-memory path
+            generator=torch.Generator().manual_seed(0),
+        )
+        for idx, xb in zip(steps, loader, strict=True):
+            xb = xb.to(self.device, non_blocking=cuda)
+            yb = self.y[idx.to(self.y.device)]
+            yield (xb if self.transform is None else self.transform(xb)), yb
+
+
+class _Rows(torch.utils.data.Dataset):
+    """The batch at a list of indices, read from disk (in a DataLoader worker)."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.rows.take(index.numpy()))
+
+
+def _one_thread(_worker: int) -> None:
+    """A loader worker reads files: a torch thread pool of its own would take cores from the
+    training process."""
+    torch.set_num_threads(1)
 
 
 class Task(Protocol):
@@ -202,7 +264,7 @@ def train_one_epoch(
     """One pass over `batches`; returns mean `train/<loss>` values. Stops at the first step
     whose loss is NaN or infinite (see EpochLosses)."""
     model.train()
-    losses = EpochLosses(batches.x.device, epoch, len(batches))
+    losses = EpochLosses(batches.device, epoch, len(batches))
     for step, (xb, yb) in enumerate(batches, 1):
         losses.add(task.train_step(model, xb, yb, optimizers), len(xb), step)
         for scheduler in step_schedulers:
@@ -472,15 +534,16 @@ def accelerate(
     device), DistributedDataParallel and `train.compile`; returns the module the training
     steps call. Weights are shared, so checkpoints and the saved model come from `model`."""
     if cfg.channels_last:
-        if train.x.dim() != 4:
+        if len(train.input_shape) != 3:
             raise PipelineError(
                 "train.channels_last: needs image inputs (N, C, H, W); these are "
-                f"{tuple(train.x.shape[1:])}: set it to false"
+                f"{train.input_shape}: set it to false"
             )
         model.to(memory_format=torch.channels_last)
         for batches in (train, val):
-            batches.x = batches.x.contiguous(memory_format=torch.channels_last)
-    runner = distributed.wrap(model, train.x.device) if ddp else model
+            if not batches.streamed:  # batches read from disk are converted by the model
+                batches.x = batches.x.contiguous(memory_format=torch.channels_last)
+    runner = distributed.wrap(model, train.device) if ddp else model
     return torch.compile(runner) if cfg.compile else runner
 
 

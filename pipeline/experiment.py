@@ -64,8 +64,10 @@ def prepare(exp: ExperimentParams, experiment: str) -> Prepared:
     except (ValueError, FileNotFoundError) as err:
         raise PipelineError(f"experiments.{experiment}.model: {err}") from None
     model.to(device)
-    train_x, train_y = datasets.load_split(exp.dataset, "train")
-    val_x, val_y = datasets.load_split(exp.dataset, "val")
+    on_disk = not in_memory(exp, device)
+    load = datasets.split_rows if on_disk else datasets.load_split
+    train_x, train_y = load(exp.dataset, "train")
+    val_x, val_y = load(exp.dataset, "val")
     weights = None
     if exp.train.sampler == "weighted":
         if schema["task"] != "classification":
@@ -85,14 +87,31 @@ def prepare(exp: ExperimentParams, experiment: str) -> Prepared:
         weights=weights,
         transform=augment_fn,
         shard=shard,
+        workers=exp.data.loader_workers,
     )
-    val = engine.Batches(val_x, val_y, exp.evaluate.batch_size, device=device, shuffle=False)
+    val = engine.Batches(
+        val_x,
+        val_y,
+        exp.evaluate.batch_size,
+        device=device,
+        shuffle=False,
+        workers=exp.data.loader_workers,
+    )
     if exp.train.deterministic:
         engine.check_deterministic(
             model, train, task, f"experiments.{experiment}.train.deterministic"
         )
     arrays = {"train_x": train_x, "train_y": train_y, "val_x": val_x, "val_y": val_y}
     return Prepared(model, train, val, task, spec, schema, device, augment_fn, arrays)
+
+
+def in_memory(exp: ExperimentParams, device: torch.device) -> bool:
+    """Whether the train and val inputs fit the memory budget (`data.in_memory_max_mb`):
+    held in memory (on the device), else read from disk in batches by DataLoader workers."""
+    import torch
+
+    gpu_free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+    return datasets.inputs_bytes(exp.dataset) <= datasets.memory_budget(exp.data, gpu_free)
 
 
 def resolved_experiment(params: Params, experiment: str) -> tuple[ExperimentParams, dict]:

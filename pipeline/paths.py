@@ -19,9 +19,9 @@ def raw_dir(dataset: str) -> Path:
     return DATA / "raw" / dataset
 
 
-def raw_arrays_file(dataset: str) -> Path:
-    """Ingested arrays (x, y; a series' values and times) of a non-table source."""
-    return raw_dir(dataset) / "data.npz"
+def raw_array_file(dataset: str, key: str) -> Path:
+    """One ingested array (`x`, `y`; a series' values and times) of a non-table source."""
+    return raw_dir(dataset) / f"{key}.npy"
 
 
 def raw_table_file(dataset: str) -> Path:
@@ -38,8 +38,9 @@ def processed_dir(dataset: str) -> Path:
     return DATA / "processed" / dataset
 
 
-def split_file(dataset: str, split: str) -> Path:
-    return processed_dir(dataset) / f"{split}.npz"
+def split_dir(dataset: str, split: str) -> Path:
+    """One split's arrays, a .npy file each (`x.npy`, `y.npy`, ...)."""
+    return processed_dir(dataset) / split
 
 
 def schema_file(dataset: str) -> Path:

@@ -45,3 +45,32 @@ class EpochProgress:
             f"{score:.4f}, {elapsed:.0f} s, {eta}",
             flush=True,
         )
+
+
+class CountProgress:
+    """Progress of work counted in items (images decoded, rows written), as for epochs: a
+    bar on a terminal, else a line every few seconds once the work has lasted that long."""
+
+    def __init__(self, desc: str, total: int, unit: str):
+        from tqdm.auto import tqdm
+
+        self.desc, self.total, self.unit = desc, total, unit
+        self.every = float(os.environ.get(SECONDS) or 10)
+        self.start = self.last = time.perf_counter()
+        self.bar = None
+        if sys.stderr.isatty():
+            self.bar = tqdm(desc=desc, unit=unit, total=total)
+        self.done = 0
+
+    def update(self, done: int) -> None:
+        """`done` items of `total` are done."""
+        if self.bar is not None:
+            self.bar.update(done - self.done)
+            if done >= self.total:
+                self.bar.close()
+        else:
+            now = time.perf_counter()
+            if now - self.last >= self.every or (done >= self.total and self.last > self.start):
+                self.last = now
+                print(f"{self.desc}: {done}/{self.total} {self.unit}", flush=True)
+        self.done = done

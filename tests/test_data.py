@@ -67,7 +67,7 @@ def test_split_is_seeded(digits):
 def test_missing_input_names_the_stage_to_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(
-        PipelineError, match=r"data/raw/digits/data.npz not found; run `dvc repro ingest@digits`"
+        PipelineError, match=r"data/raw/digits/meta.json not found; run `dvc repro ingest@digits`"
     ):
         datasets.preprocess("digits", CFG)
 

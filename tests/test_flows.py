@@ -525,7 +525,7 @@ def test_prefect_yaml_deploys_to_a_process_pool_whose_worker_runs_the_flow(
         flow_run = wait_for_run("dl-pipeline/pipeline-pool")
         assert flow_run.auto_scheduled and flow_run.state.is_completed(), flow_run.state
         assert flow_run.expected_start_time == at and flow_run.start_time >= at  # no prefetch
-        assert (project / paths.split_file("digits", "train")).is_file()
+        assert (project / paths.split_dir("digits", "train") / "x.npy").is_file()
         lock = yaml.safe_load((project / "dvc.lock").read_text())
         assert set(lock["stages"]) == {"ingest@digits", "preprocess@digits"}
     finally:

@@ -116,8 +116,7 @@ def test_champion_moves_only_on_a_real_improvement(server, project):
 def _raw_test_split(project: Path):
     """The test split back in raw pixel units (0-16), as a user would have it."""
     schema = json.loads((project / paths.schema_file("digits")).read_text())
-    with np.load(project / paths.split_file("digits", "test")) as f:
-        x, y = f["x"], f["y"]
+    x, y = (np.load(project / paths.split_dir("digits", "test") / f"{k}.npy") for k in "xy")
     norm = schema["normalization"]
     raw = (x * norm["std"][0] + norm["mean"][0]) * schema["value_range"][1]
     return raw, y, schema

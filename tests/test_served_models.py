@@ -160,11 +160,9 @@ def _train(kind: str, tmp_path_factory) -> Path:
 def raw_test_rows(kind: str, root: Path):
     """(the test split as the user has it, what evaluate compared against): raw arrays,
     DataFrames with the original columns (target included), or windows of the series."""
-    with np.load(root / paths.split_file(kind, "test")) as f:
-        index = f["index"]
+    index = np.load(root / paths.split_dir(kind, "test") / "index.npy")
     if kind in ("digits", "mnist_files", "image_folder"):
-        with np.load(root / paths.raw_arrays_file(kind)) as f:
-            return f["x"][index], None
+        return np.load(root / paths.raw_array_file(kind, "x"))[index], None
     if kind == "table_classes":
         return pd.read_csv(root / "clinic.csv").iloc[index].reset_index(drop=True), None
     if kind == "table_values":
@@ -246,8 +244,7 @@ def test_predict_command_reproduces_evaluate_on_raw_files(project):
     if kind == "image_folder":  # the test photos themselves, and an unreadable one
         folder = root / "to_score"
         folder.mkdir()
-        with np.load(root / paths.split_file(kind, "test")) as f:
-            index = f["index"]
+        index = np.load(root / paths.split_dir(kind, "test") / "index.npy")
         readable = sorted(
             p for p in (root / "photos").rglob("*") if p.is_file() and p.name != "broken.png"
         )

@@ -1,11 +1,12 @@
 """Data sources and preprocessing: raw arrays -> seeded splits normalised with train statistics.
 
-Files are .npz (read with allow_pickle=False) plus JSON, so this module needs no torch.
+Files are .npy (read with allow_pickle=False) plus JSON, so this module needs no torch.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,24 +16,26 @@ from pipeline.data import preprocessing, store, table, text, vision
 from pipeline.data.splits import stratified_split
 from pipeline.errors import PipelineError
 from pipeline.params.datasets import DatasetParams
+from pipeline.params.training import DataParams
 
 
 def ingest(name: str, cfg: DatasetParams) -> Path:
-    """Fetch the source into data/raw/<name>/ (x, y arrays + meta.json)."""
+    """Fetch the source into data/raw/<name>/ (an .npy file per array + meta.json)."""
     if cfg.source == "table":
         return table.ingest(name, cfg)
     if cfg.source == "text":
         return text.ingest(name, cfg)
-    if cfg.source in vision.SOURCES:
-        x, y, meta = vision.load(name, cfg)
-    elif cfg.source == "image_folder":
-        x, y, meta = vision.load_folder(name, cfg)
-    else:
-        x, y, meta = _load_source(cfg)
-    extra = {"test_mask": meta.pop("test_mask")} if "test_mask" in meta else {}
-    meta["samples"] = len(x)
     with atomic.atomic_dir(paths.raw_dir(name)) as tmp:
-        np.savez(tmp / paths.raw_arrays_file(name).name, x=x, y=y, **extra)
+        if cfg.source == "image_folder":
+            meta = vision.ingest_folder(name, cfg, tmp)  # streams into tmp
+        else:
+            if cfg.source in vision.SOURCES:
+                x, y, meta = vision.load(name, cfg)
+            else:
+                x, y, meta = _load_source(cfg)
+            extra = {"test_mask": meta.pop("test_mask")} if "test_mask" in meta else {}
+            meta["samples"] = len(x)
+            store.write_arrays(tmp, {"x": x, "y": y, **extra})
         (tmp / paths.raw_meta_file(name).name).write_text(json.dumps(meta, indent=2) + "\n")
     return paths.raw_dir(name)
 
@@ -116,36 +119,51 @@ def preprocess(name: str, cfg: DatasetParams) -> Path:
         splits, schema, prep = text.preprocess(name, cfg)
         store.write_processed(name, splits, schema, prep)
         return paths.processed_dir(name)
-    x, y, meta = read_raw(name)
-    with np.load(paths.raw_arrays_file(name), allow_pickle=False) as f:
-        test_mask = f["test_mask"] if "test_mask" in f.files else None
-    if test_mask is None:
+    return _preprocess_images(name, cfg)
+
+
+BLOCK_BYTES = 32 << 20  # raw image bytes read, normalised and written at a time
+
+
+def _preprocess_images(name: str, cfg) -> Path:
+    """Split the ingested images (stratified, or the source's official test set), fit the
+    normalisation on the train split, and write each split block by block: memory holds the
+    labels and a block of images, not the dataset."""
+    from pipeline.data.arrays import NpyRows
+
+    meta = raw_meta(name)
+    _require(paths.raw_array_file(name, "x"), f"ingest@{name}")
+    raw = NpyRows(paths.raw_array_file(name, "x"))
+    y = np.load(paths.raw_array_file(name, "y"), allow_pickle=False)
+    mask_file = paths.raw_array_file(name, "test_mask")
+    if not mask_file.is_file():
         splits = stratified_split(
             y, cfg.split.val, cfg.split.test, cfg.split.seed, meta["classes"], name
         )
     else:  # the dataset's official test set; val is drawn from its train part
         from sklearn.model_selection import train_test_split
 
+        test_mask = np.load(mask_file, allow_pickle=False)
         rest = np.flatnonzero(~test_mask)
         train, val = train_test_split(
             rest, test_size=cfg.split.val, stratify=y[rest], random_state=cfg.split.seed
         )
         splits = {"train": np.sort(train), "val": np.sort(val), "test": np.flatnonzero(test_mask)}
+    step = max(1, BLOCK_BYTES // raw.row_bytes)  # images a block
+    blocks = [splits["train"][i : i + step] for i in range(0, len(splits["train"]), step)]
     prep = preprocessing.ImagePreprocessor.fit(
-        x[splits["train"]],
+        (raw.take(block) for block in blocks),
         meta["value_range"],
         cfg.normalize,
         {"classes": meta["classes"]},
         size=getattr(cfg, "size", None),
     )
-    x = prep.transform(x)
-
     n_classes = len(meta["classes"])
     schema = {
         "dataset": name,
         "source": meta["source"],
         "task": meta["task"],
-        "input_shape": list(x.shape[1:]),
+        "input_shape": list(raw.shape[1:]),
         "classes": meta["classes"],
         "num_classes": n_classes,
         "counts": {s: int(len(i)) for s, i in splits.items()},
@@ -162,9 +180,15 @@ def preprocess(name: str, cfg: DatasetParams) -> Path:
     }
     if "skipped_unreadable" in meta:  # image folders
         schema["skipped_unreadable"] = meta["skipped_unreadable"]
-    # `index`: each sample's row in data/raw/<name>, so a split can be found in the raw data
-    out = {s: {"x": x[i], "y": y[i], "index": i} for s, i in splits.items()}
-    store.write_processed(name, out, schema, prep)
+    with atomic.atomic_dir(paths.processed_dir(name)) as tmp:
+        for split, index in splits.items():
+            writer = store.SplitWriter(tmp, split, len(index), raw.shape[1:])
+            for start in range(0, len(index), step):
+                writer.write(prep.transform(raw.take(index[start : start + step])))
+            # `index`: each sample's row in data/raw/<name>, to find a split in the raw data
+            writer.close(y[index], index=index)
+        store.write_schema(tmp, name, schema)
+        prep.save(tmp / paths.preprocessor_file(name).name)
     return paths.processed_dir(name)
 
 
@@ -296,9 +320,9 @@ def raw_meta(name: str) -> dict:
 
 
 def read_raw(name: str) -> tuple[np.ndarray, np.ndarray, dict]:
-    _require(paths.raw_arrays_file(name), f"ingest@{name}")
-    with np.load(paths.raw_arrays_file(name), allow_pickle=False) as f:
-        x, y = f["x"], f["y"]
+    """The ingested x and y of a non-table source, in memory, and its meta.json."""
+    _require(paths.raw_array_file(name, "x"), f"ingest@{name}")
+    x, y = (np.load(paths.raw_array_file(name, k), allow_pickle=False) for k in ("x", "y"))
     return x, y, json.loads(paths.raw_meta_file(name).read_text())
 
 
@@ -309,17 +333,57 @@ def load_schema(name: str) -> dict:
 
 
 def load_split(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Inputs and targets of one split."""
+    """Inputs and targets of one split, in memory."""
     arrays = load_arrays(name, split)
     return arrays["x"], arrays["y"]
 
 
 def load_arrays(name: str, split: str) -> dict[str, np.ndarray]:
-    """Every array saved for one split (series also keep timestamps and last inputs)."""
-    path = paths.split_file(name, split)
-    _require(path, f"preprocess@{name}")
-    with np.load(path, allow_pickle=False) as f:
-        return {key: f[key] for key in f.files}
+    """Every array saved for one split, in memory (series also keep timestamps and last
+    inputs)."""
+    folder = paths.split_dir(name, split)
+    _require(folder / "x.npy", f"preprocess@{name}")
+    return {path.stem: np.load(path, allow_pickle=False) for path in sorted(folder.glob("*.npy"))}
+
+
+def split_rows(name: str, split: str):
+    """A split's inputs read by rows from disk (`arrays.NpyRows`), and its targets in memory:
+    the split as training takes it when it is larger than the memory budget."""
+    from pipeline.data.arrays import NpyRows
+
+    folder = paths.split_dir(name, split)
+    _require(folder / "x.npy", f"preprocess@{name}")
+    return NpyRows(folder / "x.npy"), np.load(folder / "y.npy", allow_pickle=False)
+
+
+def inputs_bytes(name: str, splits=("train", "val")) -> int:
+    """Bytes of the processed inputs of `splits` (read from the files' headers)."""
+    from pipeline.data.arrays import NpyRows
+
+    for split in splits:
+        _require(paths.split_dir(name, split) / "x.npy", f"preprocess@{name}")
+    return sum(NpyRows(paths.split_dir(name, s) / "x.npy").nbytes for s in splits)
+
+
+def memory_budget(cfg: DataParams, gpu_free: int | None = None) -> int:
+    """Bytes of train and val inputs held in memory (`data.in_memory_max_mb`); by default a
+    quarter of the memory available now, and of `gpu_free` when training on a GPU."""
+    if cfg.in_memory_max_mb is not None:
+        return cfg.in_memory_max_mb << 20
+    budget = available_memory() // 4
+    return budget if gpu_free is None else min(budget, gpu_free // 4)
+
+
+def available_memory() -> int:
+    """Memory the system can give without swapping (Linux's MemAvailable, else free pages)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def _require(path: Path, stage: str) -> None:

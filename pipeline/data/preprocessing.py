@@ -129,15 +129,29 @@ class ImagePreprocessor(Preprocessor):
         self.example = example or []  # one raw train image, for MLflow's input example
 
     @classmethod
-    def fit(cls, train_x: np.ndarray, value_range, normalize: bool, target: dict, size=None):
-        x = train_x / np.float32(value_range[1])
-        channels = x.shape[1]
-        axes = (0, *range(2, x.ndim))
-        mean = x.mean(axis=axes) if normalize else np.zeros(channels, np.float32)
-        std = x.std(axis=axes) if normalize else np.ones(channels, np.float32)
-        std = np.where(std > 0, std, 1.0).astype(np.float32)
-        example = train_x[:1].tolist()
-        return cls(target, x.shape[1:], value_range, mean, std, size, example)
+    def fit(cls, train_blocks, value_range, normalize: bool, target: dict, size=None):
+        """Per-channel statistics of the train images (N, C, H, W) in raw units, given as
+        blocks of images (an array is one block): a split larger than memory is fine."""
+        if isinstance(train_blocks, np.ndarray):
+            train_blocks = [train_blocks]
+        top = np.float32(value_range[1])
+        count, total, squares, example = 0, 0.0, 0.0, None
+        for block in train_blocks:
+            x = block / top
+            axes = (0, *range(2, x.ndim))
+            count += x.size // x.shape[1]
+            total = total + x.sum(axis=axes, dtype=np.float64)
+            squares = squares + np.square(x).sum(axis=axes, dtype=np.float64)
+            example = block[:1].tolist() if example is None else example
+            shape = x.shape[1:]
+        channels = shape[0]
+        if normalize:
+            mean = total / count
+            std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+        else:
+            mean, std = np.zeros(channels), np.ones(channels)
+        std = np.where(std > 1e-12, std, 1.0)
+        return cls(target, shape, value_range, mean, std, size, example)
 
     def _state(self) -> dict:
         return {

@@ -212,7 +212,7 @@ def preprocess(name: str, cfg) -> Path:
     width = (len(prep.columns),)
     raw_rows = np.flatnonzero(keep)  # each kept row's row number in the raw table
     with atomic.atomic_dir(paths.processed_dir(name)) as tmp:
-        writers = {s: SplitWriter(tmp, name, s, len(idx), width) for s, idx in splits.items()}
+        writers = {s: SplitWriter(tmp, s, len(idx), width) for s, idx in splits.items()}
         for frame, owner in kept_frames(table, features, keep, split_of):
             x = prep.transform(frame)
             for number, writer in enumerate(writers.values()):

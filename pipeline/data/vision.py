@@ -59,7 +59,7 @@ SOURCES = {
 
 
 def load(name: str, cfg) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(images (N, C, H, W) float32 in 0..255, labels, meta with a test mask)."""
+    """(images (N, C, H, W) uint8, labels, meta with a test mask)."""
     tv_class, folder, files, classes = SOURCES[cfg.source]
     folder = Path(cfg.root) / folder
     missing = [f for f in files if not _find(folder, f)]
@@ -82,7 +82,7 @@ def load(name: str, cfg) -> tuple[np.ndarray, np.ndarray, dict]:
         ]
         parts = [(images[:, None], labels) for images, labels in parts]
         is_test = [False, True]
-    x = np.concatenate([p[0] for p in parts]).astype(np.float32)
+    x = np.concatenate([p[0] for p in parts]).astype(np.uint8)
     y = np.concatenate([p[1] for p in parts]).astype(np.int64)
     test_mask = np.concatenate([np.full(len(p[1]), t) for p, t in zip(parts, is_test, strict=True)])
     if len(x) != len(y):
@@ -160,15 +160,20 @@ def _read_cifar(path: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(data, np.uint8).reshape(-1, 3, 32, 32), np.asarray(labels)
 
 
-def load_folder(name: str, cfg) -> tuple[np.ndarray, np.ndarray, dict]:
-    """torchvision's ImageFolder layout: <path>/<class>/<image>.png|jpg|bmp, resized to `size`
-    (decoded as the registered model decodes image files).
+def ingest_folder(name: str, cfg, folder: Path) -> dict:
+    """torchvision's ImageFolder layout: <path>/<class>/<image>.png|jpg|bmp, decoded (as the
+    registered model decodes image files) and resized to `size` by worker processes, written
+    as uint8 to `folder`/x.npy a block at a time: memory holds a block, not the dataset.
+    Returns meta.json's content.
 
-        Unreadable images are skipped and counted; more than `max_bad_fraction` of them fails.
+    Unreadable images are skipped and counted; more than `max_bad_fraction` of them fails.
     """
-    from PIL import UnidentifiedImageError
+    from concurrent.futures import ProcessPoolExecutor
 
-    from pipeline.data.preprocessing import IMAGE_SUFFIXES, decode_image
+    from pipeline import cores
+    from pipeline.data.arrays import NpyWriter
+    from pipeline.data.preprocessing import IMAGE_SUFFIXES
+    from pipeline.progress import CountProgress
 
     root = Path(cfg.path)
     if not root.is_dir():
@@ -176,31 +181,80 @@ def load_folder(name: str, cfg) -> tuple[np.ndarray, np.ndarray, dict]:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
         raise PipelineError(f"datasets.{name}.path: {root} has no class sub-folders")
-    images, labels, bad = [], [], []
+    files, labels = [], []
     for label, cls in enumerate(classes):
-        files = sorted(p for p in (root / cls).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
+        found = sorted(p for p in (root / cls).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
             raise PipelineError(
                 f"datasets.{name}: class folder {root / cls} has no PNG/JPEG/BMP files"
             )
-        for file in files:
-            try:
-                images.append(decode_image(file, cfg.size, cfg.channels))
-                labels.append(label)
-            except (UnidentifiedImageError, OSError, ValueError):
-                bad.append(str(file))
-    total = len(images) + len(bad)
+        files += found
+        labels += [label] * len(found)
+    shape = (cfg.channels, *cfg.size)
+    kept, bad = [], []
+    workers = cores.own_threads()
+    progress = CountProgress(f"ingest@{name}", len(files), "images")
+    with (
+        NpyWriter(folder / "x.npy", shape, np.uint8, len(files)) as writer,
+        ProcessPoolExecutor(workers) if workers > 1 else _InProcess() as pool,
+    ):
+        for start in range(0, len(files), FOLDER_BLOCK):
+            block = files[start : start + FOLDER_BLOCK]
+            chunks = [block[i::workers] for i in range(workers)]  # bounded: one block
+            decoded = list(pool.map(_decode_files, chunks, [(cfg.size, cfg.channels)] * workers))
+            images = [None] * len(block)
+            for i, (chunk_images, chunk_bad) in enumerate(decoded):
+                images[i::workers] = chunk_images
+                bad += chunk_bad
+            good = [j for j, image in enumerate(images) if image is not None]
+            if good:
+                writer.write(np.stack([images[j] for j in good]))
+            kept += [start + j for j in good]
+            progress.update(start + len(block))
+    total = len(files)
     if len(bad) > cfg.max_bad_fraction * total:
         raise PipelineError(
             f"datasets.{name}: {len(bad)} of {total} images are unreadable (more than "
             f"max_bad_fraction={cfg.max_bad_fraction}), e.g. {', '.join(bad[:3])}"
         )
-    x = np.stack(images)  # (N, C, H, W)
-    meta = {
+    np.save(folder / "y.npy", np.asarray(labels, np.int64)[kept])
+    return {
         "source": "image_folder",
         "task": "classification",
         "classes": classes,
         "value_range": [0.0, 255.0],
         "skipped_unreadable": bad,
+        "samples": len(kept),
     }
-    return x, np.asarray(labels, np.int64), meta
+
+
+FOLDER_BLOCK = 4096  # images decoded and written at a time (12 MB of 32x32 RGB pixels)
+
+
+def _decode_files(files: list[Path], how: tuple) -> tuple[list, list[str]]:
+    """(uint8 images, None for an unreadable file; the unreadable files' paths)."""
+    from PIL import UnidentifiedImageError
+
+    from pipeline.data.preprocessing import decode_image
+
+    images, bad = [], []
+    for file in files:
+        try:
+            images.append(decode_image(file, *how).astype(np.uint8))
+        except (UnidentifiedImageError, OSError, ValueError):
+            images.append(None)
+            bad.append(str(file))
+    return images, bad
+
+
+class _InProcess:
+    """`map` in this process: one core, no worker to start."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def map(self, fn, *iterables):
+        return map(fn, *iterables)

@@ -137,6 +137,22 @@ class EvaluateParams(Strict):
     )
 
 
+class DataParams(Strict):
+    """Where a split is read from while training and evaluating."""
+
+    in_memory_max_mb: int | None = Field(
+        None,
+        ge=0,
+        description="train and val inputs up to this many MB are held in memory (on the GPU "
+        "when training there), the fastest path; larger ones are read from disk in batches by "
+        "DataLoader workers (same batches, same results). null: a quarter of the memory "
+        "available when the stage starts (on CUDA, also of the free GPU memory)",
+    )
+    loader_workers: int = Field(
+        2, ge=0, description="DataLoader processes reading batches of a split kept on disk"
+    )
+
+
 class TrackingParams(Strict):
     enabled: bool = Field(
         True, description="false: no MLflow at all (no runs, no registry, no champion decision)"

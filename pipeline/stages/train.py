@@ -115,7 +115,7 @@ def log_inputs(run, experiment: str, config: dict, tuned: dict, prep, main: bool
     if tuned:
         run.log_dict(tuned, "tuned.yaml")
     if main:
-        preview = augmentation_preview(prep.train.x[:8], prep.augment_fn, experiment)
+        preview = augmentation_preview(prep.train.head(8), prep.augment_fn, experiment)
         plots.save(preview, paths.augment_preview(experiment))
         run.log_artifact(paths.augment_preview(experiment))
     arrays, schema = prep.arrays, prep.schema

@@ -42,7 +42,7 @@ class VAETask(ImageTask):
     @torch.no_grad()
     def validate(self, model, batches: Batches) -> dict[str, float]:
         model.eval()
-        sums = torch.zeros(3, device=batches.x.device)
+        sums = torch.zeros(3, device=batches.device)
         for xb, _ in batches:
             out = model.loss(self.scale.to_unit(xb))
             sums += torch.stack([out["loss"], out["recon"], out["kl"]]) * len(xb)
@@ -60,7 +60,7 @@ class DiffusionTask(ImageTask):
     def validate(self, model, batches: Batches) -> dict[str, float]:
         model.eval()
         g = torch.Generator().manual_seed(SAMPLE_SEED)  # same noise every epoch: comparable
-        total = torch.zeros((), device=batches.x.device)
+        total = torch.zeros((), device=batches.device)
         for xb, _ in batches:
             total += model.loss(self.scale.to_unit(xb) * 2 - 1, generator=g) * len(xb)
         return {"val/loss": (total / len(batches.y)).item()}
@@ -133,7 +133,7 @@ class GANTask:
                 f"{low_steps} steps, so the generator gets no signal; lower "
                 "train.adversarial.d_lr or train.adversarial.d_steps"
             )
-        real = self.scale.to_unit(batches.x) * 2 - 1
+        real = self.scale.to_unit(batches.head(len(batches.y))) * 2 - 1
         labels = batches.y if model.num_classes else None
         g = torch.Generator().manual_seed(SAMPLE_SEED)
         z = torch.randn(len(real), model.config.latent_dim, generator=g).to(real.device)
