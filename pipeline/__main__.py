@@ -66,6 +66,44 @@ def plan(params: Params) -> list[tuple[str, str]]:
     return stages
 
 
+def data_plan(params: Params) -> list[str]:
+    """Per dataset: the processed inputs' size on disk (or an estimate before preprocess)
+    and, per experiment, whether training holds train+val in memory or reads it from disk."""
+    from pipeline.data import datasets
+
+    lines = []
+    for name, cfg in params.datasets.items():
+        size, exact = datasets.expected_inputs_bytes(name, cfg)
+        if size is None:
+            lines.append(f"  {name}: size known once ingested")
+            continue
+        train_val = (
+            datasets.inputs_bytes(name)
+            if exact
+            else round(size * (1 - cfg.split.test))  # a source's own test set: about
+        )
+        taken: dict[str, list[str]] = {}  # path (and budget) -> experiments
+        for exp_name, exp in params.experiments.items():
+            if exp.dataset == name:
+                budget = datasets.memory_budget(exp.data)
+                where = (
+                    "in memory"
+                    if train_val <= budget
+                    else f"from disk by {exp.data.loader_workers} DataLoader worker(s)"
+                )
+                taken.setdefault(f"{where} (budget {_mb(budget)})", []).append(exp_name)
+        about = "" if exact else "~"
+        lines.append(
+            f"  {name}: {about}{_mb(size)} of inputs on disk, train+val {about}{_mb(train_val)}"
+        )
+        lines += [f"    {', '.join(names)}: {where}" for where, names in taken.items()]
+    return lines
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.1f} MB"
+
+
 def stages_to_run(params: Params, changed: set[str]) -> set[str]:
     """`changed` (stages DVC reports out of date) plus every stage downstream of them."""
     from pipeline.config import judged_by
@@ -323,6 +361,9 @@ def main(argv=None) -> int:
         print(f"  {stage:<{width}}  {what}{mark}")
     if will_run is not None:
         print(f"`dvc repro` would run {len(will_run)} of {len(stages)} stages")
+    print("data (training holds train+val in memory up to data.in_memory_max_mb):")
+    for line in data_plan(params):
+        print(line)
     return 0
 
 

@@ -65,9 +65,8 @@ def prepare(exp: ExperimentParams, experiment: str) -> Prepared:
         raise PipelineError(f"experiments.{experiment}.model: {err}") from None
     model.to(device)
     on_disk = not in_memory(exp, device)
-    load = datasets.split_rows if on_disk else datasets.load_split
-    train_x, train_y = load(exp.dataset, "train")
-    val_x, val_y = load(exp.dataset, "val")
+    train_x, train_y = datasets.load_split(exp.dataset, "train", on_disk)
+    val_x, val_y = datasets.load_split(exp.dataset, "val", on_disk)
     weights = None
     if exp.train.sampler == "weighted":
         if schema["task"] != "classification":
@@ -105,13 +104,14 @@ def prepare(exp: ExperimentParams, experiment: str) -> Prepared:
     return Prepared(model, train, val, task, spec, schema, device, augment_fn, arrays)
 
 
-def in_memory(exp: ExperimentParams, device: torch.device) -> bool:
-    """Whether the train and val inputs fit the memory budget (`data.in_memory_max_mb`):
-    held in memory (on the device), else read from disk in batches by DataLoader workers."""
+def in_memory(exp: ExperimentParams, device: torch.device, splits=("train", "val")) -> bool:
+    """Whether the inputs of `splits` fit the memory budget (`data.in_memory_max_mb`): held
+    in memory (on the device), else read from disk in batches by DataLoader workers."""
     import torch
 
     gpu_free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
-    return datasets.inputs_bytes(exp.dataset) <= datasets.memory_budget(exp.data, gpu_free)
+    budget = datasets.memory_budget(exp.data, gpu_free)
+    return datasets.inputs_bytes(exp.dataset, splits) <= budget
 
 
 def resolved_experiment(params: Params, experiment: str) -> tuple[ExperimentParams, dict]:

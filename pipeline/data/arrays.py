@@ -107,8 +107,10 @@ class NpyRows:
                 raise EOFError(f"{self.path}: ends before row {start + count}")
             done += n
 
-    def __getitem__(self, key: slice) -> np.ndarray:
-        """Consecutive rows (`rows[:4]`), as from an array."""
+    def __getitem__(self, key) -> np.ndarray:
+        """Rows as from an array: `rows[:4]` (consecutive) or `rows[index]` (any rows)."""
+        if not isinstance(key, slice):
+            return self.take(key)
         start, stop, step = key.indices(len(self))
         if step != 1:
             raise IndexError(f"{self.path}: rows are read in steps of 1, not {step}")

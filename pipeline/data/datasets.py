@@ -332,28 +332,25 @@ def load_schema(name: str) -> dict:
     return json.loads(path.read_text())
 
 
-def load_split(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Inputs and targets of one split, in memory."""
-    arrays = load_arrays(name, split)
+def load_split(name: str, split: str, on_disk: bool = False) -> tuple:
+    """Inputs and targets of one split (see `load_arrays`)."""
+    arrays = load_arrays(name, split, on_disk)
     return arrays["x"], arrays["y"]
 
 
-def load_arrays(name: str, split: str) -> dict[str, np.ndarray]:
-    """Every array saved for one split, in memory (series also keep timestamps and last
-    inputs)."""
-    folder = paths.split_dir(name, split)
-    _require(folder / "x.npy", f"preprocess@{name}")
-    return {path.stem: np.load(path, allow_pickle=False) for path in sorted(folder.glob("*.npy"))}
-
-
-def split_rows(name: str, split: str):
-    """A split's inputs read by rows from disk (`arrays.NpyRows`), and its targets in memory:
-    the split as training takes it when it is larger than the memory budget."""
+def load_arrays(name: str, split: str, on_disk: bool = False) -> dict:
+    """Every array saved for one split (series also keep timestamps and last inputs), in
+    memory; with `on_disk`, the inputs `x` are read by rows from disk (`arrays.NpyRows`): the
+    split as training takes it when it is larger than the memory budget."""
     from pipeline.data.arrays import NpyRows
 
     folder = paths.split_dir(name, split)
     _require(folder / "x.npy", f"preprocess@{name}")
-    return NpyRows(folder / "x.npy"), np.load(folder / "y.npy", allow_pickle=False)
+    arrays = {
+        path.stem: NpyRows(path) if on_disk and path.stem == "x" else np.load(path)
+        for path in sorted(folder.glob("*.npy"))
+    }
+    return arrays
 
 
 def inputs_bytes(name: str, splits=("train", "val")) -> int:
@@ -363,6 +360,30 @@ def inputs_bytes(name: str, splits=("train", "val")) -> int:
     for split in splits:
         _require(paths.split_dir(name, split) / "x.npy", f"preprocess@{name}")
     return sum(NpyRows(paths.split_dir(name, s) / "x.npy").nbytes for s in splits)
+
+
+def expected_inputs_bytes(name: str, cfg: DatasetParams) -> tuple[int | None, bool]:
+    """(bytes of the processed inputs of all splits, exact): read from the files once
+    preprocessed; before, estimated for image sources (float32 pixels) and None for the
+    others, whose size is known once ingested."""
+    if (paths.split_dir(name, "train") / "x.npy").is_file():
+        return inputs_bytes(name, paths.SPLITS), True
+    pixels = {"sklearn_digits": 64 * 1797}.get(cfg.source)
+    if cfg.source in vision.SOURCES:
+        per_image, total = (3 * 32 * 32, 60000) if cfg.source == "cifar10" else (784, 70000)
+        pixels = per_image * (cfg.limit or total)
+    elif cfg.source == "image_folder" and Path(cfg.path).is_dir():
+        from pipeline.data.preprocessing import IMAGE_SUFFIXES
+
+        files = sum(
+            1
+            for folder in Path(cfg.path).iterdir()
+            if folder.is_dir()
+            for f in os.scandir(folder)
+            if os.path.splitext(f.name)[1].lower() in IMAGE_SUFFIXES
+        )
+        pixels = files * cfg.channels * cfg.size[0] * cfg.size[1]
+    return (None if pixels is None else pixels * 4), False
 
 
 def memory_budget(cfg: DataParams, gpu_free: int | None = None) -> int:

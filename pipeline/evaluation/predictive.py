@@ -27,7 +27,7 @@ def classification(
     metrics, per_class, confusion = classification_metrics(y_true, y_pred, classes)
     metrics.update(classification_intervals(y_true, y_pred, len(classes)))
     metrics["test/loss"] = F.cross_entropy(logits, batches.y).item()
-    baseline_pred = baseline_classifier(*train, batches.x.cpu().numpy())
+    baseline_pred = baseline_classifier(*train, host_inputs(batches))
     baseline, _, _ = classification_metrics(y_true, baseline_pred, classes)
     metrics["test/baseline_accuracy"] = baseline["test/accuracy"]
     metrics["test/accuracy_ratio_baseline"] = metrics["test/accuracy"] / max(
@@ -46,26 +46,44 @@ def classification(
 BASELINE_MAX_ROWS = 5000  # a seeded subset keeps the baseline quick on large datasets
 
 
-def baseline_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray):
+def host_inputs(batches: Batches):
+    """The inputs of `batches` for a baseline on the host: an array, or the rows on disk
+    (a split larger than the memory budget), read a block at a time by the baselines."""
+    return batches.x if batches.streamed else batches.x.cpu().numpy()
+
+
+def baseline_sample(train_x, train_y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """At most BASELINE_MAX_ROWS train rows (a seeded subset), in memory."""
+    if len(train_y) > BASELINE_MAX_ROWS:
+        keep = np.random.default_rng(0).choice(len(train_y), BASELINE_MAX_ROWS, replace=False)
+        return train_x[keep], train_y[keep]
+    return train_x[:], train_y
+
+
+def blocks(x):
+    """`x` (an array or rows on disk) in blocks of BASELINE_MAX_ROWS rows."""
+    return (x[i : i + BASELINE_MAX_ROWS] for i in range(0, len(x), BASELINE_MAX_ROWS))
+
+
+def baseline_classifier(train_x, train_y: np.ndarray, test_x) -> np.ndarray:
     """Predictions of scikit-learn's logistic regression on flattened inputs (token ids
     become bag-of-token counts)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    if len(train_y) > BASELINE_MAX_ROWS:
-        keep = np.random.default_rng(0).choice(len(train_y), BASELINE_MAX_ROWS, replace=False)
-        train_x, train_y = train_x[keep], train_y[keep]
+    train_x, train_y = baseline_sample(train_x, train_y)
+    if np.issubdtype(train_x.dtype, np.integer):  # token ids
+        vocab = max(int(train_x.max()), *(int(b.max()) for b in blocks(test_x))) + 1
 
     def features(x: np.ndarray) -> np.ndarray:
-        if np.issubdtype(x.dtype, np.integer):  # token ids
-            vocab = int(max(train_x.max(), test_x.max())) + 1
+        if np.issubdtype(x.dtype, np.integer):
             return np.stack([np.bincount(row.ravel(), minlength=vocab) for row in x])
         return x.reshape(len(x), -1)
 
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
     model.fit(features(train_x), train_y)
-    return model.predict(features(test_x))
+    return np.concatenate([model.predict(features(b)) for b in blocks(test_x)])
 
 
 def forecasting(
@@ -113,7 +131,7 @@ def regression(
     metrics.update(rmse_interval((actual - pred) ** 2))
     train_x, train_y = train
     ridge_pred, alpha = baseline_regressor(
-        train_x, train_y[:, 0] * std + mean, batches.x.cpu().numpy()
+        train_x, train_y[:, 0] * std + mean, host_inputs(batches)
     )
     baselines = {
         "ridge": {**regression_errors(actual, ridge_pred), "alpha": alpha},
@@ -135,12 +153,11 @@ def baseline_regressor(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndar
     by efficient leave-one-out cross-validation on the train split; and that penalty."""
     from sklearn.linear_model import RidgeCV
 
-    if len(train_y) > BASELINE_MAX_ROWS:
-        keep = np.random.default_rng(0).choice(len(train_y), BASELINE_MAX_ROWS, replace=False)
-        train_x, train_y = train_x[keep], train_y[keep]
+    train_x, train_y = baseline_sample(train_x, train_y)
     model = RidgeCV(alphas=np.logspace(-3, 3, 13))
     model.fit(train_x.reshape(len(train_x), -1), train_y)
-    return model.predict(test_x.reshape(len(test_x), -1)), float(model.alpha_)
+    pred = [model.predict(b.reshape(len(b), -1)) for b in blocks(test_x)]
+    return np.concatenate(pred), float(model.alpha_)
 
 
 def language_model(model, batches: Batches, char_counts, schema: dict, title: str) -> Evaluation:
@@ -221,17 +238,17 @@ def ar_forecasts(train_series, inputs: np.ndarray, horizon: int) -> tuple[np.nda
 
 
 def _classification(i: Inputs) -> Evaluation:
-    result = classification(
-        i.model, i.batches, i.schema, i.experiment, datasets.load_split(i.exp.dataset, "train")
-    )
+    # the baseline reads a subset of train: from disk when the test split is read from there
+    train = datasets.load_split(i.exp.dataset, "train", on_disk=i.batches.streamed)
+    result = classification(i.model, i.batches, i.schema, i.experiment, train)
     result.metrics.update(robustness(i.model, i.batches, i.schema, i.exp.evaluate.corruptions))
     if i.exp.model.name == "cnn":
-        result.figures.update(cnn_insight(i.model, i.batches.x, i.experiment))
+        result.figures.update(cnn_insight(i.model, i.batches.head(1), i.experiment))
     return result
 
 
 def _regression(i: Inputs) -> Evaluation:
-    train = datasets.load_split(i.exp.dataset, "train")
+    train = datasets.load_split(i.exp.dataset, "train", on_disk=i.batches.streamed)
     return regression(i.model, i.batches, i.schema, i.experiment, train)
 
 

@@ -9,7 +9,7 @@ import sys
 from pipeline import atomic, paths, plots, tracking
 from pipeline.config import Params
 from pipeline.data import datasets
-from pipeline.experiment import load_trained_model, resolved_experiment
+from pipeline.experiment import in_memory, load_trained_model, resolved_experiment
 from pipeline.metrics import interval_half_width
 from pipeline.stages import experiment_tracking, stage_main
 from pipeline.tasks.kinds import KINDS, task_kind
@@ -21,14 +21,21 @@ def run(params: Params, experiment: str) -> dict[str, float]:
     exp, _ = resolved_experiment(params, experiment)
     schema = datasets.load_schema(exp.dataset)
     device = engine.select_device(exp.device)
-    arrays = datasets.load_arrays(exp.dataset, "test")
+    arrays = datasets.load_arrays(
+        exp.dataset, "test", on_disk=not in_memory(exp, device, ("test",))
+    )
     inputs = evaluation.Inputs(
         experiment=experiment,
         exp=exp,
         schema=schema,
         model=load_trained_model(experiment).to(device),
         batches=engine.Batches(
-            arrays["x"], arrays["y"], exp.evaluate.batch_size, device=device, shuffle=False
+            arrays["x"],
+            arrays["y"],
+            exp.evaluate.batch_size,
+            device=device,
+            shuffle=False,
+            workers=exp.data.loader_workers,
         ),
         arrays=arrays,
     )
