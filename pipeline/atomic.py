@@ -1,5 +1,6 @@
 """Atomic writes: a stage's outputs appear whole, only after it succeeded (temp + rename)."""
 
+import glob
 import json
 import os
 import shutil
@@ -29,6 +30,10 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp directory; it replaces `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # what a process killed while writing `path` left (gigabytes, for a large split); only
+    # one stage writes `path` at a time (its lock), so any such folder is a leftover
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp

@@ -170,7 +170,7 @@ class Batches:
             batch_size=None,
             num_workers=self.workers,
             pin_memory=cuda,
-            prefetch_factor=4 if self.workers else None,
+            prefetch_factor=2 if self.workers else None,  # batches read ahead per worker
             worker_init_fn=_one_thread,
             # the loader's seed drawn from its own generator, not torch's global one: the
             # global sequence (dropout, noise) stays that of the in-memory path

@@ -10,7 +10,7 @@ from pipeline import paths
 from pipeline.config import load_params
 from pipeline.data import datasets
 from pipeline.data.arrays import NpyRows, NpyWriter
-from tests.conftest import TINY, write_params
+from tests.conftest import TINY, tiny_model, write_params
 
 
 def test_npy_written_in_blocks_reads_back_by_rows_and_maps(tmp_path):
@@ -63,3 +63,107 @@ def test_a_split_read_from_disk_trains_to_the_same_weights_as_in_memory(
     assert batches.streamed and isinstance(batches.x, NpyRows)
     for key in in_memory:
         torch.testing.assert_close(from_disk[key], in_memory[key], rtol=0, atol=0, msg=key)
+
+
+def write_photos(root, n: int, size: int, classes=("dark", "light")) -> None:
+    """`n` PNG photos of `size`x`size` RGB pixels whose brightness tells the class."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i, cls in enumerate(classes):
+        (root / cls).mkdir(parents=True)
+        for j in range(n // len(classes)):
+            pixels = rng.normal(90 + 70 * i, 40, (size, size, 3)).clip(0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / cls / f"{j:06d}.png", compress_level=1)
+
+
+def test_image_folder_decoded_by_worker_processes_as_in_one(tmp_path, monkeypatch):
+    """Two decoding processes write the same array, in file order, skipping the same file."""
+    from pipeline.params.datasets import ImageFolderDataset
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("pipeline.data.vision.BLOCK_BYTES", 5 * 3 * 16 * 16)  # 5 a block
+    write_photos(tmp_path / "photos", 40, 20)
+    (tmp_path / "photos/light/broken.png").write_bytes(b"not an image")
+    cfg = ImageFolderDataset.model_validate(
+        {"source": "image_folder", "path": "photos", "size": [16, 16], "max_bad_fraction": 0.1}
+    )
+    raw = {}
+    for threads in ("1", "2"):
+        monkeypatch.setenv("OMP_NUM_THREADS", threads)
+        datasets.ingest(f"p{threads}", cfg)
+        raw[threads] = datasets.read_raw(f"p{threads}")
+    (x1, y1, meta1), (x2, y2, meta2) = raw["1"], raw["2"]
+    assert x1.dtype == np.uint8 and x1.shape == (40, 3, 16, 16)
+    assert np.array_equal(x1, x2) and np.array_equal(y1, y2) and meta1 == meta2
+    assert meta1["skipped_unreadable"] == ["photos/light/broken.png"]
+    assert y1.tolist() == [0] * 20 + [1] * 20
+
+
+PHOTOS = {
+    "datasets": {
+        name: {"source": "image_folder", "path": name, "size": [64, 64]}
+        for name in ("photos", "few")
+    },
+    "defaults": {
+        **TINY["defaults"],
+        "model": tiny_model("cnn"),
+        "train": {"epochs": 1, "batch_size": 256},
+        "data": {"in_memory_max_mb": 1},
+    },
+    "experiments": {f"cnn_{name}": {"dataset": name} for name in ("photos", "few")},
+}
+
+
+def peak_rss_mb(cmd: list[str], cwd, env=None) -> float:
+    """Run `cmd` to the end; the peak resident memory of the largest process it started."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, resource, subprocess, sys;"
+        "r = subprocess.run(sys.argv[1:], capture_output=True, text=True);"
+        "print(json.dumps([r.returncode, r.stderr[-3000:],"
+        " resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, *cmd], cwd=cwd, env=env, capture_output=True, text=True
+    )
+    code, err, kb = json.loads(out.stdout.splitlines()[-1])
+    assert code == 0, err
+    return kb / 1024
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_dataset_larger_than_the_budget_keeps_every_stage_small(tmp_path):
+    """8000 64x64 photos (375 MB of processed inputs) against 2000 (94 MB), with a budget of
+    1 MB: every stage's peak memory grows by a small part of the added data, and training
+    from disk stays under training in memory by most of the train+val inputs."""
+    import os
+    import sys
+
+    from tests.conftest import make_project
+
+    project = make_project(tmp_path / "p", PHOTOS)
+    write_photos(project / "photos", 8000, 64)
+    write_photos(project / "few", 2000, 64)
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+
+    def peak(stage: str, target: str) -> float:
+        cmd = [sys.executable, "-m", f"pipeline.stages.{stage}", target]
+        return peak_rss_mb(cmd, project, env)
+
+    stages = [("ingest", ""), ("preprocess", ""), ("train", "cnn_"), ("evaluate", "cnn_")]
+    large = {stage: peak(stage, f"{prefix}photos") for stage, prefix in stages}
+    small = {stage: peak(stage, f"{prefix}few") for stage, prefix in stages}
+    inputs_mb = 8000 * 3 * 64 * 64 * 4 / 2**20  # float32 pixels of every split
+    added_mb = inputs_mb * (8000 - 2000) / 8000
+    raw = PHOTOS | {"defaults": PHOTOS["defaults"] | {"data": {}}}  # the default budget
+    write_params(project / "params.yaml", raw)
+    in_memory = peak("train", "cnn_photos")
+    print({"8000": large, "2000": small, "train in memory": in_memory})
+    for stage, mb in large.items():
+        assert mb - small[stage] < added_mb / 4, (stage, mb, small[stage])
+    assert in_memory - large["train"] > inputs_mb * 0.85 / 2, (in_memory, large["train"])

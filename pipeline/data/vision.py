@@ -198,8 +198,9 @@ def ingest_folder(name: str, cfg, folder: Path) -> dict:
         NpyWriter(folder / "x.npy", shape, np.uint8, len(files)) as writer,
         ProcessPoolExecutor(workers) if workers > 1 else _InProcess() as pool,
     ):
-        for start in range(0, len(files), FOLDER_BLOCK):
-            block = files[start : start + FOLDER_BLOCK]
+        step = max(1, BLOCK_BYTES // int(np.prod(shape)))  # images decoded and written at once
+        for start in range(0, len(files), step):
+            block = files[start : start + step]
             chunks = [block[i::workers] for i in range(workers)]  # bounded: one block
             decoded = list(pool.map(_decode_files, chunks, [(cfg.size, cfg.channels)] * workers))
             images = [None] * len(block)
@@ -228,7 +229,7 @@ def ingest_folder(name: str, cfg, folder: Path) -> dict:
     }
 
 
-FOLDER_BLOCK = 4096  # images decoded and written at a time (12 MB of 32x32 RGB pixels)
+BLOCK_BYTES = 16 << 20  # pixels decoded and written at a time
 
 
 def _decode_files(files: list[Path], how: tuple) -> tuple[list, list[str]]:
