@@ -78,6 +78,7 @@ bench: $(STAMP)
 	python -m benchmarks.startup_bench
 	python -m benchmarks.gpu_bench
 	python -m benchmarks.memory_bench
+	python -m benchmarks.data_bench
 	python -m benchmarks.tune_bench
 	python -m benchmarks.flow_bench
 	python -m benchmarks.concurrency_bench

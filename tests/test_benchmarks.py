@@ -85,6 +85,25 @@ def test_memory_bench(tmp_path):
     assert results["pandas_read_csv"]["peak_rss_mb"] > 0
 
 
+def test_data_bench(tmp_path):
+    results = bench(tmp_path, "data_bench")
+    images, table, loader = results["images"], results["table"], results["loader"]
+    assert list(images["stages"]) == [
+        "ingest@photos",
+        "preprocess@photos",
+        "train@cnn_photos",
+        "evaluate@cnn_photos",
+    ]
+    assert sum(images["counts"].values()) == images["images"] == 2000
+    assert all(
+        s["peak_rss_mb"] > 0 for s in [*images["stages"].values(), *table["stages"].values()]
+    )
+    assert table["rows"] > 0 and table["train_samples_per_s"] > 0
+    for workers in (0, 2):
+        disk = loader[f"disk_{workers}_workers"]
+        assert disk["identical_weights"] and disk["samples_per_s"] > 0
+
+
 def test_concurrency_bench(tmp_path):
     from pipeline import cores
 

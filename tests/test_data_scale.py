@@ -3,6 +3,10 @@ with the same batches and so the same results as in memory; block-by-block files
 
 from __future__ import annotations
 
+import copy
+import json
+import sys
+
 import numpy as np
 import pytest
 
@@ -31,8 +35,6 @@ def test_npy_written_in_blocks_reads_back_by_rows_and_maps(tmp_path):
 
 def _train(project, monkeypatch, **data) -> tuple[dict, object]:
     """Train the tiny MLP on digits in `project`; (its weights, the train Batches)."""
-    import copy
-
     from pipeline import engine
     from pipeline.experiment import prepare
 
@@ -119,7 +121,6 @@ def peak_rss_mb(cmd: list[str], cwd, env=None) -> float:
     """Run `cmd` to the end; the peak resident memory of the largest process it started."""
     import json
     import subprocess
-    import sys
 
     code = (
         "import json, resource, subprocess, sys;"
@@ -142,7 +143,6 @@ def test_a_dataset_larger_than_the_budget_keeps_every_stage_small(tmp_path):
     1 MB: every stage's peak memory grows by a small part of the added data, and training
     from disk stays under training in memory by most of the train+val inputs."""
     import os
-    import sys
 
     from tests.conftest import make_project
 
@@ -167,3 +167,81 @@ def test_a_dataset_larger_than_the_budget_keeps_every_stage_small(tmp_path):
     for stage, mb in large.items():
         assert mb - small[stage] < added_mb / 4, (stage, mb, small[stage])
     assert in_memory - large["train"] > inputs_mb * 0.85 / 2, (in_memory, large["train"])
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_kill_9_while_preprocess_writes_leaves_nothing_half_written(tmp_path):
+    """The split files are DVC outputs written in a temporary folder: kill -9 mid-write
+    leaves no output and nothing new in DVC's cache; the next `dvc repro` cleans up and
+    writes them whole."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from pipeline.data.store import content_hash
+    from tests.conftest import make_project, run, venv_env
+
+    raw = copy.deepcopy(PHOTOS)
+    del raw["datasets"]["few"], raw["experiments"]["cnn_few"]
+    project = make_project(tmp_path / "p", raw)
+    write_photos(project / "photos", 6000, 64)
+    run(["dvc", "repro", "ingest@photos"], project)
+    cache = project / ".dvc" / "cache"
+    cached = sorted(p for p in cache.rglob("*") if p.is_file())
+    proc = subprocess.Popen(
+        ["dvc", "repro", "preprocess@photos"],
+        cwd=project,
+        env=venv_env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 300
+    try:
+        while not list((project / "data/processed").glob(".photos.*.tmp/train/x.npy")):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (project / paths.processed_dir("photos")).exists()
+    assert sorted(p for p in cache.rglob("*") if p.is_file()) == cached
+    assert "preprocess@photos" in run(["dvc", "status"], project).stdout
+
+    run(["dvc", "repro", "preprocess@photos"], project)
+    assert not list((project / "data/processed").glob(".photos.*.tmp"))  # cleaned up
+    schema = json.loads((project / paths.schema_file("photos")).read_text())
+    assert content_hash(project / paths.processed_dir("photos"))[0] == schema["content_hash"]
+    x = np.load(project / paths.split_dir("photos", "train") / "x.npy", mmap_mode="r")
+    assert x.shape == (schema["counts"]["train"], 3, 64, 64)
+    assert "up to date" in run(["dvc", "status", "preprocess@photos"], project).stdout
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_dvc_repro_from_disk_and_in_memory_gives_the_same_model_and_metrics(tmp_path):
+    """Two experiments alike but for the memory budget: `check` names the path each takes,
+    and the real pipeline trains and evaluates them to the same weights and test metrics."""
+    import torch
+
+    from pipeline.engine import load_tensors
+    from tests.conftest import make_project, run
+
+    raw = copy.deepcopy(TINY)
+    raw["experiments"]["mlp_disk"] = {"dataset": "digits", "data": {"in_memory_max_mb": 0}}
+    project = make_project(tmp_path / "p", raw)
+    check = run([sys.executable, "-m", "pipeline", "check"], project).stdout
+    assert "mlp_digits: in memory" in check, check
+    assert "mlp_disk: from disk by 2 DataLoader worker(s) (budget 0.0 MB)" in check, check
+    run(["dvc", "repro"], project)
+    metrics = {
+        e: json.loads((project / paths.metrics_file(e)).read_text())
+        for e in ("mlp_digits", "mlp_disk")
+    }
+    assert metrics["mlp_disk"] == metrics["mlp_digits"] and "test/accuracy" in metrics["mlp_disk"]
+    weights = {e: load_tensors(project / paths.model_file(e))["state_dict"] for e in metrics}
+    for key, value in weights["mlp_digits"].items():
+        torch.testing.assert_close(weights["mlp_disk"][key], value, rtol=0, atol=0, msg=key)

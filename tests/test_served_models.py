@@ -162,7 +162,8 @@ def raw_test_rows(kind: str, root: Path):
     DataFrames with the original columns (target included), or windows of the series."""
     index = np.load(root / paths.split_dir(kind, "test") / "index.npy")
     if kind in ("digits", "mnist_files", "image_folder"):
-        return np.load(root / paths.raw_array_file(kind, "x"))[index], None
+        # raw pixels (uint8 for photos and MNIST files) as the signature takes them: float32
+        return np.load(root / paths.raw_array_file(kind, "x"))[index].astype(np.float32), None
     if kind == "table_classes":
         return pd.read_csv(root / "clinic.csv").iloc[index].reset_index(drop=True), None
     if kind == "table_values":
