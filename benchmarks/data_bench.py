@@ -29,6 +29,7 @@ import numpy as np
 import yaml
 
 from benchmarks.common import ROOT, out_argument, row, timed_process, write_results
+from pipeline import paths
 
 BOUND_MB = 1536
 TABLE_BUDGET_MB = 256  # the table's splits fit the default budget; this shows the disk path
@@ -96,9 +97,9 @@ def images_at_scale(work: Path, n: int, size: int) -> dict:
             ("evaluate", "cnn_photos"),
         ],
     )
-    schema = json.loads((work / "data/processed/photos/schema.json").read_text())
-    summary = json.loads((work / "artifacts/cnn_photos/train_summary.json").read_text())
-    metrics = json.loads((work / "reports/experiments/cnn_photos/metrics.json").read_text())
+    schema = json.loads((work / paths.schema_file("photos")).read_text())
+    summary = json.loads((work / paths.train_summary_file("cnn_photos")).read_text())
+    metrics = json.loads((work / paths.metrics_file("cnn_photos")).read_text())
     return {
         "images": n,
         "decoded_gb": round(n * 3 * size * size / 1e9, 2),
@@ -127,7 +128,7 @@ def table_at_scale(work: Path, rows: int) -> dict:
     }
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     stages = run_stages(work, [("ingest", "big"), ("preprocess", "big"), ("train", "mlp_big")])
-    summary = json.loads((work / "artifacts/mlp_big/train_summary.json").read_text())
+    summary = json.loads((work / paths.train_summary_file("mlp_big")).read_text())
     return {
         "rows": written,
         "csv_mb": round((work / "big.csv").stat().st_size / 2**20),
