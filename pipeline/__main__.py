@@ -86,10 +86,13 @@ def data_plan(params: Params) -> list[str]:
         for exp_name, exp in params.experiments.items():
             if exp.dataset == name:
                 budget = datasets.memory_budget(exp.data)
+                workers = exp.data.workers()
                 where = (
                     "in memory"
                     if train_val <= budget
-                    else f"from disk by {exp.data.loader_workers} DataLoader worker(s)"
+                    else f"from disk by {workers} DataLoader worker(s)"
+                    if workers
+                    else "from disk, read by the training process"
                 )
                 taken.setdefault(f"{where} (budget {_mb(budget)})", []).append(exp_name)
         about = "" if exact else "~"

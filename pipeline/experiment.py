@@ -86,7 +86,7 @@ def prepare(exp: ExperimentParams, experiment: str) -> Prepared:
         weights=weights,
         transform=augment_fn,
         shard=shard,
-        workers=exp.data.loader_workers,
+        workers=exp.data.workers(),
     )
     val = engine.Batches(
         val_x,
@@ -94,7 +94,7 @@ def prepare(exp: ExperimentParams, experiment: str) -> Prepared:
         exp.evaluate.batch_size,
         device=device,
         shuffle=False,
-        workers=exp.data.loader_workers,
+        workers=exp.data.workers(),
     )
     if exp.train.deterministic:
         engine.check_deterministic(

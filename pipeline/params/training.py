@@ -148,9 +148,21 @@ class DataParams(Strict):
         "DataLoader workers (same batches, same results). null: a quarter of the memory "
         "available when the stage starts (on CUDA, also of the free GPU memory)",
     )
-    loader_workers: int = Field(
-        2, ge=0, description="DataLoader processes reading batches of a split kept on disk"
+    loader_workers: int | None = Field(
+        None,
+        ge=0,
+        description="DataLoader processes reading batches of a split kept on disk (0: the "
+        "training process reads them). null: none up to 3 cores (a reader takes a core from "
+        "training; measured on 2 cores), then one per 2 cores beyond 2, at most 4",
     )
+
+    def workers(self) -> int:
+        """`loader_workers`, or the default for this process's share of the cores."""
+        from pipeline import cores
+
+        if self.loader_workers is not None:
+            return self.loader_workers
+        return max(0, min(4, (cores.own_threads() - 2) // 2))
 
 
 class TrackingParams(Strict):

@@ -35,7 +35,7 @@ def run(params: Params, experiment: str) -> dict[str, float]:
             exp.evaluate.batch_size,
             device=device,
             shuffle=False,
-            workers=exp.data.loader_workers,
+            workers=exp.data.workers(),
         ),
         arrays=arrays,
     )
