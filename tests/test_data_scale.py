@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from pipeline import paths
 from pipeline.config import load_params
@@ -31,6 +32,30 @@ def test_npy_written_in_blocks_reads_back_by_rows_and_maps(tmp_path):
     assert np.array_equal(rows[5:17], data[5:17]) and rows.nbytes == 990 * 48
     with pytest.raises(ValueError, match=r"rows of shape \(4, 3\) \(expected \(3, 4\)\)"):
         NpyWriter(tmp_path / "b.npy", (3, 4), np.float32, rows=1).write(data[:1].reshape(1, 4, 3))
+
+
+@pytest.mark.parametrize("shard", [(0, 1), (0, 2), (1, 2)])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_batches_read_from_disk_are_the_in_memory_batches(tmp_path, shard, weighted):
+    """Every batch of every epoch, for a DDP worker's shard too and with weighted sampling
+    (repeated rows): the disk path yields exactly what the in-memory path yields."""
+    from pipeline.engine import Batches
+
+    rng = np.random.default_rng(0)
+    x = rng.random((203, 2, 3), dtype=np.float32)
+    y = rng.integers(0, 3, 203)
+    np.save(tmp_path / "x.npy", x)
+    weights = np.bincount(y)[y] ** -1.0 if weighted else None
+    common = dict(device="cpu", shuffle=True, seed=7, weights=weights, shard=shard)
+    memory = Batches(x, y, 16, **common)
+    disk = Batches(NpyRows(tmp_path / "x.npy"), y, 16, workers=2, **common)
+    assert len(memory) == len(disk) and disk.streamed and not memory.streamed
+    for _epoch in range(2):
+        pairs = list(zip(memory, disk, strict=True))
+        assert len(pairs) == len(memory)
+        for (mx, my), (dx, dy) in pairs:
+            assert torch.equal(mx, dx) and torch.equal(my, dy)
+    assert torch.equal(disk.head(3), memory.head(3))
 
 
 def _train(project, monkeypatch, **data) -> tuple[dict, object]:
@@ -57,8 +82,6 @@ def test_a_split_read_from_disk_trains_to_the_same_weights_as_in_memory(
     tmp_path, monkeypatch, workers
 ):
     """Forced onto the disk path (budget 0 MB), shuffled batches and all: bit-identical."""
-    import torch
-
     in_memory, batches = _train(tmp_path, monkeypatch)
     assert not batches.streamed  # the default budget holds digits
     from_disk, batches = _train(tmp_path, monkeypatch, in_memory_max_mb=0, loader_workers=workers)
@@ -225,8 +248,6 @@ def test_kill_9_while_preprocess_writes_leaves_nothing_half_written(tmp_path):
 def test_dvc_repro_from_disk_and_in_memory_gives_the_same_model_and_metrics(tmp_path):
     """Two experiments alike but for the memory budget: `check` names the path each takes,
     and the real pipeline trains and evaluates them to the same weights and test metrics."""
-    import torch
-
     from pipeline.engine import load_tensors
     from tests.conftest import make_project, run
 
