@@ -244,8 +244,8 @@ def ar_forecasts(train_series, inputs: np.ndarray, horizon: int) -> tuple[np.nda
 
 
 def _classification(i: Inputs) -> Evaluation:
-    # the baseline reads a subset of train: from disk when the test split is read from there
-    train = datasets.load_split(i.exp.dataset, "train", on_disk=i.batches.streamed)
+    # the baseline reads a subset of train from disk: train may be larger than memory
+    train = datasets.load_split(i.exp.dataset, "train", on_disk=True)
     result = classification(i.model, i.batches, i.schema, i.experiment, train)
     result.metrics.update(robustness(i.model, i.batches, i.schema, i.exp.evaluate.corruptions))
     if i.exp.model.name == "cnn":
@@ -254,7 +254,7 @@ def _classification(i: Inputs) -> Evaluation:
 
 
 def _regression(i: Inputs) -> Evaluation:
-    train = datasets.load_split(i.exp.dataset, "train", on_disk=i.batches.streamed)
+    train = datasets.load_split(i.exp.dataset, "train", on_disk=True)
     return regression(i.model, i.batches, i.schema, i.experiment, train)
 
 
