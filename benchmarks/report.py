@@ -9,7 +9,7 @@ from pathlib import Path
 
 from benchmarks.common import RESULTS
 
-ORDER = ("train", "concurrency", "startup", "memory", "flow", "parallel", "tune", "gpu")
+ORDER = ("train", "concurrency", "startup", "memory", "data", "flow", "parallel", "tune", "gpu")
 
 
 def write(results_dir: Path = RESULTS) -> Path:

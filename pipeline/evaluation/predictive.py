@@ -58,17 +58,23 @@ def host_inputs(batches: Batches):
 def baseline_sample(train_x, train_y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """At most BASELINE_MAX_ROWS train rows and BASELINE_MAX_BYTES of them (a seeded
     subset), in memory."""
-    row_bytes = int(np.prod(train_x.shape[1:])) * train_x.dtype.itemsize
-    rows = min(BASELINE_MAX_ROWS, max(1, BASELINE_MAX_BYTES // row_bytes))
+    rows = _block_rows(train_x)
     if len(train_y) > rows:
         keep = np.random.default_rng(0).choice(len(train_y), rows, replace=False)
         return train_x[keep], train_y[keep]
     return train_x[:], train_y
 
 
+def _block_rows(x) -> int:
+    """Rows of `x` a baseline takes at a time: BASELINE_MAX_ROWS, and BASELINE_MAX_BYTES."""
+    row_bytes = int(np.prod(x.shape[1:])) * x.dtype.itemsize
+    return min(BASELINE_MAX_ROWS, max(1, BASELINE_MAX_BYTES // row_bytes))
+
+
 def blocks(x):
-    """`x` (an array or rows on disk) in blocks of BASELINE_MAX_ROWS rows."""
-    return (x[i : i + BASELINE_MAX_ROWS] for i in range(0, len(x), BASELINE_MAX_ROWS))
+    """`x` (an array or rows on disk) in blocks of `_block_rows` rows."""
+    step = _block_rows(x)
+    return (x[i : i + step] for i in range(0, len(x), step))
 
 
 def baseline_classifier(train_x, train_y: np.ndarray, test_x) -> np.ndarray:
