@@ -58,7 +58,16 @@ def _read_table(path: Path):
         raise PipelineError(f"--input {path}: cannot read it: {first}") from None
 
 
-def _read_array(path: Path, name: str | None) -> np.ndarray:
+def _read_array(path: Path, name: str | None):
+    """An .npz file's array, in memory; an .npy file's rows, read from disk a block at a time
+    as they are scored (`arrays.NpyRows`), so the file may be larger than memory."""
+    if path.suffix.lower() == ".npy":
+        from pipeline.data.arrays import NpyRows
+
+        try:
+            return NpyRows(path)
+        except (ValueError, OSError, EOFError) as err:
+            raise PipelineError(f"--input {path}: not a NumPy .npy file: {err}") from None
     try:
         loaded = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
@@ -214,14 +223,25 @@ def run(
     path = Path(input_path)
     names, data = read_input(path, array)
     info = model_info(model_uri, tracking_uri)
-    names, model_input, notes = conform(names, data, info, path)
-    for note in notes:
-        print(f"predict: {note}", file=sys.stderr)
+    # an .npy file is scored a block of rows at a time; anything else in one block
+    step = max(1, BLOCK_BYTES // data.row_bytes) if hasattr(data, "row_bytes") else len(names)
+    count, model = 0, None
+    with atomic.atomic_path(output) as tmp, open(tmp, "w") as out:
+        for start in range(0, len(names), step):
+            block, model_input, notes = conform(
+                names[start : start + step], data[start : start + step], info, path
+            )
+            for note in notes:
+                print(f"predict: {note}", file=sys.stderr)
+            try:
+                model = model or registry.load_pyfunc(model_uri, device)
+                predictions = model.predict(model_input)
+            except PipelineError as err:
+                raise PipelineError(f"--model {model_uri}: {err}") from None
+            predictions.insert(0, "input", block)
+            predictions.to_csv(out, index=False, header=start == 0)
+            count += len(predictions)
+    return count
 
-    try:
-        predictions = registry.pyfunc_predict(model_uri, device, model_input)
-    except PipelineError as err:
-        raise PipelineError(f"--model {model_uri}: {err}") from None
-    predictions.insert(0, "input", names)
-    atomic.write_text(output, predictions.to_csv(index=False))
-    return len(predictions)
+
+BLOCK_BYTES = 64 << 20  # rows of an .npy input scored at a time

@@ -273,6 +273,23 @@ def test_predict_command_reproduces_evaluate_on_raw_files(project):
     assert_reproduces(kind, root, predictions, actual)
 
 
+def test_predict_scores_an_npy_file_a_block_at_a_time(tmp_path_factory, monkeypatch):
+    """An .npy input is read from disk and scored a block of rows at a time (a file larger
+    than memory works): the same CSV as scoring it in one block."""
+    from pipeline import predict
+
+    root = trained("digits", tmp_path_factory)
+    rows, actual = raw_test_rows("digits", root)
+    np.save(root / "rows.npy", rows)
+    monkeypatch.chdir(root)
+    model, store = f"models:/{_name('digits')}@champion", f"sqlite:///{root / 'mlflow.db'}"
+    assert predict.run(model, "rows.npy", "whole.csv", store, "cpu") == len(rows)
+    monkeypatch.setattr(predict, "BLOCK_BYTES", 50 * rows[0].nbytes)  # 50 rows a block
+    assert predict.run(model, "rows.npy", "blocks.csv", store, "cpu") == len(rows)
+    assert (root / "blocks.csv").read_text() == (root / "whole.csv").read_text()
+    assert_reproduces("digits", root, pd.read_csv(root / "blocks.csv"), actual)
+
+
 def test_mlflow_models_serve_answers_raw_json_rows(project):
     """A real `mlflow models serve` of the champion on loopback, sent the raw test rows as
     JSON: tables with text columns, nulls for missing values and the target column along;

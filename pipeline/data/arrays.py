@@ -78,8 +78,8 @@ class NpyRows:
             }[major]
             self.shape, fortran, self.dtype = read_header(f)
             self.offset = f.tell()
-        if fortran:
-            raise ValueError(f"{self.path}: Fortran-ordered arrays are not read by rows")
+        if fortran or self.dtype.hasobject:
+            raise ValueError(f"{self.path}: holds Python objects or Fortran-ordered data")
         self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
         self._fd: int | None = None
 

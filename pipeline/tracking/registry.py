@@ -4,6 +4,7 @@ reading back a registered model (its MLmodel, its predictions) for `predict`."""
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 from pipeline.errors import PipelineError
 from pipeline.params.training import TrackingParams
@@ -81,15 +82,30 @@ def model_info(uri: str, tracking_uri: str):
         raise PipelineError(str(err).strip().splitlines()[0]) from None
 
 
-def pyfunc_predict(uri: str, device: str, model_input):
-    """Load the pyfunc model at `uri` (set as tracking URI first) on `device` and predict;
-    PipelineError with MLflow's first line when it refuses (e.g. the input's schema)."""
+def load_pyfunc(uri: str, device: str):
+    """The pyfunc model at `uri` (set as tracking URI first) on `device`; its `predict`
+    raises PipelineError with MLflow's first line when it refuses (e.g. the input's schema)."""
     import mlflow.pyfunc
-    from mlflow.exceptions import MlflowException
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr: our notes
+    with _mlflow_errors():
+        return _Predictor(mlflow.pyfunc.load_model(uri, model_config={"predict_device": device}))
+
+
+class _Predictor:
+    def __init__(self, model):
+        self.model = model
+
+    def predict(self, model_input):
+        with _mlflow_errors():
+            return self.model.predict(model_input)
+
+
+@contextmanager
+def _mlflow_errors():
+    from mlflow.exceptions import MlflowException
+
     try:
-        model = mlflow.pyfunc.load_model(uri, model_config={"predict_device": device})
-        return model.predict(model_input)
+        yield
     except MlflowException as err:
         raise PipelineError(str(err).strip().splitlines()[0]) from None
