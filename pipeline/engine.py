@@ -89,8 +89,9 @@ class Batches:
     In memory (x an array or tensor): sliced from tensors that already sit on the device;
     for data that fits this beats a DataLoader (no workers, no per-batch collation). Read
     from disk (x an `arrays.NpyRows`, a split larger than the memory budget): the same
-    batches in the same order, each read by a DataLoader worker and copied to the device
-    (pinned, non-blocking on CUDA), so the two give identical results for one seed.
+    batches in the same order, read through a DataLoader (by `workers` processes, or by this
+    one with 0) and copied to the device (pinned, non-blocking on CUDA), so the two give
+    identical results for one seed.
     """
 
     def __init__(
@@ -105,7 +106,7 @@ class Batches:
         weights=None,
         transform=None,
         shard: tuple[int, int] = (0, 1),
-        workers: int = 2,
+        workers: int = 0,
     ):
         self.device = torch.device(device)
         self.streamed = isinstance(x, NpyRows)  # rows read from disk as needed
