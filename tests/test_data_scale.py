@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
 import sys
 
 import numpy as np
@@ -15,7 +16,7 @@ from pipeline import paths
 from pipeline.config import load_params
 from pipeline.data import datasets
 from pipeline.data.arrays import NpyRows, NpyWriter
-from tests.conftest import TINY, tiny_model, write_params
+from tests.conftest import ROOT, TINY, tiny_model, write_params
 
 
 def test_npy_written_in_blocks_reads_back_by_rows_and_maps(tmp_path):
@@ -34,28 +35,48 @@ def test_npy_written_in_blocks_reads_back_by_rows_and_maps(tmp_path):
         NpyWriter(tmp_path / "b.npy", (3, 4), np.float32, rows=1).write(data[:1].reshape(1, 4, 3))
 
 
-@pytest.mark.parametrize("shard", [(0, 1), (0, 2), (1, 2)])
-@pytest.mark.parametrize("weighted", [False, True])
-def test_batches_read_from_disk_are_the_in_memory_batches(tmp_path, shard, weighted):
-    """Every batch of every epoch, for a DDP worker's shard too and with weighted sampling
-    (repeated rows): the disk path yields exactly what the in-memory path yields."""
-    from pipeline.engine import Batches
+BATCHES_MATCH = """
+import sys
+import numpy as np, torch
+from pipeline.data.arrays import NpyRows
+from pipeline.engine import Batches
 
-    rng = np.random.default_rng(0)
-    x = rng.random((203, 2, 3), dtype=np.float32)
-    y = rng.integers(0, 3, 203)
-    np.save(tmp_path / "x.npy", x)
-    weights = np.bincount(y)[y] ** -1.0 if weighted else None
-    common = dict(device="cpu", shuffle=True, seed=7, weights=weights, shard=shard)
-    memory = Batches(x, y, 16, **common)
-    disk = Batches(NpyRows(tmp_path / "x.npy"), y, 16, workers=2, **common)
-    assert len(memory) == len(disk) and disk.streamed and not memory.streamed
-    for _epoch in range(2):
-        pairs = list(zip(memory, disk, strict=True))
-        assert len(pairs) == len(memory)
-        for (mx, my), (dx, dy) in pairs:
-            assert torch.equal(mx, dx) and torch.equal(my, dy)
-    assert torch.equal(disk.head(3), memory.head(3))
+folder, workers = sys.argv[1], int(sys.argv[2])
+rng = np.random.default_rng(0)
+x = rng.random((203, 2, 3), dtype=np.float32)
+y = rng.integers(0, 3, 203)
+np.save(f"{folder}/x.npy", x)
+for weighted in (False, True):
+    for shard in ((0, 1), (0, 2), (1, 2)):
+        weights = np.bincount(y)[y] ** -1.0 if weighted else None
+        common = dict(device="cpu", shuffle=True, seed=7, weights=weights, shard=shard)
+        memory = Batches(x, y, 16, **common)
+        disk = Batches(NpyRows(f"{folder}/x.npy"), y, 16, workers=workers, **common)
+        assert len(memory) == len(disk) and disk.streamed and not memory.streamed
+        for _epoch in range(2):
+            pairs = list(zip(memory, disk, strict=True))
+            assert len(pairs) == len(memory)
+            for (mx, my), (dx, dy) in pairs:
+                assert torch.equal(mx, dx) and torch.equal(my, dy), (weighted, shard)
+        assert torch.equal(disk.head(3), memory.head(3))
+print("same batches")
+"""
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_read_from_disk_are_the_in_memory_batches(tmp_path, workers):
+    """Every batch of two epochs, for DDP workers' shards too and with weighted sampling
+    (repeated rows): the disk path yields exactly what the in-memory path yields, read by the
+    process itself or by DataLoader workers. In a fresh process, as a stage is: DataLoader
+    workers forked from this test process, after the other tests it ran, can exit 1."""
+    proc = subprocess.run(
+        [sys.executable, "-c", BATCHES_MATCH, str(tmp_path), str(workers)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "same batches", proc.stderr
 
 
 def _train(project, monkeypatch, **data) -> tuple[dict, object]:
@@ -77,14 +98,12 @@ def _train(project, monkeypatch, **data) -> tuple[dict, object]:
     return {k: v.clone() for k, v in prep.model.state_dict().items()}, prep.train
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_a_split_read_from_disk_trains_to_the_same_weights_as_in_memory(
-    tmp_path, monkeypatch, workers
-):
-    """Forced onto the disk path (budget 0 MB), shuffled batches and all: bit-identical."""
+def test_a_split_read_from_disk_trains_to_the_same_weights_as_in_memory(tmp_path, monkeypatch):
+    """Forced onto the disk path (budget 0 MB), shuffled batches and all: bit-identical.
+    (With DataLoader workers: data_bench, in a process of its own, compares the weights.)"""
     in_memory, batches = _train(tmp_path, monkeypatch)
     assert not batches.streamed  # the default budget holds digits
-    from_disk, batches = _train(tmp_path, monkeypatch, in_memory_max_mb=0, loader_workers=workers)
+    from_disk, batches = _train(tmp_path, monkeypatch, in_memory_max_mb=0, loader_workers=0)
     assert batches.streamed and isinstance(batches.x, NpyRows)
     for key in in_memory:
         torch.testing.assert_close(from_disk[key], in_memory[key], rtol=0, atol=0, msg=key)
