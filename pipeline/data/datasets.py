@@ -396,14 +396,13 @@ def memory_budget(cfg: DataParams, gpu_free: int | None = None) -> int:
 
 
 def available_memory() -> int:
-    """Memory the system can give without swapping (Linux's MemAvailable, else free pages)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    """Memory the system can give without swapping: Linux's MemAvailable (free pages plus
+    the page cache it can drop); elsewhere the free pages alone."""
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
