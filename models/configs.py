@@ -66,6 +66,23 @@ class RNNConfig:
 
 
 @dataclass(frozen=True)
+class TransformerConfig:
+    d_model: Width = doc(64, "width of every token's vector")
+    heads: Width = doc(4, "attention heads (divide d_model)")
+    layers: Width = doc(2, "pre-norm Transformer blocks")
+    ff_mult: Width = doc(4, "feed-forward width, as a multiple of d_model")
+    dropout: Fraction = doc(0.1, "dropout on attention weights and block outputs")
+    positions: Literal["learned", "sinusoidal"] = doc("learned", "position encoding")
+    patch_size: Annotated[int, Ge(0)] = doc(
+        0, "images only: square patches of this size as tokens; 0 reads one row per token"
+    )
+
+    @classmethod
+    def tiny(cls) -> TransformerConfig:
+        return cls(d_model=8, heads=2, layers=1, ff_mult=2)
+
+
+@dataclass(frozen=True)
 class VAEConfig:
     variant: Literal["conv", "mlp"] = doc("conv", "encoder/decoder architecture")
     latent_dim: Width = doc(16, "latent dimensions")
@@ -125,6 +142,7 @@ CONFIGS: dict[str, type] = {
     "mlp": MLPConfig,
     "cnn": CNNConfig,
     "rnn": RNNConfig,
+    "transformer": TransformerConfig,
     "vae": VAEConfig,
     "gan": GANConfig,
     "diffusion": DiffusionConfig,

@@ -68,7 +68,7 @@ def test_unknown_model_lists_known_models(tmp_path):
     )
     assert problems == [
         "experiments.mlp_digits.model.name: 'resnet' is not a known model; "
-        "known models: cnn, diffusion, gan, mlp, pretrained, rnn, vae"
+        "known models: cnn, diffusion, gan, mlp, pretrained, rnn, transformer, vae"
     ]
 
 
@@ -105,7 +105,7 @@ def test_model_must_fit_the_dataset_task(tmp_path):
     )
     assert problems == [
         "experiments.gru_sunspots.model.name: 'cnn' cannot learn dataset 'sunspots' "
-        "(forecasting); models for forecasting: mlp, rnn"
+        "(forecasting); models for forecasting: mlp, rnn, transformer"
     ]
 
 

@@ -11,7 +11,7 @@ from models.registry import get_entry, make_config
 from pipeline.params.models import ModelParams
 
 SPEC = DataSpec(input_shape=(1, 8, 8), num_classes=10)
-PREDICTIVE = {"mlp", "cnn", "rnn"}
+PREDICTIVE = {"mlp", "cnn", "rnn", "transformer"}
 
 
 def _outputs_sum(out) -> torch.Tensor:
@@ -56,6 +56,46 @@ def test_rnn_reads_images_as_rows_sequences_and_tokens():
     assert series(torch.randn(4, 24, 1)).shape == (4, 3)
     text = build_model("rnn", {"hidden_size": 8}, DataSpec((12,), num_classes=2, vocab_size=50))
     assert text(torch.randint(0, 50, (4, 12))).shape == (4, 2)
+
+
+def test_transformer_reads_rows_patches_sequences_and_padded_tokens():
+    torch.manual_seed(0)
+    rows = build_model("transformer", {"d_model": 16, "heads": 2}, SPEC)
+    assert rows(torch.randn(3, 1, 8, 8)).shape == (3, 10)
+    patches = build_model("transformer", {"d_model": 16, "patch_size": 4}, DataSpec((3, 8, 8), 4))
+    assert patches(torch.randn(3, 3, 8, 8)).shape == (3, 4)
+    assert patches.attention_maps(torch.randn(2, 3, 8, 8)).shape == (2, 2, 4, 4)  # 2x2 patches
+    with pytest.raises(ValueError, match="patch_size 3 must divide the image size 8x8"):
+        build_model("transformer", {"patch_size": 3}, SPEC)
+    with pytest.raises(ValueError, match="d_model 10 must be a multiple of heads 4"):
+        build_model("transformer", {"d_model": 10, "heads": 4}, SPEC)
+    series = build_model("transformer", {"positions": "sinusoidal"}, DataSpec((24, 1), horizon=3))
+    assert series(torch.randn(4, 24, 1)).shape == (4, 3)
+
+    text = build_model("transformer", {}, DataSpec((12,), num_classes=2, vocab_size=50)).eval()
+    x = torch.randint(1, 50, (3, 12))
+    x[0, 6:] = 0  # padding
+    x[2] = 0  # an empty text
+    out = text(x)
+    assert out.shape == (3, 2) and torch.isfinite(out).all()
+    # no weight goes to padding
+    weights = text.attention_maps(x)[0, 0]
+    assert torch.allclose(weights[:, 6:], torch.zeros(12, 6))
+
+
+def test_causal_transformer_never_looks_ahead():
+    spec = DataSpec((16,), num_classes=30, vocab_size=30, per_step=True)
+    lm = build_model("transformer", {"d_model": 16, "heads": 2}, spec).eval()
+    x = torch.randint(1, 30, (2, 16))
+    later = x.clone()
+    later[:, 10:] = 5  # only tokens from step 10 on differ
+    out, out_later = lm(x), lm(later)
+    assert out.shape == (2, 16, 30)
+    assert torch.allclose(out[:, :10], out_later[:, :10], atol=1e-5)
+    assert not torch.allclose(out[:, 10:], out_later[:, 10:])
+    maps = lm.attention_maps(x)
+    assert torch.allclose(maps[0].triu(1), torch.zeros(2, 16, 16))  # no weight on the future
+    assert torch.allclose(maps.sum(-1), torch.ones(2, 2, 16))
 
 
 def _schema_classes():

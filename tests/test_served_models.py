@@ -25,7 +25,8 @@ from tests.test_data_vision import fake_mnist
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 MLP = {"name": "mlp", "hidden_sizes": [32]}
-RNN = {"name": "rnn", "hidden_size": 16}
+# the transformer reads the photos as 4x4 patches and the reviews as padded tokens
+TRANSFORMER = {"name": "transformer", "d_model": 16, "heads": 2, "layers": 1}
 
 
 def _clinic_table(n=240, seed=0) -> pd.DataFrame:
@@ -74,7 +75,7 @@ KINDS = {
     ),
     "image_folder": (
         {"source": "image_folder", "path": "photos", "size": [12, 12], "max_bad_fraction": 0.1},
-        MLP,
+        {**TRANSFORMER, "patch_size": 4},
         lambda root: _image_folder(root / "photos"),
     ),
     "table_classes": (
@@ -95,7 +96,7 @@ KINDS = {
             "label_column": "sentiment",
             "max_length": 12,
         },
-        RNN,
+        TRANSFORMER,
         lambda root: reviews(n=160).to_csv(root / "reviews.csv", index=False),
     ),
     "series": (

@@ -35,7 +35,7 @@ class TaskKind:
 _KINDS = (  # in the order the report lists them
     TaskKind(
         "classification",
-        ("mlp", "cnn", "rnn", "pretrained"),
+        ("mlp", "cnn", "rnn", "transformer", "pretrained"),
         ("val/loss", "val/accuracy"),
         "test/accuracy",
         "test/accuracy_ratio_baseline",  # logistic regression
@@ -43,7 +43,7 @@ _KINDS = (  # in the order the report lists them
     ),
     TaskKind(
         "forecasting",
-        ("mlp", "rnn"),
+        ("mlp", "rnn", "transformer"),
         ("val/loss", "val/rmse"),
         "test/rmse",
         "test/rmse_ratio_persistence",
@@ -59,7 +59,7 @@ _KINDS = (  # in the order the report lists them
     ),
     TaskKind(
         "language_model",
-        ("rnn",),
+        ("rnn", "transformer"),
         ("val/loss", "val/perplexity"),
         "test/perplexity",
         "test/perplexity_ratio_unigram",
@@ -92,7 +92,7 @@ _KINDS = (  # in the order the report lists them
 KINDS = {kind.name: kind for kind in _KINDS}
 GENERATIVE = tuple(name for name, kind in KINDS.items() if kind.generative)
 # token-id text needs an embedding: only these families read it
-TOKEN_FAMILIES = ("rnn",)
+TOKEN_FAMILIES = ("rnn", "transformer")
 
 
 def task_kind(model_name: str, data_task: str) -> str:

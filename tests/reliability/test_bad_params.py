@@ -59,8 +59,8 @@ CASES = [
     ),
     (
         "unknown model",
-        edit(experiments__mlp_digits__model={"name": "transformer"}),
-        "experiments.mlp_digits.model.name: 'transformer' is not a known model",
+        edit(experiments__mlp_digits__model={"name": "mamba"}),
+        "experiments.mlp_digits.model.name: 'mamba' is not a known model",
     ),
     (
         "unknown sampler",
