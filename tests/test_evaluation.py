@@ -117,3 +117,32 @@ def test_regression_stands_beside_ridge_and_the_train_mean():
     ratio = result.metrics["test/rmse_ratio_baseline"]
     assert ratio == pytest.approx(mean_only["rmse"] / ridge["rmse"], rel=1e-5) and ratio > 1.2
     assert result.metrics["test/rmse_ratio_mean"] == pytest.approx(1.0, rel=1e-5)
+
+
+def test_transformer_attention_figure_labels_characters_and_reads_images():
+    from models import DataSpec, build_model
+    from pipeline.evaluation import attention
+    from pipeline.evaluation.base import Inputs
+
+    vocab = ["?", "a", "b", " ", "\n"]
+    spec = DataSpec((40,), num_classes=5, vocab_size=5, per_step=True)
+    lm = build_model("transformer", {"d_model": 8, "heads": 2, "layers": 1}, spec).eval()
+    ids = torch.randint(1, 5, (3, 40))
+    text = Inputs(
+        "lm", None, {"vocab": vocab}, lm, Batches(ids, ids, 8, device="cpu", shuffle=False), {}
+    )
+    fig = attention(text)
+    panels = [ax for ax in fig.axes if ax.get_images()]
+    assert len(panels) == 2  # two test inputs, their first 32 characters
+    assert panels[0].get_images()[0].get_array().shape == (32, 32)
+    shown = [t.get_text() for t in panels[0].get_xticklabels()]
+    assert shown == [repr(vocab[i])[1:-1] for i in ids[0, :32].tolist()]
+
+    images = torch.randn(6, 1, 8, 8)
+    classifier = build_model("transformer", {"d_model": 8, "heads": 2}, DataSpec((1, 8, 8), 10))
+    batches = Batches(images, torch.zeros(6, dtype=torch.long), 8, device="cpu", shuffle=False)
+    fig = attention(Inputs("img", None, {}, classifier.eval(), batches, {}))
+    panels = [ax for ax in fig.axes if ax.get_images()]
+    assert len(panels) == 4 and panels[0].get_images()[0].get_array().shape == (8, 8)  # rows
+    weights = np.stack([ax.get_images()[0].get_array() for ax in panels])
+    assert np.allclose(weights.sum(-1), 1, atol=1e-5)  # each row: one query's distribution
