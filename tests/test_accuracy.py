@@ -16,6 +16,7 @@ from tests.conftest import ROOT
 PROMISED = {
     "mlp_digits": lambda m: m["test/accuracy"] >= 0.97,
     "cnn_digits": lambda m: m["test/accuracy"] >= 0.98,
+    "cnn_digits_robust": lambda m: m["test/accuracy"] >= 0.98,
     "resnet_digits": lambda m: m["test/accuracy"] >= 0.97,
     "lstm_digits": lambda m: m["test/accuracy"] >= 0.96,
     "transformer_digits": lambda m: m["test/accuracy"] >= 0.96,
@@ -58,3 +59,8 @@ def test_shipped_params_reach_the_promised_quality(tmp_path, monkeypatch):
         results[e]["test/perplexity"] for e in ("char_lstm_docs", "transformer_docs")
     )
     assert attention <= 1.05 * lstm, (attention, lstm)
+    # adversarial training: under PGD at epsilon 0.1 the robust CNN's interval lies above the
+    # plain one's
+    pgd = "test/attack/pgd_0.1/accuracy"
+    plain, robust = results["cnn_digits"], results["cnn_digits_robust"]
+    assert robust[f"{pgd}_ci95_low"] > plain[f"{pgd}_ci95_high"], (plain[pgd], robust[pgd])

@@ -146,3 +146,90 @@ def test_transformer_attention_figure_labels_characters_and_reads_images():
     assert len(panels) == 4 and panels[0].get_images()[0].get_array().shape == (8, 8)  # rows
     weights = np.stack([ax.get_images()[0].get_array() for ax in panels])
     assert np.allclose(weights.sum(-1), 1, atol=1e-5)  # each row: one query's distribution
+
+
+def _digits(n=600):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images[:n, None] / 16.0 - 0.5) / 0.25  # SCHEMA's normalisation
+    return torch.tensor(x, dtype=torch.float32), torch.tensor(d.target[:n])
+
+
+def _fit(x, y, adversarial_epsilon=0.0):
+    from models import DataSpec, build_model
+    from pipeline import engine
+    from pipeline.params.training import TrainParams
+    from pipeline.tasks import make_task
+
+    torch.manual_seed(0)
+    model = build_model("mlp", {"hidden_sizes": [64]}, DataSpec((1, 8, 8), 10))
+    cfg = TrainParams.model_validate(
+        {
+            "epochs": 15,
+            "early_stopping": {"patience": 0},
+            "adversarial_training": {"epsilon": adversarial_epsilon, "steps": 5},
+        }
+    )
+    schema = {**SCHEMA, "input_shape": [1, 8, 8], "class_counts": {"train": [1] * 10}}
+    batches = Batches(x, y, 32, device="cpu", shuffle=True)
+    val = Batches(x, y, 256, device="cpu", shuffle=False)
+    engine.fit(model, batches, val, cfg, make_task("classification", cfg, schema))
+    return model.eval()
+
+
+def test_attacks_stay_within_epsilon_raise_the_loss_and_leave_the_weights_alone():
+    from pipeline.augment import ImageScale
+    from pipeline.evaluation.attacks import perturb
+
+    x, y = _digits(200)
+    model = _fit(x, y)
+    model.zero_grad(set_to_none=True)
+    scale = ImageScale(SCHEMA["normalization"])
+    losses = {"clean": nn.functional.cross_entropy(model(x), y).item()}
+    for name, steps, g in (("fgsm", 1, None), ("pgd", 10, torch.Generator().manual_seed(0))):
+        adv = perturb(model, x, y, scale, 0.1, steps, g)
+        moved = (scale.to_unit(adv) - scale.to_unit(x)).abs()
+        assert moved.max() <= 0.1 + 1e-5 and scale.to_unit(adv).min() >= 0
+        losses[name] = nn.functional.cross_entropy(model(adv), y).item()
+    assert losses["clean"] < losses["fgsm"] < losses["pgd"], losses
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_adversarial_training_keeps_accuracy_under_pgd():
+    from pipeline.evaluation.attacks import attack_accuracy
+    from pipeline.params.training import Attack
+
+    x, y = _digits()
+    test_x, test_y = _digits(900)
+    test = Batches(test_x[600:], test_y[600:], 128, device="cpu", shuffle=False)
+    attacks = [Attack(name="pgd", epsilon=0.15), Attack(name="fgsm", epsilon=0.15)]
+    schema = {**SCHEMA, "classes": [str(i) for i in range(10)]}
+    results = {}
+    for name, eps in (("plain", 0.0), ("robust", 0.15)):
+        metrics, figures = attack_accuracy(_fit(x, y, eps), test, schema, attacks, 0.9, name)
+        results[name] = metrics
+        assert set(figures) == {"attacks"}
+    key = "test/attack/pgd_0.15/accuracy"
+    plain, robust = results["plain"], results["robust"]
+    assert plain[f"{key}_ci95_low"] <= plain[key] <= plain[f"{key}_ci95_high"]
+    assert robust[f"{key}_ci95_low"] > plain[f"{key}_ci95_high"], (plain, robust)
+    fgsm = "test/attack/fgsm_0.15/accuracy"
+    assert plain[key] <= plain[fgsm]  # the iterated attack is the stronger one
+
+
+def test_attacks_and_adversarial_training_are_for_image_classifiers():
+    from pipeline.errors import PipelineError
+    from pipeline.evaluation.attacks import attack_accuracy
+    from pipeline.params.training import Attack, TrainParams
+    from pipeline.tasks import make_task
+
+    series = Batches(
+        torch.randn(4, 12, 1), torch.zeros(4, dtype=torch.long), 4, device="cpu", shuffle=False
+    )
+    assert attack_accuracy(
+        nn.Linear(1, 2), series, {}, [Attack(name="fgsm", epsilon=0.1)], 1.0, "x"
+    ) == ({}, {})
+    cfg = TrainParams.model_validate({"adversarial_training": {"epsilon": 0.1}})
+    with pytest.raises(PipelineError, match="train.adversarial_training: needs an image"):
+        make_task("classification", cfg, {"input_shape": [12], "class_counts": {"train": [1]}})

@@ -10,6 +10,7 @@ from torch.nn import functional as F
 from pipeline import plots
 from pipeline.data import datasets
 from pipeline.engine import Batches, predict
+from pipeline.evaluation.attacks import attack_accuracy
 from pipeline.evaluation.base import CONFUSION_HEADER, Evaluation, Inputs
 from pipeline.evaluation.images import cnn_insight, robustness
 from pipeline.metrics import classification_intervals, classification_metrics, rmse_interval
@@ -254,6 +255,16 @@ def _classification(i: Inputs) -> Evaluation:
     train = datasets.load_split(i.exp.dataset, "train", on_disk=True)
     result = classification(i.model, i.batches, i.schema, i.experiment, train)
     result.metrics.update(robustness(i.model, i.batches, i.schema, i.exp.evaluate.corruptions))
+    metrics, figures = attack_accuracy(
+        i.model,
+        i.batches,
+        i.schema,
+        i.exp.evaluate.attacks,
+        result.metrics["test/accuracy"],
+        i.experiment,
+    )
+    result.metrics.update(metrics)
+    result.figures.update(figures)
     if i.exp.model.name == "cnn":
         result.figures.update(cnn_insight(i.model, i.batches.head(1), i.experiment))
     return result

@@ -67,6 +67,18 @@ class AugmentStep(Strict):
     args: dict[str, Any] = Field({}, description="keyword arguments of the torchvision transform")
 
 
+class AdversarialTraining(Strict):
+    """PGD examples mixed into an image classifier's training batches (Madry et al.)."""
+
+    epsilon: float = Field(
+        0.0, ge=0, le=1, description="L-infinity budget on [0, 1] pixels; 0: off"
+    )
+    steps: int = Field(5, ge=1, description="PGD steps per example")
+    fraction: float = Field(
+        0.5, gt=0, le=1, description="share of each batch replaced by its adversarial examples"
+    )
+
+
 class TrainParams(Strict):
     epochs: int = Field(30, ge=1, description="passes over the train split")
     batch_size: int = Field(64, ge=1, description="samples per step")
@@ -87,6 +99,7 @@ class TrainParams(Strict):
         description="weight initialisation of Linear/Conv layers (recurrent weights: orthogonal)",
     )
     adversarial: AdversarialParams = AdversarialParams()
+    adversarial_training: AdversarialTraining = AdversarialTraining()
     augment: tuple[AugmentStep, ...] = Field((), description="image transforms, training only")
     precision: Literal["fp32", "bf16"] = Field(
         "fp32",
@@ -130,10 +143,28 @@ class Corruption(Strict):
     )
 
 
+class Attack(Strict):
+    """An adversarial attack on an image classifier's test inputs: each pixel moved by at
+    most `epsilon` on the [0, 1] scale, in the direction that raises the loss."""
+
+    name: Literal["fgsm", "pgd"] = Field(
+        description="fgsm: one signed-gradient step of epsilon; pgd: `steps` steps of 2.5 * "
+        "epsilon / steps from a random start, projected back within epsilon after each"
+    )
+    epsilon: float = Field(gt=0, le=1, description="L-infinity budget on [0, 1] pixels")
+    steps: int = Field(10, ge=1, description="pgd only: gradient steps")
+
+
 class EvaluateParams(Strict):
     batch_size: int = Field(512, ge=1, description="samples per evaluation batch")
     corruptions: tuple[Corruption, ...] = Field(
         (), description="image classifiers: test accuracy under each, as test/robust/..."
+    )
+    attacks: tuple[Attack, ...] = Field(
+        (),
+        description="image classifiers: test accuracy (bootstrap 95% interval) under each "
+        "attack, as test/attack/<name>_<epsilon>/accuracy, and a figure of accuracy against "
+        "epsilon",
     )
 
 

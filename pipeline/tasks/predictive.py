@@ -25,11 +25,46 @@ class Classification(SupervisedTask):
                 raise PipelineError("train.class_weights: a class has no training samples")
             self.weight = counts.sum() / (len(counts) * counts)
 
+        self.adversarial = None
+        adv = cfg.adversarial_training
+        if adv.epsilon:
+            if len(schema["input_shape"]) != 3 or "normalization" not in schema:
+                raise PipelineError(
+                    "train.adversarial_training: needs an image classifier; this dataset's "
+                    f"inputs are {tuple(schema['input_shape'])}: set epsilon to 0"
+                )
+            from pipeline.augment import ImageScale
+
+            self.adversarial = ImageScale(schema["normalization"])
+            self.generator = None  # PGD's random starts, seeded on the batches' device
+
     def loss(self, model, xb, yb):
         weight = None if self.weight is None else self.weight.to(xb.device)
         return F.cross_entropy(
             model(xb), yb, weight=weight, label_smoothing=self.cfg.label_smoothing
         )
+
+    def train_step(self, model, xb, yb, optimizers):
+        if self.adversarial is not None:
+            xb = self._mix_adversarial(model, xb, yb)
+        return super().train_step(model, xb, yb, optimizers)
+
+    def _mix_adversarial(self, model, xb, yb):
+        """The first `fraction` of the batch replaced by its PGD examples, crafted against
+        the model as it is now (in eval mode: dropout and batch statistics stay out of the
+        attack)."""
+        from pipeline.evaluation.attacks import perturb
+
+        adv = self.cfg.adversarial_training
+        if self.generator is None:
+            self.generator = torch.Generator(device=xb.device).manual_seed(0)
+        n = max(1, round(adv.fraction * len(xb)))
+        model.eval()
+        crafted = perturb(
+            model, xb[:n], yb[:n], self.adversarial, adv.epsilon, adv.steps, self.generator
+        )
+        model.train()
+        return torch.cat([crafted, xb[n:]])
 
     def validate(self, model, batches: Batches) -> dict[str, float]:
         logits = predict(model, batches)
