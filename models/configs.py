@@ -90,6 +90,7 @@ class VAEConfig:
     hidden_size: Width = doc(256, "mlp variant: hidden width")
     activation: Activation = doc("relu", "nonlinearity")
     beta: Annotated[float, Ge(0)] = doc(1.0, "weight of the KL term (1: the ELBO)")
+    conditional: bool = doc(False, "encoder and decoder see the class: samples of a chosen class")
 
     @classmethod
     def tiny(cls) -> VAEConfig:

@@ -15,6 +15,7 @@ import yaml
 from pipeline import distributed, paths
 from pipeline.config import ExperimentParams, Params, apply_overrides
 from pipeline.data import datasets
+from pipeline.data.arrays import NpyRows
 from pipeline.errors import PipelineError
 from pipeline.tasks.kinds import task_kind
 
@@ -67,6 +68,10 @@ def prepare(exp: ExperimentParams, experiment: str) -> Prepared:
     on_disk = not in_memory(exp, device)
     train_x, train_y = datasets.load_split(exp.dataset, "train", on_disk)
     val_x, val_y = datasets.load_split(exp.dataset, "val", on_disk)
+    excluded = excluded_classes(exp, schema, experiment)
+    if excluded:
+        train_x, train_y = without_classes(train_x, train_y, excluded)
+        val_x, val_y = without_classes(val_x, val_y, excluded)
     weights = None
     if exp.train.sampler == "weighted":
         if schema["task"] != "classification":
@@ -102,6 +107,35 @@ def prepare(exp: ExperimentParams, experiment: str) -> Prepared:
         )
     arrays = {"train_x": train_x, "train_y": train_y, "val_x": val_x, "val_y": val_y}
     return Prepared(model, train, val, task, spec, schema, device, augment_fn, arrays)
+
+
+def excluded_classes(exp: ExperimentParams, schema: dict, experiment: str) -> list[int]:
+    """The indices of `train.exclude_classes` in the dataset's classes; a clear error for a
+    model that is not a VAE or a class the dataset does not have."""
+    names = [str(c) for c in exp.train.exclude_classes]
+    if not names:
+        return []
+    key = f"experiments.{experiment}.train.exclude_classes"
+    if exp.model.name != "vae":
+        raise PipelineError(f"{key}: for vae models (anomaly detection), not {exp.model.name}")
+    if exp.model.conditional:
+        raise PipelineError(f"{key}: needs an unconditional vae (model.conditional: false)")
+    classes = [str(c) for c in schema.get("classes", [])]
+    unknown = [n for n in names if n not in classes]
+    if unknown:
+        raise PipelineError(
+            f"{key}: {', '.join(unknown)} not among the classes of dataset {exp.dataset!r} "
+            f"({', '.join(classes)})"
+        )
+    if len(set(names)) == len(classes):
+        raise PipelineError(f"{key}: leaves no class to train on")
+    return [classes.index(n) for n in names]
+
+
+def without_classes(x, y: np.ndarray, excluded: list[int]):
+    """The rows of (x, y) whose label is not in `excluded` (rows on disk are read)."""
+    keep = np.flatnonzero(~np.isin(y, excluded))
+    return (x.take(keep) if isinstance(x, NpyRows) else x[keep]), y[keep]
 
 
 def in_memory(exp: ExperimentParams, device: torch.device, splits=("train", "val")) -> bool:

@@ -78,6 +78,25 @@ def classification_intervals(
     return out
 
 
+def auroc(labels: np.ndarray, scores: np.ndarray, split: str, name: str) -> dict[str, float]:
+    """Area under the ROC curve of `scores` ranking the positive `labels` first, with a
+    bootstrap 95% interval (resamples holding a single class are skipped)."""
+    from sklearn.metrics import roc_auc_score
+
+    values = [
+        roc_auc_score(labels[idx], scores[idx])
+        for block in _resamples(len(labels))
+        for idx in block
+        if 0 < labels[idx].sum() < len(idx)
+    ]
+    low, high = _interval(np.array(values))
+    return {
+        f"{split}/{name}": float(roc_auc_score(labels, scores)),
+        f"{split}/{name}_ci95_low": low,
+        f"{split}/{name}_ci95_high": high,
+    }
+
+
 def rmse_interval(squared_errors: np.ndarray, split: str = "test") -> dict[str, float]:
     """Bootstrap 95% interval of the RMSE from per-sample squared errors."""
     per_sample = squared_errors.reshape(len(squared_errors), -1).mean(1)

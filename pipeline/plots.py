@@ -128,6 +128,17 @@ def attention_figure(maps: np.ndarray, title: str, tokens: list[list[str]] | Non
     return fig
 
 
+def roc_figure(fpr: np.ndarray, tpr: np.ndarray, auc: float, title: str):
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(4.2, 4), dpi=100)
+    ax.plot(fpr, tpr, label=f"AUROC {auc:.3f}")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
 def text_figure(text: str, title: str, width: int = 90):
     """A block of (generated) text as an image, so it sits with the other figures."""
     import textwrap

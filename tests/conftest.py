@@ -127,7 +127,9 @@ def shrink(raw: dict, epochs: int = 2) -> dict:
     raw["defaults"]["train"]["epochs"] = epochs
     for exp in raw["experiments"].values():
         exp.setdefault("train", {})["epochs"] = epochs
-        exp["model"] = tiny_model(exp["model"]["name"])
+        # tiny, but as conditional as shipped: a conditional model has its own code paths
+        kept = {k: v for k, v in exp["model"].items() if k == "conditional"}
+        exp["model"] = {**tiny_model(exp["model"]["name"]), **kept}
         if exp.get("tune", {}).get("enabled"):
             exp["tune"].update(n_trials=2, epochs=epochs)
             for path in [p for p in exp["tune"]["space"] if p.startswith("model.")]:

@@ -28,6 +28,8 @@ PROMISED = {
     "vae_digits": lambda m: (
         m["test/judge_accuracy_on_reconstructions"] >= 0.85 and math.isfinite(m["test/elbo"])
     ),
+    "vae_digits_anomaly": lambda m: m["test/anomaly_auroc"] >= 0.85,
+    "cvae_digits": lambda m: m["test/judge_agrees_with_class"] >= 0.9,
     "gan_digits": lambda m: m["test/class_coverage"] == 10 and m["test/judge_confidence"] >= 0.8,
     "diffusion_digits": lambda m: (
         m["test/class_coverage"] == 10 and m["test/judge_confidence"] >= 0.8

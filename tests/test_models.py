@@ -207,3 +207,22 @@ def test_declared_choices_are_the_ones_the_model_code_builds():
     assert set(typing.get_args(Activation)) == set(ACTIVATIONS)
     backbone = typing.get_type_hints(PretrainedConfig, include_extras=True)["backbone"]
     assert set(typing.get_args(backbone)) == set(BACKBONES)
+
+
+def test_conditional_vae_samples_the_classes_asked_for_and_needs_labels():
+    torch.manual_seed(0)
+    cvae = build_model("vae", {"latent_dim": 2, "channels": [4, 4], "conditional": True}, SPEC)
+    assert cvae.random_labels(12).tolist() == [i % 10 for i in range(12)]
+    x = torch.rand(5, 1, 8, 8)
+    labels = torch.arange(5)
+    out = cvae.loss(x, labels)
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"])
+    with pytest.raises(ValueError, match="a conditional VAE needs the class labels"):
+        cvae.loss(x)
+    z = torch.zeros(2, 2)
+    a, b = cvae.decode(z, torch.tensor([3, 7])).unbind(0)
+    assert not torch.allclose(a, b)  # the same latent, another class: another image
+    assert cvae.sample(4, generator=torch.Generator().manual_seed(0)).shape == (4, 1, 8, 8)
+    plain = build_model("vae", {"latent_dim": 2, "channels": [4, 4]}, SPEC)
+    assert plain.random_labels(4) is None and plain.loss(x, labels)["loss"].isfinite()

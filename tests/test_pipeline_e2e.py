@@ -54,12 +54,18 @@ TASK_METRICS = {
     "gan": {"test/frechet_distance", "test/judge_confidence", "test/class_coverage"},
     "diffusion": {"test/frechet_distance", "test/judge_confidence", "test/class_coverage"},
 }
-CNN_FIGURES = {"cnn_digits": {"filters", "feature_maps"}}
+# figures of one model family or one shipped setting, beside those of the task
+EXTRA_FIGURES = {
+    "cnn_digits": {"filters", "feature_maps"},
+    "transformer_digits": {"attention"},
+    "transformer_docs": {"attention"},
+    "vae_digits_anomaly": {"roc"},
+}
 TUNED = tuple(
     e for e, x in shipped_params()["experiments"].items() if x.get("tune", {}).get("enabled")
 )
 FIGURES = {
-    "classification": {"confusion", "curves"},
+    "classification": {"confusion", "curves", "attacks"},  # the shipped attacks
     "forecasting": {"forecast", "curves"},
     "language_model": {"sample", "curves"},
     "vae": {"samples", "reconstructions", "interpolation", "curves"},
@@ -97,7 +103,7 @@ def test_repro_runs_every_stage_and_writes_metrics(repro_project):
         assert TASK_METRICS[task] <= set(metrics), exp
         assert all(isinstance(v, (int, float)) for v in metrics.values())
         figures = {p.stem for p in (repro_project / paths.plots_dir(exp)).glob("*.png")}
-        assert figures == FIGURES[task] | CNN_FIGURES.get(exp, set()), exp
+        assert figures == FIGURES[task] | EXTRA_FIGURES.get(exp, set()), exp
         confusion = (repro_project / paths.confusion_csv(exp)).read_text().splitlines()
         assert confusion[0] == "actual,predicted"
         assert len(confusion) == (361 if task == "classification" else 1)

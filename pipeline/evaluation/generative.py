@@ -14,7 +14,8 @@ from pipeline import plots
 from pipeline.augment import ImageScale
 from pipeline.engine import Batches
 from pipeline.evaluation.base import Evaluation, Inputs
-from pipeline.experiment import load_judge, load_trained_model
+from pipeline.experiment import excluded_classes, load_judge, load_trained_model
+from pipeline.metrics import auroc
 from pipeline.tasks.generative import SAMPLE_SEED
 from pipeline.tasks.kinds import GENERATIVE
 
@@ -46,14 +47,21 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean))
 
 
-def sample_quality(judge, real: torch.Tensor, fake: torch.Tensor, num_classes: int) -> dict:
+def sample_quality(
+    judge, real: torch.Tensor, fake: torch.Tensor, num_classes: int, requested=None
+) -> dict:
     """Offline sample quality: Frechet distance in the judge's feature space, its confidence
-    on the samples and how many classes it sees among them."""
+    on the samples and how many classes it sees among them; for the samples of a conditional
+    model, how often it sees the class that was asked for (`requested`)."""
     real_feats, _ = judge_features(judge, real)
     fake_feats, probs = judge_features(judge, fake)
     predicted = probs.argmax(1)
     counts = np.bincount(predicted, minlength=num_classes)
+    agreement = {}
+    if requested is not None:
+        agreement["test/judge_agrees_with_class"] = float(np.mean(predicted == requested))
     return {
+        **agreement,
         "test/frechet_distance": frechet_distance(real_feats, fake_feats),
         "test/judge_confidence": float(probs.max(1).mean()),
         "test/class_coverage": int((counts > 0).sum()),
@@ -71,7 +79,14 @@ def evaluate(kind: str, i: Inputs) -> Evaluation:
     scale = ImageScale(schema["normalization"])
     real = batches.x
     samples = unit_samples(kind, model, len(real))
-    metrics = sample_quality(judge, real, scale.from_unit(samples), schema["num_classes"])
+    requested = model.random_labels(len(real))  # conditional models: the classes asked for
+    metrics = sample_quality(
+        judge,
+        real,
+        scale.from_unit(samples),
+        schema["num_classes"],
+        None if requested is None else requested.numpy(),
+    )
     floor = sample_quality(
         judge,
         real,
@@ -88,6 +103,11 @@ def evaluate(kind: str, i: Inputs) -> Evaluation:
     if kind == "vae":
         metrics.update(vae_scores(model, judge, batches, scale))
         figures.update(vae_figures(model, batches, scale, title))
+        excluded = excluded_classes(i.exp, schema, i.experiment)
+        if excluded:
+            anomaly, roc = anomaly_scores(model, batches, scale, excluded, title)
+            metrics.update(anomaly)
+            figures["roc"] = roc
     return Evaluation(metrics, {"judge": "CNN classifier of judge@" + i.exp.dataset}, figures)
 
 
@@ -106,10 +126,11 @@ def vae_scores(model, judge, batches: Batches, scale: ImageScale) -> dict[str, f
     reconstructions of the test set."""
     torch.manual_seed(SAMPLE_SEED)
     unit = scale.to_unit(batches.x)
-    logits, mu, logvar = model(unit)
+    labels = batches.y if model.num_classes else None
+    logits, mu, logvar = model(unit, labels)
     recon = F.binary_cross_entropy_with_logits(logits, unit, reduction="none").flatten(1).sum(1)
     kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
-    rebuilt = model.reconstruct(unit)
+    rebuilt = model.reconstruct(unit, labels)
     judged = judge(scale.from_unit(rebuilt)).argmax(1)
     return {
         "test/elbo": -(recon + kl).mean().item(),
@@ -120,19 +141,53 @@ def vae_scores(model, judge, batches: Batches, scale: ImageScale) -> dict[str, f
     }
 
 
+def anomaly_scores(model, batches: Batches, scale: ImageScale, excluded: list[int], title: str):
+    """The negative ELBO of each test image (beta 1, the mean over 8 seeded latent draws) as
+    its anomaly score: how well it ranks the classes left out of training above the rest
+    (AUROC with a bootstrap 95% interval) and the ROC curve."""
+    from sklearn.metrics import roc_curve
+
+    torch.manual_seed(SAMPLE_SEED)
+    unit = scale.to_unit(batches.x)
+    draws = 8
+    score = torch.zeros(len(unit), device=unit.device)
+    for _ in range(draws):
+        logits, mu, logvar = model(unit)
+        recon = F.binary_cross_entropy_with_logits(logits, unit, reduction="none").flatten(1)
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
+        score += (recon.sum(1) + kl) / draws
+    score = score.cpu().numpy()
+    unseen = np.isin(batches.y.cpu().numpy(), excluded)
+    metrics = auroc(unseen.astype(int), score, "test", "anomaly_auroc")
+    metrics["test/anomaly_fraction"] = float(unseen.mean())
+    metrics["test/anomaly_score_unseen"] = float(score[unseen].mean())
+    metrics["test/anomaly_score_seen"] = float(score[~unseen].mean())
+    fpr, tpr, _ = roc_curve(unseen, score)
+    fig = plots.roc_figure(
+        fpr, tpr, metrics["test/anomaly_auroc"], f"{title}: unseen classes by negative ELBO"
+    )
+    return metrics, fig
+
+
 def vae_figures(model, batches: Batches, scale: ImageScale, title: str) -> dict:
+    labels = batches.y[:20] if model.num_classes else None
     unit = scale.to_unit(batches.x[:20])
-    pairs = torch.stack([unit, model.reconstruct(unit)], 1).flatten(0, 1)  # original, recon
-    mu = model.encode(scale.to_unit(batches.x[:10]))[0]
+    pairs = torch.stack([unit, model.reconstruct(unit, labels)], 1).flatten(0, 1)  # original, recon
+    first = None if labels is None else labels[:10]
+    mu = model.encode(unit[:10], first)[0]
     steps = torch.linspace(0, 1, 10, device=mu.device)[None, :, None]
     starts, ends = mu[0::2][:, None], mu[1::2][:, None]  # 5 pairs of test images
     path = (starts * (1 - steps) + ends * steps).flatten(0, 1)  # (5 * 10, Z)
+    # a conditional model decodes the path with the first image's class
+    path_labels = None if first is None else first[0::2].repeat_interleave(10)
     return {
         "reconstructions": plots.image_grid(
             pairs.cpu().numpy(), f"{title}: test image, reconstruction", ncols=10
         ),
         "interpolation": plots.image_grid(
-            model.decode(path).cpu().numpy(), f"{title}: latent interpolation", ncols=10
+            model.decode(path, path_labels).cpu().numpy(),
+            f"{title}: latent interpolation",
+            ncols=10,
         ),
     }
 

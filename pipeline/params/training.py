@@ -100,6 +100,12 @@ class TrainParams(Strict):
     )
     adversarial: AdversarialParams = AdversarialParams()
     adversarial_training: AdversarialTraining = AdversarialTraining()
+    exclude_classes: tuple[int | str, ...] = Field(
+        (),
+        description="vae only: classes left out of the train and val splits; evaluate scores "
+        "every test image by its negative ELBO and reports how well that separates these "
+        "unseen classes from the rest (test/anomaly_auroc, ROC curve)",
+    )
     augment: tuple[AugmentStep, ...] = Field((), description="image transforms, training only")
     precision: Literal["fp32", "bf16"] = Field(
         "fp32",

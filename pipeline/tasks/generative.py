@@ -32,10 +32,10 @@ class VAETask(ImageTask):
     val_metrics = KINDS["vae"].val_metrics
 
     def loss(self, model, xb, yb):
-        return model.loss(self.scale.to_unit(xb))["loss"]
+        return model.loss(self.scale.to_unit(xb), yb)["loss"]
 
     def train_step(self, model, xb, yb, optimizers):
-        out = model.loss(self.scale.to_unit(xb))
+        out = model.loss(self.scale.to_unit(xb), yb)  # labels: read by conditional models
         optimizer_step(out["loss"], optimizers["model"], model.parameters(), self.cfg.grad_clip)
         return {k: v.detach() for k, v in out.items()}
 
@@ -43,8 +43,8 @@ class VAETask(ImageTask):
     def validate(self, model, batches: Batches) -> dict[str, float]:
         model.eval()
         sums = torch.zeros(3, device=batches.device)
-        for xb, _ in batches:
-            out = model.loss(self.scale.to_unit(xb))
+        for xb, yb in batches:
+            out = model.loss(self.scale.to_unit(xb), yb)
             sums += torch.stack([out["loss"], out["recon"], out["kl"]]) * len(xb)
         loss, recon, kl = (sums / len(batches.y)).tolist()
         return {"val/loss": loss, "val/recon": recon, "val/kl": kl}
