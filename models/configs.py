@@ -126,7 +126,7 @@ class DiffusionConfig:
 
 @dataclass(frozen=True)
 class PretrainedConfig:
-    backbone: Literal["resnet18", "mobilenet_v3_small"] = doc(
+    backbone: Literal["resnet18", "mobilenet_v3_small", "vgg16"] = doc(
         "mobilenet_v3_small", "torchvision backbone"
     )
     weights: str | None = doc(None, "state_dict file, 'imagenet' (torch's cache) or null")

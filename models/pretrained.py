@@ -1,4 +1,5 @@
-"""Transfer learning: a torchvision backbone (resnet18, mobilenet_v3_small) with a new head.
+"""Transfer learning: a torchvision backbone (resnet18, mobilenet_v3_small, vgg16) with a new
+head.
 
 Weights never download at run time. `weights` is a path to a saved state_dict, or "imagenet"
 to use torchvision's file when it is already in torch's cache ($TORCH_HOME/hub/checkpoints);
@@ -19,6 +20,7 @@ from models.registry import DataSpec, register_model
 BACKBONES = {  # name -> (torchvision builder, weights enum)
     "resnet18": ("resnet18", "ResNet18_Weights"),
     "mobilenet_v3_small": ("mobilenet_v3_small", "MobileNet_V3_Small_Weights"),
+    "vgg16": ("vgg16", "VGG16_Weights"),  # 138 M parameters, 124 M of them in its head
 }
 
 

@@ -76,7 +76,11 @@ class VAE(nn.Module):
         return mu, logvar.clamp(-10, 10)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None):
-        """x in [0, 1] -> (decoder logits like x, mu, logvar)."""
+        """x in [0, 1] -> (decoder logits like x, mu, logvar). A conditional model called
+        without labels (MLflow's signature check of the logged model) reads class 0, as the
+        conditional GAN does."""
+        if self.num_classes and labels is None:
+            labels = torch.zeros(len(x), dtype=torch.long, device=x.device)
         mu, logvar = self.encode(x, labels)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()  # reparameterisation
         return self.decoder(self._with(z, labels)), mu, logvar

@@ -147,6 +147,16 @@ def test_pretrained_loads_local_weights_and_freezes_the_backbone(tmp_path):
     assert model.eval()(torch.randn(2, 1, 8, 8)).shape == (2, 10)
 
 
+def test_vgg16_gets_a_new_head_and_says_where_its_imagenet_file_goes(tmp_path, monkeypatch):
+    model = build_model("pretrained", {"backbone": "vgg16", "freeze_backbone": True}, SPEC)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"backbone.classifier.6.weight", "backbone.classifier.6.bias"}
+    assert model.eval()(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"not found at .*hub/checkpoints/vgg16-"):
+        build_model("pretrained", {"backbone": "vgg16", "weights": "imagenet"}, SPEC)
+
+
 def test_pretrained_without_weights_says_where_to_put_them(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(FileNotFoundError, match=r"not found at .*hub/checkpoints/resnet18-"):
@@ -219,7 +229,11 @@ def test_conditional_vae_samples_the_classes_asked_for_and_needs_labels():
     out["loss"].backward()
     assert torch.isfinite(out["loss"])
     with pytest.raises(ValueError, match="a conditional VAE needs the class labels"):
-        cvae.loss(x)
+        cvae.encode(x)
+    torch.manual_seed(1)
+    unlabelled = cvae(x)[0]
+    torch.manual_seed(1)
+    assert torch.equal(unlabelled, cvae(x, torch.zeros(5, dtype=torch.long))[0])  # class 0
     z = torch.zeros(2, 2)
     a, b = cvae.decode(z, torch.tensor([3, 7])).unbind(0)
     assert not torch.allclose(a, b)  # the same latent, another class: another image

@@ -57,6 +57,7 @@ TASK_METRICS = {
 # figures of one model family or one shipped setting, beside those of the task
 EXTRA_FIGURES = {
     "cnn_digits": {"filters", "feature_maps"},
+    "cnn_digits_robust": {"filters", "feature_maps"},
     "transformer_digits": {"attention"},
     "transformer_docs": {"attention"},
     "vae_digits_anomaly": {"roc"},

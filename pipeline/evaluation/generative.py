@@ -79,7 +79,8 @@ def evaluate(kind: str, i: Inputs) -> Evaluation:
     scale = ImageScale(schema["normalization"])
     real = batches.x
     samples = unit_samples(kind, model, len(real))
-    requested = model.random_labels(len(real))  # conditional models: the classes asked for
+    # the classes a conditional GAN or VAE was asked for (diffusion models take none)
+    requested = model.random_labels(len(real)) if hasattr(model, "random_labels") else None
     metrics = sample_quality(
         judge,
         real,
