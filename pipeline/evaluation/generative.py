@@ -128,9 +128,7 @@ def vae_scores(model, judge, batches: Batches, scale: ImageScale) -> dict[str, f
     torch.manual_seed(SAMPLE_SEED)
     unit = scale.to_unit(batches.x)
     labels = batches.y if model.num_classes else None
-    logits, mu, logvar = model(unit, labels)
-    recon = F.binary_cross_entropy_with_logits(logits, unit, reduction="none").flatten(1).sum(1)
-    kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
+    recon, kl = elbo_terms(model, unit, labels)
     rebuilt = model.reconstruct(unit, labels)
     judged = judge(scale.from_unit(rebuilt)).argmax(1)
     return {
@@ -140,6 +138,15 @@ def vae_scores(model, judge, batches: Batches, scale: ImageScale) -> dict[str, f
         "test/recon_mse": F.mse_loss(rebuilt, unit).item(),
         "test/judge_accuracy_on_reconstructions": (judged == batches.y).float().mean().item(),
     }
+
+
+def elbo_terms(model, unit: torch.Tensor, labels=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image: the reconstruction NLL and the KL term of one latent draw (nats); their
+    sum is the negative ELBO with beta 1."""
+    logits, mu, logvar = model(unit, labels)
+    recon = F.binary_cross_entropy_with_logits(logits, unit, reduction="none").flatten(1).sum(1)
+    kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
+    return recon, kl
 
 
 def anomaly_scores(model, batches: Batches, scale: ImageScale, excluded: list[int], title: str):
@@ -153,10 +160,8 @@ def anomaly_scores(model, batches: Batches, scale: ImageScale, excluded: list[in
     draws = 8
     score = torch.zeros(len(unit), device=unit.device)
     for _ in range(draws):
-        logits, mu, logvar = model(unit)
-        recon = F.binary_cross_entropy_with_logits(logits, unit, reduction="none").flatten(1)
-        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
-        score += (recon.sum(1) + kl) / draws
+        recon, kl = elbo_terms(model, unit)
+        score += (recon + kl) / draws
     score = score.cpu().numpy()
     unseen = np.isin(batches.y.cpu().numpy(), excluded)
     metrics = auroc(unseen.astype(int), score, "test", "anomaly_auroc")

@@ -8,6 +8,7 @@ from torch.nn import functional as F
 
 from pipeline.engine import Batches, predict
 from pipeline.errors import PipelineError
+from pipeline.evaluation.attacks import perturb
 from pipeline.params.training import TrainParams
 from pipeline.tasks.base import SupervisedTask
 from pipeline.tasks.kinds import KINDS
@@ -53,8 +54,6 @@ class Classification(SupervisedTask):
         """The first `fraction` of the batch replaced by its PGD examples, crafted against
         the model as it is now (in eval mode: dropout and batch statistics stay out of the
         attack)."""
-        from pipeline.evaluation.attacks import perturb
-
         adv = self.cfg.adversarial_training
         if self.generator is None:
             self.generator = torch.Generator(device=xb.device).manual_seed(0)
