@@ -18,6 +18,7 @@ from pipeline import paths
 from pipeline.config import ExperimentParams
 from pipeline.errors import PipelineError
 from pipeline.params.tuning import TuneParams
+from pipeline.shutdown import signals_held
 from pipeline.tuning import experimental
 from pipeline.tuning.search import make_pruner, make_sampler, trial_epochs
 
@@ -201,6 +202,10 @@ def requeue(trial: optuna.Trial) -> None:
     """An interrupted trial (Ctrl-C, SIGTERM) fails now and is queued again with its params,
     as a killed worker's trial is once its heartbeat goes stale."""
     study = trial.study
-    study.tell(trial, state=TrialState.FAIL)
-    with experimental():
-        RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, study.trials[trial.number])
+    # both writes or neither: a second stop signal between them (the worker's parent watcher
+    # sends one when the stage ends) would leave the trial FAIL with no WAITING copy
+    with signals_held():
+        study.tell(trial, state=TrialState.FAIL)
+        with experimental():
+            retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
+            retry(study, study.trials[trial.number])
