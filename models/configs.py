@@ -83,6 +83,27 @@ class TransformerConfig:
 
 
 @dataclass(frozen=True)
+class Seq2SeqConfig:
+    architecture: Literal["gru", "lstm", "transformer"] = doc(
+        "gru", "encoder and decoder: recurrent (with attention) or Transformer"
+    )
+    attention: Literal["additive", "dot"] = doc(
+        "additive",
+        "recurrent only: how a decoder state scores the encoder states (Bahdanau's "
+        "additive or Luong's scaled dot product)",
+    )
+    hidden_size: Width = doc(128, "width of encoder and decoder states (d_model)")
+    embedding_dim: Width = doc(64, "recurrent only: token embedding width")
+    layers: Width = doc(1, "stacked layers in the encoder and in the decoder")
+    heads: Width = doc(4, "transformer only: attention heads (divide hidden_size)")
+    dropout: Fraction = doc(0.1, "dropout on embeddings and decoder outputs")
+
+    @classmethod
+    def tiny(cls) -> Seq2SeqConfig:
+        return cls(hidden_size=8, embedding_dim=8, heads=2)
+
+
+@dataclass(frozen=True)
 class VAEConfig:
     variant: Literal["conv", "mlp"] = doc("conv", "encoder/decoder architecture")
     latent_dim: Width = doc(16, "latent dimensions")
@@ -144,6 +165,7 @@ CONFIGS: dict[str, type] = {
     "cnn": CNNConfig,
     "rnn": RNNConfig,
     "transformer": TransformerConfig,
+    "seq2seq": Seq2SeqConfig,
     "vae": VAEConfig,
     "gan": GANConfig,
     "diffusion": DiffusionConfig,

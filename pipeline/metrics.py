@@ -105,6 +105,19 @@ def rmse_interval(squared_errors: np.ndarray, split: str = "test") -> dict[str, 
     return {f"{split}/rmse_ci95_low": low, f"{split}/rmse_ci95_high": high}
 
 
+def mean_interval(values: np.ndarray, split: str, name: str) -> dict[str, float]:
+    """The mean of per-sample `values` (e.g. 1 for an exact match) with its bootstrap 95%
+    interval."""
+    values = np.asarray(values, dtype=np.float64)
+    means = np.concatenate([values[idx].mean(1) for idx in _resamples(len(values))])
+    low, high = _interval(means)
+    return {
+        f"{split}/{name}": float(values.mean()),
+        f"{split}/{name}_ci95_low": low,
+        f"{split}/{name}_ci95_high": high,
+    }
+
+
 def interval_half_width(metrics: dict[str, float], metric: str) -> float:
     """Half the 95% interval of `metric`, or 0 when no interval was computed for it."""
     low, high = metrics.get(f"{metric}_ci95_low"), metrics.get(f"{metric}_ci95_high")

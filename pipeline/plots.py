@@ -107,22 +107,30 @@ def image_grid(images: np.ndarray, title: str, ncols: int = 10, labels=None):
     return fig
 
 
-def attention_figure(maps: np.ndarray, title: str, tokens: list[list[str]] | None = None):
-    """maps: (N, T, T) attention weights (query rows, key columns) of N test inputs, one panel
-    each; `tokens` labels the axes with each input's characters or words."""
+def attention_figure(
+    maps: list[np.ndarray],
+    title: str,
+    tokens: list[list[str]] | None = None,
+    query_tokens: list[list[str]] | None = None,
+    axes_labels: tuple[str, str] = ("attended position", "query position"),
+):
+    """maps: N (queries, keys) attention weights of test inputs, one panel each; `tokens`
+    labels the key axis with each input's characters or words, `query_tokens` the query axis
+    (default: the same tokens, for self-attention)."""
     plt = pyplot()
     n = len(maps)
     side = 3.2 if tokens is None else 5.0
     fig, axes = plt.subplots(1, n, figsize=(side * n, side + 0.2), dpi=100, squeeze=False)
     for i, ax in enumerate(axes.flat):
-        ax.imshow(maps[i], cmap="viridis", vmin=0)
-        ax.set(xlabel="attended position", ylabel="query position" if i == 0 else None)
+        ax.imshow(maps[i], cmap="viridis", vmin=0, aspect="auto" if query_tokens else "equal")
+        ax.set(xlabel=axes_labels[0], ylabel=axes_labels[1] if i == 0 else None)
         if tokens is not None:
-            ticks = range(len(tokens[i]))
+            rows = (query_tokens or tokens)[i]
             shown = [repr(t)[1:-1] for t in tokens[i]]  # a newline shown as \n
             turn = 90 if max(map(len, shown)) > 2 else 0  # words stand up, characters not
-            ax.set_xticks(ticks, shown, fontsize=6, rotation=turn, family="monospace")
-            ax.set_yticks(ticks, shown, fontsize=6, family="monospace")
+            ax.set_xticks(range(len(shown)), shown, fontsize=6, rotation=turn, family="monospace")
+            shown = [repr(t)[1:-1] for t in rows]
+            ax.set_yticks(range(len(shown)), shown, fontsize=6, family="monospace")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig

@@ -12,6 +12,14 @@ from pipeline.params.models import ModelParams
 
 SPEC = DataSpec(input_shape=(1, 8, 8), num_classes=10)
 PREDICTIVE = {"mlp", "cnn", "rnn", "transformer"}
+# sequence-to-sequence models read token ids: 12 source tokens, 9 target tokens, 6 steps
+PAIRS = DataSpec(input_shape=(12,), num_classes=9, vocab_size=20, horizon=6)
+
+
+def spec_and_inputs(name: str, n: int):
+    if name == "seq2seq":
+        return PAIRS, torch.randint(0, 20, (n, 12))
+    return SPEC, torch.randn(n, *SPEC.input_shape)
 
 
 def _outputs_sum(out) -> torch.Tensor:
@@ -21,9 +29,13 @@ def _outputs_sum(out) -> torch.Tensor:
 @pytest.mark.parametrize("name", list_models())
 def test_tiny_model_forward_and_backward(name):
     torch.manual_seed(0)
-    model = build_model(name, get_entry(name).config_cls.tiny(), SPEC)
-    x = torch.randn(5, *SPEC.input_shape)
-    out = model(x)
+    spec, x = spec_and_inputs(name, 5)
+    model = build_model(name, get_entry(name).config_cls.tiny(), spec)
+    if name == "seq2seq":  # teacher forcing: the target so far in, logits out
+        out = model(x, torch.randint(0, 9, (5, 6)))
+        assert out.shape == (5, 6, PAIRS.num_classes)
+    else:
+        out = model(x)
     if name in PREDICTIVE:
         assert out.shape == (5, SPEC.num_classes)
     _outputs_sum(out).backward()
@@ -35,8 +47,9 @@ def test_tiny_model_forward_and_backward(name):
 def test_default_model_builds_from_a_plain_mapping(name):
     fields = {f.name: f.default for f in dataclasses.fields(get_entry(name).config_cls)}
     as_yaml = {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
-    model = build_model(name, as_yaml, SPEC).eval()
-    out = model(torch.zeros(2, *SPEC.input_shape))
+    spec, x = spec_and_inputs(name, 2)
+    model = build_model(name, as_yaml, spec).eval()
+    out = model(x)
     assert torch.isfinite(_outputs_sum(out))
 
 
@@ -240,3 +253,39 @@ def test_conditional_vae_samples_the_classes_asked_for_and_needs_labels():
     assert cvae.sample(4, generator=torch.Generator().manual_seed(0)).shape == (4, 1, 8, 8)
     plain = build_model("vae", {"latent_dim": 2, "channels": [4, 4]}, SPEC)
     assert plain.random_labels(4) is None and plain.loss(x, labels)["loss"].isfinite()
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"architecture": "gru", "attention": "additive"},
+        {"architecture": "lstm", "attention": "dot"},
+        {"architecture": "transformer"},
+    ],
+)
+def test_seq2seq_decodes_greedily_and_by_beam_search(config):
+    torch.manual_seed(0)
+    model = build_model("seq2seq", {**config, "hidden_size": 16, "heads": 2}, PAIRS).eval()
+    src = torch.randint(1, 20, (4, 12))
+    src[0, 5:] = 0  # padding
+    src[1] = 0  # an empty source
+    greedy = model(src)
+    assert greedy.shape == (4, PAIRS.horizon) and greedy.dtype == torch.long
+    # a beam of one is greedy decoding; a wider beam finds a sequence at least as likely
+    assert torch.equal(model.beam_search(src, 1), greedy)
+    beam = model.beam_search(src, 4)
+    assert beam.shape == (4, PAIRS.horizon)
+
+    def log_prob(ids):  # of the tokens up to and including the first EOS
+        bos = torch.full((len(ids), 1), 2)
+        logits = model(src, torch.cat([bos, ids[:, :-1]], 1)).log_softmax(-1)
+        logits[:, :, [0, 2]] = float("-inf")  # decoding never writes padding or BOS
+        picked = logits.log_softmax(-1).gather(2, ids[:, :, None])[:, :, 0]
+        real = torch.cumsum(torch.cumsum((ids == 3).long(), 1), 1) <= 1  # through EOS
+        return torch.where(real, picked, 0.0).sum(1)
+
+    assert (log_prob(beam) >= log_prob(greedy) - 1e-4).all()
+    weights = model.alignment(src, torch.full((4, 3), 4))
+    assert weights.shape == (4, 3, 12)
+    assert torch.allclose(weights.sum(-1), torch.ones(4, 3), atol=1e-5)
+    assert weights[0, :, 5:].abs().max() < 1e-6  # no attention on padding

@@ -21,6 +21,13 @@ IMAGE_SCHEMA = {
 }
 SERIES_SCHEMA = {"task": "forecasting", "input_shape": [12, 1], "horizon": 2}
 TEXT_SCHEMA = {"task": "language_model", "input_shape": [10], "vocab_size": 5}
+PAIRS_SCHEMA = {
+    "task": "seq2seq",
+    "input_shape": [6],
+    "vocab_size": 8,
+    "num_classes": 10,
+    "horizon": 7,
+}
 
 
 def digits_batch(n=40):
@@ -46,7 +53,16 @@ def text_batch(n=20):
     return x, y
 
 
+def pairs_batch(n=32):
+    """Reverse six tokens: source ids 2-7, target BOS, the reversed ids + 2, EOS."""
+    x = torch.randint(2, 8, (n, 6), generator=torch.Generator().manual_seed(0))
+    body = x.flip(1) + 2
+    y = torch.cat([torch.full((n, 1), 2), body, torch.full((n, 1), 3)], 1)
+    return x, y
+
+
 CASES = {  # kind: (model, schema, batch)
+    "seq2seq": ("seq2seq", PAIRS_SCHEMA, pairs_batch),
     "language_model": ("rnn", TEXT_SCHEMA, text_batch),
     "classification": ("rnn", IMAGE_SCHEMA, digits_batch),
     "forecasting": ("rnn", SERIES_SCHEMA, series_batch),
@@ -134,11 +150,13 @@ def test_every_task_kind_has_a_trainer_an_evaluator_and_a_reported_main_metric()
     from models import list_models
     from pipeline.evaluation import generative as gen_eval
     from pipeline.evaluation import predictive as pred_eval
+    from pipeline.evaluation import translation
     from pipeline.tasks import predictive
     from pipeline.tasks.kinds import KINDS
 
     assert set(KINDS) == set(predictive.TRAINERS) | set(generative.TRAINERS)
-    assert set(KINDS) == set(pred_eval.EVALUATORS) | set(gen_eval.EVALUATORS)
+    evaluators = set(pred_eval.EVALUATORS) | set(gen_eval.EVALUATORS) | set(translation.EVALUATORS)
+    assert set(KINDS) == evaluators
     for name, kind in KINDS.items():
         trainer = {**predictive.TRAINERS, **generative.TRAINERS}[name]
         assert trainer.val_metrics == kind.val_metrics, name

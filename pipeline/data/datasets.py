@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import atomic, paths
-from pipeline.data import preprocessing, store, table, text, vision
+from pipeline.data import preprocessing, seq2seq, store, table, text, vision
 from pipeline.data.splits import stratified_split
 from pipeline.errors import PipelineError
 from pipeline.params.datasets import DatasetParams
@@ -25,6 +25,8 @@ def ingest(name: str, cfg: DatasetParams) -> Path:
         return table.ingest(name, cfg)
     if cfg.source == "text":
         return text.ingest(name, cfg)
+    if cfg.source in ("dates", "seq2seq"):
+        return seq2seq.ingest(name, cfg)
     with atomic.atomic_dir(paths.raw_dir(name)) as tmp:
         if cfg.source == "image_folder":
             meta = vision.ingest_folder(name, cfg, tmp)  # streams into tmp
@@ -115,6 +117,8 @@ def preprocess(name: str, cfg: DatasetParams) -> Path:
         return _preprocess_text(name, cfg)
     if cfg.source == "table":
         return table.preprocess(name, cfg)  # streams: writes the splits itself
+    if cfg.source in ("dates", "seq2seq"):
+        return seq2seq.preprocess(name, cfg)
     if cfg.source == "text":
         splits, schema, prep = text.preprocess(name, cfg)
         store.write_processed(name, splits, schema, prep)

@@ -396,6 +396,103 @@ class TextPreprocessor(Preprocessor):
         return np.array([0] * (self.max_length - len(ids)) + ids, np.int64)
 
 
+# ---------------------------------------------------------------------------------- pairs
+
+# a target vocabulary starts with these (models/seq2seq.py reads the same ids); a source
+# vocabulary with the first two
+SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
+PAD, UNK, BOS, EOS = range(4)
+
+
+def tokenize(text: str, tokenizer: str) -> list[str]:
+    return WORD.findall(text) if tokenizer == "word" else list(text)
+
+
+def detokenize(tokens: list[str], tokenizer: str) -> str:
+    return " ".join(tokens) if tokenizer == "word" else "".join(tokens)
+
+
+def encode(sequences, vocab: list[str], length: int, bos_eos: bool = False) -> np.ndarray:
+    """Token lists -> (N, length) ids, padded on the right and truncated; with `bos_eos`,
+    (N, length + 2): BOS, the tokens, EOS."""
+    index = {t: i for i, t in enumerate(vocab)}
+    width = length + 2 if bos_eos else length
+    out = np.full((len(sequences), width), PAD, np.int64)
+    for row, seq in enumerate(sequences):
+        ids = [index.get(t, UNK) for t in seq[:length]]
+        if bos_eos:
+            ids = [BOS, *ids, EOS]
+        out[row, : len(ids)] = ids
+    return out
+
+
+def decode_ids(ids, vocab: list[str], tokenizer: str) -> str:
+    """Ids -> text, up to the first EOS (padding and BOS dropped; unknown tokens as <unk>)."""
+    tokens = []
+    for i in ids:
+        if i == EOS:
+            break
+        if i not in (PAD, BOS):
+            tokens.append(vocab[i])
+    return detokenize(tokens, tokenizer)
+
+
+class PairPreprocessor(Preprocessor):
+    """Source texts -> token ids of the train vocabulary (truncated, padded on the right); the
+    decoder's ids -> the translated text, in a `translation` column."""
+
+    kind = "pairs"
+
+    def __init__(self, target, column, tokenizer, length, vocab, example=None):
+        super().__init__(target)  # {"vocab": the target vocabulary}
+        self.column, self.tokenizer, self.length = column, tokenizer, length
+        self.vocab = list(vocab)
+        self.example = example or []
+
+    def _state(self) -> dict:
+        return {
+            "column": self.column,
+            "tokenizer": self.tokenizer,
+            "length": self.length,
+            "vocab": self.vocab,
+            "example": self.example,
+        }
+
+    def raw_columns(self) -> list[tuple[str, str]]:
+        return [(self.column, "string")]
+
+    def example_input(self):
+        import pandas as pd
+
+        return pd.DataFrame({self.column: pd.Series(self.example, dtype=object)})
+
+    def kind_of_task(self) -> str:
+        return "seq2seq"
+
+    def transform(self, raw) -> np.ndarray:
+        import pandas as pd
+
+        if isinstance(raw, pd.DataFrame):
+            if self.column not in raw.columns:
+                raise InputError(f"missing column {self.column!r} (the text to translate)")
+            raw = raw[self.column]
+        texts = list(raw)
+        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+        if bad:
+            raise InputError(
+                f"column {self.column!r}: row {bad[0]} holds {texts[bad[0]]!r}, not text"
+            )
+        return encode([tokenize(t, self.tokenizer) for t in texts], self.vocab, self.length)
+
+    def decode(self, outputs: np.ndarray):
+        import pandas as pd
+
+        ids = outputs.astype(np.int64).tolist()
+        vocab = self.target["vocab"]
+        texts = [decode_ids(row, vocab, self.tokenizer) for row in ids]
+        return pd.DataFrame({"translation": pd.Series(texts, dtype=object)})
+
+
 # ---------------------------------------------------------------------------------- series
 
 
@@ -445,7 +542,13 @@ class SeriesPreprocessor(Preprocessor):
 
 KINDS = {
     cls.kind: cls
-    for cls in (ImagePreprocessor, TablePreprocessor, TextPreprocessor, SeriesPreprocessor)
+    for cls in (
+        ImagePreprocessor,
+        TablePreprocessor,
+        TextPreprocessor,
+        SeriesPreprocessor,
+        PairPreprocessor,
+    )
 }
 
 

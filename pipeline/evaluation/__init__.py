@@ -10,9 +10,10 @@ from pipeline.evaluation.base import Evaluation, Inputs
 
 
 def evaluate(kind: str, inputs: Inputs) -> Evaluation:
-    from pipeline.evaluation import generative, predictive
+    from pipeline.evaluation import generative, predictive, translation
 
-    result = {**predictive.EVALUATORS, **generative.EVALUATORS}[kind](inputs)
+    evaluators = {**predictive.EVALUATORS, **generative.EVALUATORS, **translation.EVALUATORS}
+    result = evaluators[kind](inputs)
     if hasattr(inputs.model, "attention_maps"):  # the transformer family
         result.figures["attention"] = attention(inputs)
     return result

@@ -132,6 +132,51 @@ class TextDataset(Strict):
     split: SplitParams = SplitParams()
 
 
+class DatesDataset(Strict):
+    """Dates written out by Babel (the Unicode CLDR locale data) in several languages and
+    formats, each paired with its ISO YYYY-MM-DD form: sequence-to-sequence translation,
+    offline. Train, val and test hold different dates."""
+
+    source: Literal["dates"]
+    locales: tuple[str, ...] = Field(
+        ("en_US", "en_GB", "fr_FR", "de_DE", "es_ES", "it_IT", "nl_NL", "pt_BR"),
+        min_length=1,
+        description="CLDR locales the dates are written in",
+    )
+    formats: tuple[Literal["short", "medium", "long", "full"], ...] = Field(
+        ("medium", "long", "full"),
+        min_length=1,
+        description="CLDR date formats (short en_US dates read like short es_ES or it_IT "
+        "ones: 5/12/26; schema.json counts such ambiguous sources)",
+    )
+    samples: int = Field(20_000, ge=100, description="distinct dates, each written once")
+    years: tuple[int, int] = Field((1950, 2049), description="first and last year drawn from")
+    seed: int = Field(0, description="seed of the dates, locales and formats drawn")
+    split: SplitParams = SplitParams(val=0.1, test=0.1)
+
+    @model_validator(mode="after")
+    def _years_in_order(self):
+        if not 1 <= self.years[0] <= self.years[1] <= 9999:
+            raise ValueError(f"years {list(self.years)}: first <= last, within 1..9999")
+        return self
+
+
+class Seq2SeqDataset(Strict):
+    """A CSV/Parquet file of (source, target) text pairs: translation and the like."""
+
+    source: Literal["seq2seq"]
+    path: str = Field(description="CSV or Parquet file")
+    source_column: str = Field("source", description="column holding the input text")
+    target_column: str = Field("target", description="column holding the text to produce")
+    tokenizer: Literal["char", "word"] = Field("char", description="characters or words")
+    max_source_length: int = Field(64, ge=1, description="source tokens kept (rest truncated)")
+    max_target_length: int = Field(64, ge=1, description="target tokens kept (rest truncated)")
+    max_vocab: int = Field(20_000, ge=5, description="most frequent train tokens kept per side")
+    split: SplitParams = Field(
+        SplitParams(), description="random, with every pair of one target in one split"
+    )
+
+
 DatasetParams = Annotated[
     Union[  # noqa: UP007
         TextDataset,
@@ -141,6 +186,8 @@ DatasetParams = Annotated[
         TableDataset,
         TorchvisionDataset,
         ImageFolderDataset,
+        DatesDataset,
+        Seq2SeqDataset,
     ],
     Field(discriminator="source"),
 ]
@@ -150,6 +197,8 @@ DATASET_TASK = {
     "python_docstrings": "language_model",
     "table": None,  # its own `task`, or inferred from the target column
     "text": "text_classification",  # token ids: recurrent models only
+    "dates": "seq2seq",
+    "seq2seq": "seq2seq",
     **{
         s: "classification" for s in ("mnist", "fashion_mnist", "kmnist", "cifar10", "image_folder")
     },

@@ -172,6 +172,9 @@ class EvaluateParams(Strict):
         "attack, as test/attack/<name>_<epsilon>/accuracy, and a figure of accuracy against "
         "epsilon",
     )
+    beam_size: int = Field(
+        4, ge=1, description="sequence-to-sequence models: hypotheses kept by beam search"
+    )
 
 
 class DataParams(Strict):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # the last part of a metric name whose higher values are better (the rest: lower is better)
-HIGHER_IS_BETTER = ("accuracy", "f1", "r2", "diversity", "elbo")
+HIGHER_IS_BETTER = ("accuracy", "f1", "r2", "diversity", "elbo", "exact_match", "bleu", "chrf")
 
 
 def higher_is_better(metric: str) -> bool:
@@ -63,6 +63,14 @@ _KINDS = (  # in the order the report lists them
         ("val/loss", "val/perplexity"),
         "test/perplexity",
         "test/perplexity_ratio_unigram",
+    ),
+    TaskKind(
+        "seq2seq",
+        ("seq2seq",),
+        ("val/loss", "val/exact_match"),
+        "test/exact_match",  # greedy decoding
+        "test/bleu_ratio_nearest",  # the target of the most similar train source
+        served=True,
     ),
     TaskKind(
         "vae",

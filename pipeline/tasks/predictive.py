@@ -100,9 +100,42 @@ class LanguageModel(SupervisedTask):
         return {"val/loss": loss, "val/perplexity": float(torch.tensor(loss).exp())}
 
 
+class Seq2Seq(SupervisedTask):
+    """Teacher forcing: the decoder reads the target shifted right (BOS first) and predicts
+    each next token; padding is left out of the loss. Validation also decodes greedily:
+    exact match is what a user of the translations sees."""
+
+    val_metrics = KINDS["seq2seq"].val_metrics
+
+    def loss(self, model, xb, yb):
+        logits = model(xb, yb[:, :-1])
+        return F.cross_entropy(
+            logits.flatten(0, 1),
+            yb[:, 1:].flatten(),
+            ignore_index=0,
+            label_smoothing=self.cfg.label_smoothing,
+        )
+
+    @torch.no_grad()
+    def validate(self, model, batches: Batches) -> dict[str, float]:
+        model.eval()
+        loss = tokens = exact = 0
+        for xb, yb in batches:
+            target = yb[:, 1:]
+            logits = model(xb, yb[:, :-1])
+            loss = loss + F.cross_entropy(
+                logits.flatten(0, 1), target.flatten(), ignore_index=0, reduction="sum"
+            )
+            tokens = tokens + (target != 0).sum()
+            exact = exact + (model(xb) == target).all(1).sum()
+        loss, exact = (loss / tokens).item(), (exact / len(batches.y)).item()
+        return {"val/loss": loss, "val/exact_match": exact}
+
+
 TRAINERS = {
     "classification": Classification,
     "forecasting": Forecasting,
     "regression": Forecasting,  # one value per sample: the same MSE objective
     "language_model": LanguageModel,
+    "seq2seq": Seq2Seq,
 }
