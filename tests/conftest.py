@@ -125,10 +125,13 @@ def shrink(raw: dict, epochs: int = 2) -> dict:
     raw = copy.deepcopy(raw)
     raw["defaults"]["device"] = "cpu"
     raw["defaults"]["train"]["epochs"] = epochs
+    for data in raw["datasets"].values():
+        if data["source"] == "dates":
+            data["samples"] = 600
     for exp in raw["experiments"].values():
         exp.setdefault("train", {})["epochs"] = epochs
-        # tiny, but as conditional as shipped: a conditional model has its own code paths
-        kept = {k: v for k, v in exp["model"].items() if k == "conditional"}
+        # tiny, but as conditional and of the architecture shipped: each has its own code paths
+        kept = {k: v for k, v in exp["model"].items() if k in ("conditional", "architecture")}
         exp["model"] = {**tiny_model(exp["model"]["name"]), **kept}
         if exp.get("tune", {}).get("enabled"):
             exp["tune"].update(n_trials=2, epochs=epochs)

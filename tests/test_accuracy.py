@@ -25,6 +25,13 @@ PROMISED = {
     "gru_sunspots": lambda m: (
         m["test/rmse_ratio_persistence"] < 1.0 and m["test/rmse_ratio_ar"] <= 1.0
     ),
+    # unseen dates, both decoders
+    "gru_dates": lambda m: all(
+        m[f"test{d}/exact_match"] >= 0.95 and m[f"test{d}/bleu"] >= 90 for d in ("", "/beam")
+    ),
+    "transformer_dates": lambda m: all(
+        m[f"test{d}/exact_match"] >= 0.95 and m[f"test{d}/bleu"] >= 90 for d in ("", "/beam")
+    ),
     "vae_digits": lambda m: (
         m["test/judge_accuracy_on_reconstructions"] >= 0.85 and math.isfinite(m["test/elbo"])
     ),

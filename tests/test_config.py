@@ -68,7 +68,7 @@ def test_unknown_model_lists_known_models(tmp_path):
     )
     assert problems == [
         "experiments.mlp_digits.model.name: 'resnet' is not a known model; "
-        "known models: cnn, diffusion, gan, mlp, pretrained, rnn, transformer, vae"
+        "known models: cnn, diffusion, gan, mlp, pretrained, rnn, seq2seq, transformer, vae"
     ]
 
 
@@ -80,7 +80,7 @@ def test_unknown_dataset_and_bad_choice(tmp_path):
     problems = problems_for(tmp_path, mutate)
     assert (
         "experiments.mlp_digits.dataset: 'mnist' is not a declared dataset; "
-        "declared: digits, docs, sunspots" in problems
+        "declared: dates, digits, docs, sunspots" in problems
     )
     assert (
         "defaults.train.optimizer.name: 'lbfgs' is not allowed; "

@@ -53,6 +53,13 @@ TASK_METRICS = {
     },
     "gan": {"test/frechet_distance", "test/judge_confidence", "test/class_coverage"},
     "diffusion": {"test/frechet_distance", "test/judge_confidence", "test/class_coverage"},
+    "seq2seq": {
+        "test/exact_match",
+        "test/bleu",
+        "test/chrf",
+        "test/beam/bleu",
+        "test/nearest/bleu",
+    },
 }
 # figures of one model family or one shipped setting, beside those of the task
 EXTRA_FIGURES = {
@@ -72,6 +79,7 @@ FIGURES = {
     "vae": {"samples", "reconstructions", "interpolation", "curves"},
     "gan": {"samples", "curves"},
     "diffusion": {"samples", "curves"},
+    "seq2seq": {"translations", "alignment", "curves"},
 }
 
 

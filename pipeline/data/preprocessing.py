@@ -400,8 +400,8 @@ class TextPreprocessor(Preprocessor):
 
 # a target vocabulary starts with these (models/seq2seq.py reads the same ids); a source
 # vocabulary with the first two
-SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>")
-PAD, UNK, BOS, EOS = range(4)
+SPECIALS = (PAD, UNK, "<bos>", "<eos>")
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(4)
 
 
 def tokenize(text: str, tokenizer: str) -> list[str]:
@@ -417,11 +417,11 @@ def encode(sequences, vocab: list[str], length: int, bos_eos: bool = False) -> n
     (N, length + 2): BOS, the tokens, EOS."""
     index = {t: i for i, t in enumerate(vocab)}
     width = length + 2 if bos_eos else length
-    out = np.full((len(sequences), width), PAD, np.int64)
+    out = np.full((len(sequences), width), PAD_ID, np.int64)
     for row, seq in enumerate(sequences):
-        ids = [index.get(t, UNK) for t in seq[:length]]
+        ids = [index.get(t, UNK_ID) for t in seq[:length]]
         if bos_eos:
-            ids = [BOS, *ids, EOS]
+            ids = [BOS_ID, *ids, EOS_ID]
         out[row, : len(ids)] = ids
     return out
 
@@ -430,9 +430,9 @@ def decode_ids(ids, vocab: list[str], tokenizer: str) -> str:
     """Ids -> text, up to the first EOS (padding and BOS dropped; unknown tokens as <unk>)."""
     tokens = []
     for i in ids:
-        if i == EOS:
+        if i == EOS_ID:
             break
-        if i not in (PAD, BOS):
+        if i not in (PAD_ID, BOS_ID):
             tokens.append(vocab[i])
     return detokenize(tokens, tokenizer)
 

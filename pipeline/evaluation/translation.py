@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 from pipeline import plots
 from pipeline.data import datasets
-from pipeline.data.preprocessing import BOS, EOS, decode_ids
+from pipeline.data.preprocessing import BOS_ID, EOS_ID, decode_ids
 from pipeline.evaluation.base import Evaluation, Inputs
 from pipeline.metrics import mean_interval
 
@@ -108,14 +108,14 @@ def alignment_figure(model, batches, schema: dict, title: str):
     src = batches.head(3)
     with torch.no_grad():
         out = model(src)
-        bos = torch.full((len(src), 1), BOS, dtype=out.dtype, device=out.device)
+        bos = torch.full((len(src), 1), BOS_ID, dtype=out.dtype, device=out.device)
         weights = model.alignment(src, torch.cat([bos, out[:, :-1]], 1)).float().cpu()
     src_vocab, tgt_vocab = schema["source_vocab"], schema["target_vocab"]
     maps, keys, queries = [], [], []
     for k in range(len(src)):
         source = [src_vocab[t] for t in src[k].tolist() if t != 0]
         output = out[k].tolist()
-        length = output.index(EOS) + 1 if EOS in output else len(output)
+        length = output.index(EOS_ID) + 1 if EOS_ID in output else len(output)
         maps.append(weights[k, :length, : len(source)].numpy())
         keys.append(source)
         queries.append([tgt_vocab[t] for t in output[:length]])
