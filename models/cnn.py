@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from models.configs import CNNConfig
-from models.layers import activation
+from models.layers import activation, head
 from models.registry import DataSpec, register_model
 
 
@@ -39,7 +39,9 @@ class ConvBlock(nn.Module):
 
 
 class CNN(nn.Module):
-    def __init__(self, config: CNNConfig, input_shape: tuple[int, ...], num_classes: int):
+    def __init__(
+        self, config: CNNConfig, input_shape: tuple[int, ...], num_classes: int, binary=False
+    ):
         super().__init__()
         if len(input_shape) != 3:
             raise ValueError(f"cnn needs (C, H, W) inputs, got shape {tuple(input_shape)}")
@@ -55,7 +57,7 @@ class CNN(nn.Module):
             nn.Linear(c * h * w, config.hidden_size),
             activation(config.activation),
             nn.Dropout(config.dropout),
-            nn.Linear(config.hidden_size, num_classes),
+            head(config.hidden_size, num_classes, binary),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -64,4 +66,4 @@ class CNN(nn.Module):
 
 @register_model("cnn", CNNConfig)
 def build_cnn(*, config: CNNConfig, spec: DataSpec) -> CNN:
-    return CNN(config, spec.input_shape, spec.outputs)
+    return CNN(config, spec.input_shape, spec.outputs, spec.binary)

@@ -1,6 +1,8 @@
 """Small building blocks shared by the model families."""
 
+import torch
 from torch import nn
+from torch.nn import functional as F
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -18,6 +20,26 @@ def activation(name: str) -> nn.Module:
         raise ValueError(
             f"unknown activation {name!r}; choose from {', '.join(ACTIVATIONS)}"
         ) from None
+
+
+class BinaryLogit(nn.Module):
+    """A two-class head of one logit z (a sigmoid trained with binary cross-entropy), given to
+    the rest of the pipeline as the two logits (0, z): their softmax is (1 - sigmoid(z),
+    sigmoid(z)) and their cross-entropy is z's binary cross-entropy, so training, argmax,
+    attacks and the served probabilities read it as any classifier's output."""
+
+    def __init__(self, in_features: int):
+        super().__init__()
+        self.linear = nn.Linear(in_features, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(self.linear(x), (1, 0))  # (B, 1) -> (B, 2): (0, z)
+
+
+def head(in_features: int, outputs: int, binary: bool = False) -> nn.Module:
+    """The last layer of a predictive model: one output per class or horizon step, or one
+    logit for two classes (`DataSpec.binary`)."""
+    return BinaryLogit(in_features) if binary else nn.Linear(in_features, outputs)
 
 
 def init_weights(model: nn.Module, scheme: str) -> None:

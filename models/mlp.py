@@ -8,12 +8,12 @@ import torch
 from torch import nn
 
 from models.configs import MLPConfig
-from models.layers import activation
+from models.layers import activation, head
 from models.registry import DataSpec, register_model
 
 
 class MLP(nn.Module):
-    def __init__(self, config: MLPConfig, in_features: int, out_features: int):
+    def __init__(self, config: MLPConfig, in_features: int, out_features: int, binary=False):
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_features
@@ -23,7 +23,7 @@ class MLP(nn.Module):
                 layers.append(nn.BatchNorm1d(hidden))
             layers += [activation(config.activation), nn.Dropout(config.dropout)]
             width = hidden
-        layers.append(nn.Linear(width, out_features))
+        layers.append(head(width, out_features, binary))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -32,4 +32,4 @@ class MLP(nn.Module):
 
 @register_model("mlp", MLPConfig)
 def build_mlp(*, config: MLPConfig, spec: DataSpec) -> MLP:
-    return MLP(config, math.prod(spec.input_shape), spec.outputs)
+    return MLP(config, math.prod(spec.input_shape), spec.outputs, spec.binary)

@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from models.configs import PretrainedConfig
+from models.layers import head
 from models.registry import DataSpec, register_model
 
 BACKBONES = {  # name -> (torchvision builder, weights enum)
@@ -64,10 +65,10 @@ class Pretrained(nn.Module):
                 p.requires_grad_(False)
         # a new head for our classes (trainable even when the backbone is frozen)
         if config.backbone == "resnet18":
-            self.backbone.fc = nn.Linear(self.backbone.fc.in_features, spec.num_classes)
+            self.backbone.fc = head(self.backbone.fc.in_features, spec.num_classes, spec.binary)
         else:
             last = self.backbone.classifier[-1]
-            self.backbone.classifier[-1] = nn.Linear(last.in_features, spec.num_classes)
+            self.backbone.classifier[-1] = head(last.in_features, spec.num_classes, spec.binary)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == 1:

@@ -25,6 +25,7 @@ class DataSpec:
     horizon: int = 0  # forecasting: values predicted per sample
     vocab_size: int = 0  # token inputs
     per_step: bool = False  # one output per sequence step (language models)
+    binary: bool = False  # two classes through one sigmoid logit (layers.BinaryLogit)
 
     @property
     def outputs(self) -> int:

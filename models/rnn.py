@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from models.configs import RNNConfig
+from models.layers import head
 from models.registry import DataSpec, register_model
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
@@ -40,7 +41,7 @@ class RNN(nn.Module):
         )
         directions = 2 if config.bidirectional else 1
         self.dropout = nn.Dropout(config.dropout)
-        self.head = nn.Linear(config.hidden_size * directions, spec.outputs)
+        self.head = head(config.hidden_size * directions, spec.outputs, spec.binary)
         self.per_step = spec.per_step
         for name, param in self.rnn.named_parameters():
             if name.startswith("weight_hh"):

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.configs import TransformerConfig
+from models.layers import head
 from models.registry import DataSpec, register_model
 
 
@@ -121,7 +122,7 @@ class Transformer(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.layers))
         self.norm = nn.LayerNorm(config.d_model)
-        self.head = nn.Linear(config.d_model, spec.outputs)
+        self.head = head(config.d_model, spec.outputs, spec.binary)
         self.apply(_small_init)
 
     def _sequence(self, x: torch.Tensor) -> torch.Tensor:

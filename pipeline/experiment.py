@@ -57,7 +57,7 @@ def prepare(exp: ExperimentParams, experiment: str) -> Prepared:
         device = distributed.setup(device)
     engine.seed_everything(exp.seed)
     engine.set_deterministic(exp.train.deterministic)
-    spec = data_spec(schema)
+    spec = data_spec(schema, exp.train.binary_head, experiment)
     task = tasks.make_task(task_kind(exp.model.name, schema["task"]), exp.train, schema)
     try:
         model = build_model(exp.model.name, exp.model.model_dump(exclude={"name"}), spec)
@@ -161,9 +161,18 @@ def resolved_experiment(params: Params, experiment: str) -> tuple[ExperimentPara
     return apply_overrides(exp, overrides, str(path)), overrides
 
 
-def data_spec(schema: dict):
-    """What the model needs to know about the processed dataset."""
+def data_spec(schema: dict, binary: bool = False, experiment: str = ""):
+    """What the model needs to know about the processed dataset (`binary`: two classes read
+    from one sigmoid logit, train.binary_head)."""
     from models import DataSpec
+
+    if binary and (schema["task"] != "classification" or schema.get("num_classes") != 2):
+        classes = schema.get("num_classes")
+        found = f"{classes} classes" if classes else f"a {schema['task']} dataset"
+        raise PipelineError(
+            f"experiments.{experiment}.train.binary_head: needs a two-class classification "
+            f"dataset; {schema.get('dataset', 'this one')} has {found}: set binary_head: false"
+        )
 
     language_model = schema["task"] == "language_model"
     return DataSpec(
@@ -172,6 +181,7 @@ def data_spec(schema: dict):
         horizon=schema.get("horizon", 0),
         vocab_size=schema.get("vocab_size", 0),
         per_step=language_model,
+        binary=binary,
     )
 
 

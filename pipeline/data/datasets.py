@@ -23,6 +23,8 @@ def ingest(name: str, cfg: DatasetParams) -> Path:
     """Fetch the source into data/raw/<name>/ (an .npy file per array + meta.json)."""
     if cfg.source == "table":
         return table.ingest(name, cfg)
+    if cfg.source == "sklearn_table":
+        return table.ingest_bundled(name, cfg)
     if cfg.source == "text":
         return text.ingest(name, cfg)
     if cfg.source in ("dates", "seq2seq"):
@@ -115,7 +117,7 @@ def preprocess(name: str, cfg: DatasetParams) -> Path:
         return _preprocess_series(name, cfg)
     if cfg.source == "python_docstrings":
         return _preprocess_text(name, cfg)
-    if cfg.source == "table":
+    if cfg.source in ("table", "sklearn_table"):
         return table.preprocess(name, cfg)  # streams: writes the splits itself
     if cfg.source in ("dates", "seq2seq"):
         return seq2seq.preprocess(name, cfg)

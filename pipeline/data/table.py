@@ -94,6 +94,27 @@ def ingest(name: str, cfg, columns: list[str] | None = None) -> Path:
     return paths.raw_dir(name)
 
 
+def ingest_bundled(name: str, cfg) -> Path:
+    """One of scikit-learn's bundled tables as data/raw/<name>/table.parquet: its feature
+    columns and `target` (class names for the classification tables)."""
+    import sklearn.datasets
+
+    bunch = getattr(sklearn.datasets, f"load_{cfg.name}")(as_frame=True)
+    frame = bunch.frame
+    if "target_names" in bunch:  # classes by name, as a user's CSV would hold them
+        frame["target"] = np.asarray(bunch.target_names)[frame["target"].to_numpy()]
+    if cfg.target not in frame.columns:
+        raise PipelineError(
+            f"datasets.{name}.target: {cfg.target!r} is not a column of scikit-learn's "
+            f"{cfg.name}; columns: {', '.join(frame.columns)}"
+        )
+    with atomic.atomic_dir(paths.raw_dir(name)) as tmp:
+        frame.to_parquet(tmp / paths.raw_table_file(name).name, index=False)
+        meta = {"source": cfg.source, "name": cfg.name, "samples": len(frame)}
+        (tmp / paths.raw_meta_file(name).name).write_text(json.dumps(meta, indent=2) + "\n")
+    return paths.raw_dir(name)
+
+
 def frames(table, columns: list[str]):
     """The raw table's `columns` as pandas frames of BATCH_ROWS rows, in file order. One
     thread: with threads Arrow decodes row groups ahead and holds the whole file."""
@@ -186,7 +207,7 @@ def preprocess(name: str, cfg) -> Path:
 
     schema = {
         "dataset": name,
-        "source": "table",
+        "source": cfg.source,
         "task": task,
         "input_shape": [len(prep.columns)],
         "features": prep.columns,

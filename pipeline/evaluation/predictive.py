@@ -13,7 +13,12 @@ from pipeline.engine import Batches, predict
 from pipeline.evaluation.attacks import attack_accuracy
 from pipeline.evaluation.base import CONFUSION_HEADER, Evaluation, Inputs
 from pipeline.evaluation.images import cnn_insight, robustness
-from pipeline.metrics import classification_intervals, classification_metrics, rmse_interval
+from pipeline.metrics import (
+    auroc,
+    classification_intervals,
+    classification_metrics,
+    rmse_interval,
+)
 
 
 def classification(
@@ -267,7 +272,47 @@ def _classification(i: Inputs) -> Evaluation:
     result.figures.update(figures)
     if i.exp.model.name == "cnn":
         result.figures.update(cnn_insight(i.model, i.batches.head(1), i.experiment))
+    if len(i.schema["classes"]) == 2:
+        metrics, details, figures = two_classes(i)
+        result.metrics.update(metrics)
+        result.details.update(details)
+        result.figures.update(figures)
     return result
+
+
+def two_classes(i: Inputs) -> tuple[dict[str, float], dict, dict]:
+    """A two-class classifier's ranking and its operating point: ROC AUC (bootstrap 95%
+    interval) and the ROC curve of p(second class) on test, and the decision threshold that
+    is most accurate on the validation split, with the test accuracy it gives."""
+    from sklearn.metrics import roc_curve
+
+    def scores(split_batches: Batches) -> np.ndarray:
+        return predict(i.model, split_batches).float().softmax(1)[:, 1].cpu().numpy()
+
+    val_x, val_y = datasets.load_split(i.exp.dataset, "val")
+    val = Batches(val_x, val_y, i.exp.evaluate.batch_size, device=i.batches.device, shuffle=False)
+    val_scores, test_scores = scores(val), scores(i.batches)
+    y_true = i.batches.y.cpu().numpy()
+    # every val score is a candidate threshold (at most 1,001 quantiles of them)
+    grid = (
+        np.quantile(val_scores, np.linspace(0, 1, 1001)) if len(val_scores) > 1001 else val_scores
+    )
+    candidates = np.unique(np.concatenate([[0.5], grid]))
+    val_accuracy = [((val_scores >= t) == val_y).mean() for t in candidates]
+    best = max(val_accuracy)  # ties: the threshold nearest 0.5
+    threshold = min(
+        (t for t, a in zip(candidates, val_accuracy, strict=True) if a == best),
+        key=lambda t: abs(t - 0.5),
+    )
+    metrics = auroc(y_true, test_scores, "test", "roc_auc")
+    metrics["test/threshold"] = float(threshold)
+    metrics["test/accuracy_at_threshold"] = float(((test_scores >= threshold) == y_true).mean())
+    fpr, tpr, _ = roc_curve(y_true, test_scores)
+    positive = i.schema["classes"][1]
+    title = f"{i.experiment}: test ROC curve (positive class {positive!r})"
+    figure = plots.roc_figure(fpr, tpr, metrics["test/roc_auc"], title)
+    details = {"threshold": {"value": float(threshold), "chosen_on": "val", "val_accuracy": best}}
+    return metrics, details, {"roc": figure}
 
 
 def _regression(i: Inputs) -> Evaluation:

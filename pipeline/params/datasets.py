@@ -92,6 +92,19 @@ class TableDataset(Strict):
     normalize: bool = Field(True, description="standardise numeric columns with train statistics")
 
 
+class BundledTableDataset(TableDataset):
+    """A table bundled with scikit-learn (real measurements, offline), read as a `table`
+    source: breast_cancer (569 tumours, 30 features, two classes), wine (178, 13, three),
+    iris (150, 4, three) or diabetes (442, 10, disease progression as a value)."""
+
+    source: Literal["sklearn_table"]  # type: ignore[assignment]
+    name: Literal["breast_cancer", "wine", "iris", "diabetes"] = Field(
+        description="which bundled table"
+    )
+    path: str | None = Field(None, description="not used: the table ships with scikit-learn")
+    target: str = Field("target", description="column to predict")
+
+
 class TorchvisionDataset(Strict):
     """MNIST, Fashion-MNIST, KMNIST or CIFAR-10 from their standard files under `root`."""
 
@@ -188,6 +201,7 @@ DatasetParams = Annotated[
         ImageFolderDataset,
         DatesDataset,
         Seq2SeqDataset,
+        BundledTableDataset,
     ],
     Field(discriminator="source"),
 ]
@@ -196,6 +210,7 @@ DATASET_TASK = {
     "statsmodels": "forecasting",
     "python_docstrings": "language_model",
     "table": None,  # its own `task`, or inferred from the target column
+    "sklearn_table": None,
     "text": "text_classification",  # token ids: recurrent models only
     "dates": "seq2seq",
     "seq2seq": "seq2seq",

@@ -87,6 +87,11 @@ class TrainParams(Strict):
     early_stopping: EarlyStoppingParams = EarlyStoppingParams()
     grad_clip: float | None = Field(1.0, gt=0, description="max gradient norm; null disables")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="classification only")
+    binary_head: bool = Field(
+        False,
+        description="two-class classification: one logit with a sigmoid, trained by binary "
+        "cross-entropy (instead of two softmax logits)",
+    )
     l1: float = Field(0.0, ge=0, description="L1 penalty on weights")
     class_weights: Literal["none", "balanced"] = Field(
         "none", description="balanced: loss weights inverse to class counts"
