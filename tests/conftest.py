@@ -151,9 +151,16 @@ def write_params(path: Path, raw: dict) -> Path:
     return path
 
 
+# a shrunk `dvc repro` of the whole shipped zoo (65 stages) took 6-10 minutes on a slow day of
+# the 2-core machine: the limit catches a hang, not a slow run
+TIMEOUT = 1500
+
+
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     """Run a command with the venv's tools first on PATH, as `make` does."""
-    proc = subprocess.run(cmd, cwd=cwd, env=venv_env(), capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        cmd, cwd=cwd, env=venv_env(), capture_output=True, text=True, timeout=TIMEOUT
+    )
     if check and proc.returncode != 0:
         raise AssertionError(
             f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout}\n"

@@ -80,7 +80,7 @@ def test_unknown_dataset_and_bad_choice(tmp_path):
     problems = problems_for(tmp_path, mutate)
     assert (
         "experiments.mlp_digits.dataset: 'mnist' is not a declared dataset; "
-        "declared: cancer, dates, digits, docs, sunspots" in problems
+        "declared: cancer, dates, digits, docs, names, sunspots" in problems
     )
     assert (
         "defaults.train.optimizer.name: 'lbfgs' is not allowed; "

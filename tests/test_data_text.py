@@ -119,3 +119,21 @@ def test_lstm_learns_sentiment_through_the_real_stages(workdir):
     preprocess.run(params, "rev")
     train.run(params, "lstm_rev")
     assert evaluate.run(params, "lstm_rev")["test/accuracy"] >= 0.9
+
+
+def test_cldr_names_are_labelled_by_language_and_none_is_shared(workdir):
+    from pipeline.params.datasets import CldrNamesDataset
+
+    cfg = CldrNamesDataset.model_validate({"source": "cldr_names", "locales": ["fr", "de"]})
+    datasets.ingest("names", cfg)
+    raw = pd.read_parquet(paths.raw_table_file("names"))
+    assert set(raw["language"]) == {"fr", "de"}
+    assert "Allemagne" in set(raw["text"]) and "Deutschland" in set(raw["text"])
+    assert raw["text"].is_unique  # "Portugal", written alike by both, is left out
+    assert "Portugal" not in set(raw["text"])
+    datasets.preprocess("names", cfg)
+    schema = datasets.load_schema("names")
+    assert schema["classes"] == ["de", "fr"] and schema["tokenizer"] == "char"
+    with pytest.raises(PipelineError, match=r"datasets.bad.locales: 'xx' is not a CLDR locale"):
+        datasets.ingest("bad", cfg.model_copy(update={"locales": ("fr", "xx")}))
+    assert not paths.raw_dir("bad").exists()

@@ -70,7 +70,11 @@ EXTRA_FIGURES = {
     "vae_digits_anomaly": {"roc"},
 }
 # a two-class table: its ROC curve, and no attacks (they are for images)
-ONLY_FIGURES = {"mlp_cancer": {"confusion", "curves", "roc"}}
+# and text read by a transformer: its attention, no attacks
+ONLY_FIGURES = {
+    "mlp_cancer": {"confusion", "curves", "roc"},
+    "transformer_names": {"confusion", "curves", "attention"},
+}
 TUNED = tuple(
     e for e, x in shipped_params()["experiments"].items() if x.get("tune", {}).get("enabled")
 )

@@ -25,7 +25,7 @@ def ingest(name: str, cfg: DatasetParams) -> Path:
         return table.ingest(name, cfg)
     if cfg.source == "sklearn_table":
         return table.ingest_bundled(name, cfg)
-    if cfg.source == "text":
+    if cfg.source in ("text", "cldr_names"):
         return text.ingest(name, cfg)
     if cfg.source in ("dates", "seq2seq"):
         return seq2seq.ingest(name, cfg)
@@ -121,7 +121,7 @@ def preprocess(name: str, cfg: DatasetParams) -> Path:
         return table.preprocess(name, cfg)  # streams: writes the splits itself
     if cfg.source in ("dates", "seq2seq"):
         return seq2seq.preprocess(name, cfg)
-    if cfg.source == "text":
+    if cfg.source in ("text", "cldr_names"):
         splits, schema, prep = text.preprocess(name, cfg)
         store.write_processed(name, splits, schema, prep)
         return paths.processed_dir(name)

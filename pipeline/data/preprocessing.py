@@ -321,82 +321,7 @@ def as_numbers(values, column: str):
 # ------------------------------------------------------------------------------------ text
 
 PAD, UNK = "<pad>", "<unk>"
-WORD = re.compile(r"\w+|[^\w\s]")
-
-
-class TextPreprocessor(Preprocessor):
-    """Raw strings -> `max_length` token ids: lower-cased words and punctuation (or
-    characters), ids from the train vocabulary (0 = padding, 1 = unknown), truncated, padded
-    on the left so the last step is real text."""
-
-    kind = "text"
-
-    def __init__(self, target, column, tokenizer, lowercase, max_length, vocab, example=None):
-        super().__init__(target)
-        self.column = column
-        self.tokenizer, self.lowercase, self.max_length = tokenizer, lowercase, max_length
-        self.vocab = list(vocab)
-        self.index = {t: i for i, t in enumerate(self.vocab)}
-        self.example = example or []
-
-    @classmethod
-    def fit(cls, train_texts, cfg, target: dict):
-        blank = cls(target, cfg.text_column, cfg.tokenizer, cfg.lowercase, cfg.max_length, [])
-        counts = Counter(tok for text in train_texts for tok in blank.tokenize(text))
-        kept = [
-            t
-            for t, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-            if c >= cfg.min_freq
-        ]
-        vocab = [PAD, UNK, *kept[: cfg.max_vocab - 2]]
-        example = [str(t) for t in list(train_texts)[:3]]
-        return cls(
-            target, cfg.text_column, cfg.tokenizer, cfg.lowercase, cfg.max_length, vocab, example
-        )
-
-    def _state(self) -> dict:
-        return {
-            "column": self.column,
-            "tokenizer": self.tokenizer,
-            "lowercase": self.lowercase,
-            "max_length": self.max_length,
-            "vocab": self.vocab,
-            "example": self.example,
-        }
-
-    def raw_columns(self) -> list[tuple[str, str]]:
-        return [(self.column, "string")]
-
-    def example_input(self):
-        import pandas as pd
-
-        return pd.DataFrame({self.column: pd.Series(self.example, dtype=object)})
-
-    def tokenize(self, text: str) -> list[str]:
-        text = text.lower() if self.lowercase else text
-        return WORD.findall(text) if self.tokenizer == "word" else list(text)
-
-    def transform(self, raw) -> np.ndarray:
-        import pandas as pd
-
-        if isinstance(raw, pd.DataFrame):
-            if self.column not in raw.columns:
-                raise InputError(f"missing column {self.column!r} (the text to classify)")
-            raw = raw[self.column]
-        texts = list(raw)
-        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
-        if bad:
-            raise InputError(
-                f"column {self.column!r}: row {bad[0]} holds {texts[bad[0]]!r}, not text"
-            )
-        return np.stack([self._ids(self.tokenize(t)) for t in texts]).astype(np.int64)
-
-    def _ids(self, tokens: list[str]) -> np.ndarray:
-        ids = [self.index.get(t, 1) for t in tokens][: self.max_length]
-        return np.array([0] * (self.max_length - len(ids)) + ids, np.int64)
-
-
-# ---------------------------------------------------------------------------------- pairs
+WORD = re.compile(r"\w+|[^\w\s]")  # words and punctuation
 
 # a target vocabulary starts with these (models/seq2seq.py reads the same ids); a source
 # vocabulary with the first two
@@ -437,7 +362,91 @@ def decode_ids(ids, vocab: list[str], tokenizer: str) -> str:
     return detokenize(tokens, tokenizer)
 
 
-class PairPreprocessor(Preprocessor):
+class TextColumnPreprocessor(Preprocessor):
+    """Raw rows whose one text `column` is the input (text classification, translation)."""
+
+    column: str
+    example: list[str]
+
+    def raw_columns(self) -> list[tuple[str, str]]:
+        return [(self.column, "string")]
+
+    def example_input(self):
+        import pandas as pd
+
+        return pd.DataFrame({self.column: pd.Series(self.example, dtype=object)})
+
+    def texts(self, raw, purpose: str) -> list[str]:
+        """The strings of `raw` (a DataFrame holding the column, or a sequence of strings);
+        InputError naming the column and the first row that is not text."""
+        import pandas as pd
+
+        if isinstance(raw, pd.DataFrame):
+            if self.column not in raw.columns:
+                raise InputError(f"missing column {self.column!r} ({purpose})")
+            raw = raw[self.column]
+        texts = list(raw)
+        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+        if bad:
+            raise InputError(
+                f"column {self.column!r}: row {bad[0]} holds {texts[bad[0]]!r}, not text"
+            )
+        return texts
+
+
+class TextPreprocessor(TextColumnPreprocessor):
+    """Raw strings -> `max_length` token ids: lower-cased words and punctuation (or
+    characters), ids from the train vocabulary (0 = padding, 1 = unknown), truncated, padded
+    on the left so the last step is real text."""
+
+    kind = "text"
+
+    def __init__(self, target, column, tokenizer, lowercase, max_length, vocab, example=None):
+        super().__init__(target)
+        self.column = column
+        self.tokenizer, self.lowercase, self.max_length = tokenizer, lowercase, max_length
+        self.vocab = list(vocab)
+        self.index = {t: i for i, t in enumerate(self.vocab)}
+        self.example = example or []
+
+    @classmethod
+    def fit(cls, train_texts, cfg, target: dict):
+        blank = cls(target, cfg.text_column, cfg.tokenizer, cfg.lowercase, cfg.max_length, [])
+        counts = Counter(tok for text in train_texts for tok in blank.tokenize(text))
+        kept = [
+            t
+            for t, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+            if c >= cfg.min_freq
+        ]
+        vocab = [PAD, UNK, *kept[: cfg.max_vocab - 2]]
+        example = [str(t) for t in list(train_texts)[:3]]
+        return cls(
+            target, cfg.text_column, cfg.tokenizer, cfg.lowercase, cfg.max_length, vocab, example
+        )
+
+    def _state(self) -> dict:
+        return {
+            "column": self.column,
+            "tokenizer": self.tokenizer,
+            "lowercase": self.lowercase,
+            "max_length": self.max_length,
+            "vocab": self.vocab,
+            "example": self.example,
+        }
+
+    def tokenize(self, text: str) -> list[str]:
+        return tokenize(text.lower() if self.lowercase else text, self.tokenizer)
+
+    def transform(self, raw) -> np.ndarray:
+        texts = self.texts(raw, "the text to classify")
+        return np.stack([self._ids(self.tokenize(t)) for t in texts]).astype(np.int64)
+
+    def _ids(self, tokens: list[str]) -> np.ndarray:
+        ids = [self.index.get(t, 1) for t in tokens][: self.max_length]
+        return np.array([0] * (self.max_length - len(ids)) + ids, np.int64)
+
+
+class PairPreprocessor(TextColumnPreprocessor):
     """Source texts -> token ids of the train vocabulary (truncated, padded on the right); the
     decoder's ids -> the translated text, in a `translation` column."""
 
@@ -458,30 +467,11 @@ class PairPreprocessor(Preprocessor):
             "example": self.example,
         }
 
-    def raw_columns(self) -> list[tuple[str, str]]:
-        return [(self.column, "string")]
-
-    def example_input(self):
-        import pandas as pd
-
-        return pd.DataFrame({self.column: pd.Series(self.example, dtype=object)})
-
     def kind_of_task(self) -> str:
         return "seq2seq"
 
     def transform(self, raw) -> np.ndarray:
-        import pandas as pd
-
-        if isinstance(raw, pd.DataFrame):
-            if self.column not in raw.columns:
-                raise InputError(f"missing column {self.column!r} (the text to translate)")
-            raw = raw[self.column]
-        texts = list(raw)
-        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
-        if bad:
-            raise InputError(
-                f"column {self.column!r}: row {bad[0]} holds {texts[bad[0]]!r}, not text"
-            )
+        texts = self.texts(raw, "the text to translate")
         return encode([tokenize(t, self.tokenizer) for t in texts], self.vocab, self.length)
 
     def decode(self, outputs: np.ndarray):

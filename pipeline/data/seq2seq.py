@@ -12,11 +12,9 @@ the text as written, not against ids that may have lost rare tokens.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
-from pipeline import atomic, paths
+from pipeline import paths
 from pipeline.data import store, table
 from pipeline.data.preprocessing import SPECIALS, PairPreprocessor, encode, tokenize
 from pipeline.errors import PipelineError
@@ -32,17 +30,8 @@ def columns(cfg) -> tuple[str, str]:
 def ingest(name: str, cfg):
     if cfg.source == "seq2seq":
         return table.ingest(name, cfg, list(columns(cfg)))
-    frame = dates_frame(name, cfg)
-    with atomic.atomic_dir(paths.raw_dir(name)) as tmp:
-        frame.to_parquet(tmp / paths.raw_table_file(name).name, index=False)
-        meta = {
-            "source": cfg.source,
-            "samples": len(frame),
-            "locales": list(cfg.locales),
-            "formats": list(cfg.formats),
-        }
-        (tmp / paths.raw_meta_file(name).name).write_text(json.dumps(meta, indent=2) + "\n")
-    return paths.raw_dir(name)
+    meta = {"source": cfg.source, "locales": list(cfg.locales), "formats": list(cfg.formats)}
+    return table.write_raw(name, dates_frame(name, cfg), meta)
 
 
 def dates_frame(name: str, cfg):

@@ -108,9 +108,15 @@ def ingest_bundled(name: str, cfg) -> Path:
             f"datasets.{name}.target: {cfg.target!r} is not a column of scikit-learn's "
             f"{cfg.name}; columns: {', '.join(frame.columns)}"
         )
+    return write_raw(name, frame, {"source": cfg.source, "name": cfg.name})
+
+
+def write_raw(name: str, frame, meta: dict) -> Path:
+    """A table a source built itself (bundled or generated data) as data/raw/<name>/: the
+    table.parquet and meta.json a user's file gets from `ingest`."""
     with atomic.atomic_dir(paths.raw_dir(name)) as tmp:
         frame.to_parquet(tmp / paths.raw_table_file(name).name, index=False)
-        meta = {"source": cfg.source, "name": cfg.name, "samples": len(frame)}
+        meta = {**meta, "samples": len(frame)}
         (tmp / paths.raw_meta_file(name).name).write_text(json.dumps(meta, indent=2) + "\n")
     return paths.raw_dir(name)
 

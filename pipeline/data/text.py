@@ -1,5 +1,7 @@
-"""The `text` source: a CSV (or Parquet) file with a text column and a label column, for
-text classification (sentiment analysis and the like) with the recurrent family.
+"""Text classification sources: `text`, a CSV (or Parquet) file with a text column and a
+label column (sentiment analysis and the like), and `cldr_names`, the names of countries,
+languages and currencies as several languages write them (Babel's copy of the Unicode CLDR
+data), labelled by language.
 
 The tokeniser and the vocabulary (built on the train split only) are the fitted
 `preprocessing.TextPreprocessor`, which the registered model carries.
@@ -15,7 +17,32 @@ from pipeline.errors import PipelineError
 
 
 def ingest(name: str, cfg):
+    if cfg.source == "cldr_names":
+        meta = {"source": cfg.source, "locales": list(cfg.locales), "kinds": list(cfg.kinds)}
+        return table.write_raw(name, cldr_names(name, cfg), meta)
     return table.ingest(name, cfg, [cfg.text_column, cfg.label_column])
+
+
+def cldr_names(name: str, cfg):
+    """Every name of `cfg.kinds` (territories, languages, currencies) in each locale, labelled
+    by the locale; a name that two of the languages write alike ("Canada") is left out, as
+    its language cannot be told."""
+    import pandas as pd
+    from babel import Locale, UnknownLocaleError
+
+    rows = []
+    for locale in cfg.locales:
+        try:
+            names = Locale.parse(locale)
+        except (UnknownLocaleError, ValueError):
+            raise PipelineError(
+                f"datasets.{name}.locales: {locale!r} is not a CLDR locale; use names like "
+                "en, fr, de, pt_BR"
+            ) from None
+        rows += [(text, locale) for kind in cfg.kinds for text in getattr(names, kind).values()]
+    frame = pd.DataFrame(rows, columns=[cfg.text_column, cfg.label_column]).drop_duplicates()
+    shared = frame.groupby(cfg.text_column)[cfg.label_column].transform("nunique") > 1
+    return frame[~shared].reset_index(drop=True)
 
 
 def preprocess(name: str, cfg):
@@ -41,7 +68,7 @@ def preprocess(name: str, cfg):
     out = {s: {"x": x[i], "y": y[i], "index": i} for s, i in splits.items()}
     schema = {
         "dataset": name,
-        "source": "text",
+        "source": cfg.source,
         "task": "classification",
         "input_shape": [cfg.max_length],
         "vocab_size": len(prep.vocab),

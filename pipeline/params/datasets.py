@@ -145,6 +145,27 @@ class TextDataset(Strict):
     split: SplitParams = SplitParams()
 
 
+class CldrNamesDataset(TextDataset):
+    """The names of countries, languages and currencies as each of several languages writes
+    them (Babel's copy of the Unicode CLDR data), labelled by language: offline text
+    classification. Names two languages write alike are left out."""
+
+    source: Literal["cldr_names"]  # type: ignore[assignment]
+    locales: tuple[str, ...] = Field(
+        ("en", "fr", "de", "es", "it", "nl", "pt", "sv"),
+        min_length=2,
+        description="CLDR locales: the classes",
+    )
+    kinds: tuple[Literal["territories", "languages", "currencies"], ...] = Field(
+        ("territories", "languages", "currencies"), min_length=1, description="names taken"
+    )
+    path: str | None = Field(None, description="not used: the names ship with Babel")
+    label_column: str = Field("language", description="column holding the class")
+    tokenizer: Literal["word", "char"] = Field("char", description="split into words or characters")
+    lowercase: bool = Field(False, description="lower-case before tokenising")
+    max_length: int = Field(32, ge=1, description="tokens per text: truncated or padded")
+
+
 class DatesDataset(Strict):
     """Dates written out by Babel (the Unicode CLDR locale data) in several languages and
     formats, each paired with its ISO YYYY-MM-DD form: sequence-to-sequence translation,
@@ -202,6 +223,7 @@ DatasetParams = Annotated[
         DatesDataset,
         Seq2SeqDataset,
         BundledTableDataset,
+        CldrNamesDataset,
     ],
     Field(discriminator="source"),
 ]
@@ -211,7 +233,8 @@ DATASET_TASK = {
     "python_docstrings": "language_model",
     "table": None,  # its own `task`, or inferred from the target column
     "sklearn_table": None,
-    "text": "text_classification",  # token ids: recurrent models only
+    "text": "text_classification",  # token ids: the rnn and transformer families
+    "cldr_names": "text_classification",
     "dates": "seq2seq",
     "seq2seq": "seq2seq",
     **{
