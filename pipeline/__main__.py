@@ -175,6 +175,9 @@ def run_command(args) -> int:
         # stays in the project (.prefect/, as `make serve` keeps it), and it sends nothing out
         os.environ.setdefault("PREFECT_HOME", os.path.abspath(".prefect"))
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        # Prefect waits 20 s for it by default; on a loaded 2-core machine its start-up
+        # (7-14 s idle) has taken longer, and failing the whole run for that helps nobody
+        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     try:
         load_params(paths.PARAMS)  # what dvc.yaml reads
         graph = parallel.stage_graph(".", args.targets or None)
