@@ -4,6 +4,7 @@
 `python -m pipeline serve`: serve the Prefect flows (retrain on `schedule.cron`); see flows.py.
 `python -m pipeline verify-determinism <experiment>`: train and evaluate twice, diff the outputs.
 `python -m pipeline params-doc`: print the params.yaml reference (docs/params.md).
+`python -m pipeline compare [EXPERIMENT...]`: DVC experiments side by side, a line per experiment.
 
 Light on purpose: it imports no torch or mlflow. Which stages are out of date comes from DVC's
 own status, asked in this process: a `dvc status` subprocess costs a second Python start-up
@@ -165,8 +166,11 @@ def run_command(args) -> int:
     import time
 
     from pipeline import parallel
+    from pipeline.tracking.context import INVOCATION_ENV, invocation_name
 
     start = time.monotonic()
+    # every stage's MLflow run is tagged with it (each stage is its own `dvc` call)
+    os.environ.setdefault(INVOCATION_ENV, invocation_name("pipeline run", time.time(), os.getpid()))
     # before Prefect is imported (it reads them then): the flow's and tasks' own INFO lines
     # stay in Prefect (its UI, its API), as the board says what runs
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
@@ -265,7 +269,14 @@ def verify_command(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline")
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="The pipeline's own commands beside DVC's: check params.yaml, run the "
+        "stages with independent ones at once, predict with a registered model, serve the "
+        "Prefect flows. `dvc repro` runs the same stages one at a time.",
+        epilog="The stages themselves: python -m pipeline.stages.<stage> <dataset|experiment>; "
+        "params.yaml's keys: docs/params.md.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="validate params.yaml and print the stage plan")
     check.add_argument("--params", default=str(paths.PARAMS))
@@ -331,7 +342,21 @@ def main(argv=None) -> int:
     verify.add_argument("--params", default=str(paths.PARAMS))
     verify.add_argument("--epochs", type=int, help="default: the experiment's train.epochs")
     sub.add_parser("params-doc", help="print the params.yaml reference (docs/params.md)")
+    compare = sub.add_parser(
+        "compare",
+        help="the DVC experiments side by side: per experiment its main test metric with "
+        "interval, ratio to its baseline and the params changed (short `dvc exp show`)",
+    )
+    compare.add_argument("experiments", nargs="*", help="pipeline experiments (default: all)")
+    compare.add_argument(
+        "-n", "--num", type=int, default=1, help="commits back from HEAD to include (default 1)"
+    )
     args = parser.parse_args(argv)
+    if args.command == "compare":
+        from pipeline.compare import compare
+
+        print(compare(".", args.experiments or None, args.num))
+        return 0
     if args.command == "params-doc":
         from pipeline import params_doc
 

@@ -350,6 +350,7 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
     best_score: float = float("nan")
+    kept_epoch: int = 0  # whose weights the model ends with: the best, or the last epoch's
     stopped_early: bool = False
     resumed_from_epoch: int = 0
     seconds: float = 0.0
@@ -480,7 +481,25 @@ def fit(
     result.history = state["history"]
     result.best_epoch = state["best_epoch"]
     result.best_score = state["best_score"]
+    result.kept_epoch = state["best_epoch"] if cfg.early_stopping.restore_best else state["epoch"]
+    progress.finish(_fit_summary(result, state["epoch"], cfg, metric))
     return result
+
+
+def _fit_summary(result: FitResult, epoch: int, cfg: TrainParams, metric: str) -> str:
+    """How training ended, in one line (a bar that early stopping left short says nothing)."""
+    if result.stopped_early:
+        ended = (
+            f"stopped early at epoch {epoch} of {cfg.epochs} ({metric} did not improve "
+            f"for {cfg.early_stopping.patience} epochs)"
+        )
+    else:
+        ended = f"trained {epoch} of {cfg.epochs} epochs"
+    best = "n/a" if result.best_score is None else f"{result.best_score:.4f}"
+    return (
+        f"{ended}; best {metric} {best} at epoch {result.best_epoch}, model weights of "
+        f"epoch {result.kept_epoch}; {result.seconds:.1f} s"
+    )
 
 
 def _improved(state: dict, score: float, mode: str, epoch: int) -> bool:

@@ -124,6 +124,26 @@ def interval_half_width(metrics: dict[str, float], metric: str) -> float:
     return 0.0 if low is None or high is None else (high - low) / 2
 
 
+def curves_csv(history: list[dict]) -> str:
+    """The history in long form for DVC's `curves` template (.dvc/plots/curves.json): one
+    panel per quantity (loss, accuracy, ...), a line per split in it. The learning rate and
+    the epoch are left out as quantities."""
+    rows = []
+    for row in history:
+        for key, value in row.items():
+            split, _, panel = key.partition("/")
+            if panel and value is not None:
+                rows.append({"epoch": row["epoch"], "panel": panel, "series": split})
+                rows[-1]["value"] = value
+    return history_csv(rows) if rows else "epoch,panel,series,value\n"
+
+
+def with_interval(metrics: dict[str, float], metric: str) -> str:
+    """`metric`'s value and, when evaluate computed one, its bootstrap 95% interval."""
+    low, high = metrics.get(f"{metric}_ci95_low"), metrics.get(f"{metric}_ci95_high")
+    return f"{metrics[metric]:.4f}" + ("" if low is None else f" [{low:.4f}, {high:.4f}]")
+
+
 def history_csv(history: list[dict]) -> str:
     """Rows of dicts as CSV; the columns are every key, in first-seen order."""
     buf = io.StringIO()

@@ -68,13 +68,23 @@ def history_file(experiment: str) -> Path:
     return artifact_dir(experiment) / "history.csv"
 
 
+def train_plots_dir(experiment: str) -> Path:
+    """train's DVC plots: the learning curves, and a preview of image inputs."""
+    return artifact_dir(experiment) / "plots"
+
+
+def curves_file(experiment: str) -> Path:
+    """The learning curves in long form (epoch, panel, series, value), DVC's plot of them."""
+    return train_plots_dir(experiment) / "curves.csv"
+
+
 def resolved_config_file(experiment: str) -> Path:
     return artifact_dir(experiment) / "config.yaml"
 
 
 def augment_preview(experiment: str) -> Path:
-    """A grid of training images before and after the declared augmentation."""
-    return artifact_dir(experiment) / "augmentations.png"
+    """A grid of training images before and after the declared augmentation (images only)."""
+    return train_plots_dir(experiment) / "augmentations.png"
 
 
 def train_summary_file(experiment: str) -> Path:
@@ -106,9 +116,8 @@ def plots_dir(experiment: str) -> Path:
 
 
 def confusion_csv(experiment: str) -> Path:
-    """(actual, predicted) per test sample for DVC's confusion template; header only when the
-    task has no classes."""
-    return report_dir(experiment) / "confusion.csv"
+    """(actual, predicted) per test sample of a classifier, for DVC's confusion template."""
+    return plots_dir(experiment) / "confusion.csv"
 
 
 def judge_dir(dataset: str) -> Path:

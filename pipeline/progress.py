@@ -19,6 +19,7 @@ class EpochProgress:
         self.start_epoch, self.start = done, time.perf_counter()
         self.every = float(os.environ.get(SECONDS) or 10)
         self.last = self.start
+        self.enabled = enabled
         self.lines = enabled and not sys.stderr.isatty()
         self.bar = None
         if enabled and not self.lines:
@@ -45,6 +46,15 @@ class EpochProgress:
             f"{score:.4f}, {elapsed:.0f} s, {eta}",
             flush=True,
         )
+
+    def finish(self, summary: str) -> None:
+        """The closing line, on a terminal and off it: how training ended and what it kept."""
+        if self.bar is not None:
+            self.bar.close()
+        if self.enabled:
+            print(
+                f"{self.desc}: {summary}", file=sys.stderr if self.bar else sys.stdout, flush=True
+            )
 
 
 class CountProgress:

@@ -201,7 +201,10 @@ def make_project(dest: Path, raw_params: dict) -> Path:
     run(["git", "config", "user.email", "ci@example.invalid"], dest)
     run(["git", "config", "user.name", "ci"], dest)
     run(["dvc", "init", "-q"], dest)
-    run(["dvc", "config", "core.analytics", "false"], dest)
+    # the project's DVC settings (analytics off, the offline plots page) and plot templates
+    for name in ("config", ".gitignore"):
+        shutil.copy2(ROOT / ".dvc" / name, dest / ".dvc" / name)
+    shutil.copytree(ROOT / ".dvc" / "plots", dest / ".dvc" / "plots")
     shutil.copy2(ROOT / ".dvcignore", dest / ".dvcignore")
     run(["git", "add", "-A"], dest)
     run(["git", "commit", "-qm", "project"], dest)

@@ -130,3 +130,8 @@ def test_parallel_bench(tmp_path):
     assert results["outputs_compared"] >= 5 and results["outputs_differing"] == []
     assert results["metrics_identical"] and results["experiments"] == 1
     assert "artifacts/mlp_digits/model.pt" not in results["outputs_not_compared"]
+
+
+def test_system_metrics_bench(tmp_path):
+    results = bench(tmp_path, "system_metrics_bench")
+    assert results["cpu_seconds_per_sample"] > 0 and results["interval_seconds"] == 10

@@ -44,3 +44,28 @@ def test_readme_params_example_is_a_valid_params_file(tmp_path):
     params = load_params(tmp_path / "params.yaml")
     assert params.experiments["cnn_digits"].tune.enabled
     assert params.schedule.cron == "0 3 * * *"
+
+
+def test_cli_help_says_what_the_commands_are_for():
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0
+    assert "The pipeline's own commands beside DVC's" in proc.stdout
+    assert "docs/params.md" in proc.stdout
+
+
+def test_readme_exp_run_sets_keys_the_shipped_params_hold():
+    """`dvc exp run -S key=value` fails on a key params.yaml lacks (without DVC's `+` form):
+    every key the README sets this way is one the shipped params.yaml holds."""
+    import yaml
+
+    readme = (ROOT / "README.md").read_text()
+    keys = re.findall(r"dvc exp run -S '?([\w.]+)=", readme)
+    assert keys, "the README shows no `dvc exp run -S`"
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for key in keys:
+        node = params
+        for part in key.split("."):
+            assert isinstance(node, dict) and part in node, f"{key}: {part!r} not in params.yaml"
+            node = node[part]

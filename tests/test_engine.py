@@ -53,13 +53,31 @@ def test_fit_learns_and_records_history():
     assert result.samples_per_second > 0
 
 
-def test_early_stopping_restores_the_best_epoch():
+def test_early_stopping_restores_the_best_epoch(capsys):
     model, tr, va, cfg = setup(epochs=40, early_stopping={"metric": "val/accuracy", "patience": 2})
-    result = fit(model, tr, va, cfg)
+    result = fit(model, tr, va, cfg, desc="blobs")
     assert result.stopped_early and len(result.history) < 40
     best = max(row["val/accuracy"] for row in result.history)
     assert result.best_score == best
     assert val_accuracy(model, va, cfg) == pytest.approx(best)
+    assert result.kept_epoch == result.best_epoch
+    # the last line says why training ended early and which weights the model has
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == (
+        f"blobs: stopped early at epoch {len(result.history)} of 40 (val/accuracy did not "
+        f"improve for 2 epochs); best val/accuracy {best:.4f} at epoch {result.best_epoch}, "
+        f"model weights of epoch {result.best_epoch}; {result.seconds:.1f} s"
+    )
+
+
+def test_without_restore_best_the_model_keeps_the_last_epoch_and_says_so(capsys):
+    early = {"metric": "val/accuracy", "patience": 0, "restore_best": False}
+    model, tr, va, cfg = setup(epochs=3, early_stopping=early)
+    result = fit(model, tr, va, cfg, desc="blobs")
+    assert result.kept_epoch == 3
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("blobs: trained 3 of 3 epochs; best val/accuracy ")
+    assert ", model weights of epoch 3; " in last
 
 
 class Crash(Exception):
@@ -249,14 +267,19 @@ def test_progress_without_a_terminal_is_a_line_every_few_seconds(capsys, monkeyp
     model, tr, va, cfg = setup(epochs=4)
     fit(model, tr, va, cfg, desc="blobs")
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 1  # 4 quick epochs: the last one only
+    assert len(lines) == 2  # 4 quick epochs: the last one only, then how training ended
     assert re.fullmatch(
         r"blobs: epoch 4/4, loss \d\.\d{4}, val/loss \d\.\d{4}, \d+ s, done", lines[0]
+    )
+    assert re.fullmatch(
+        r"blobs: trained 4 of 4 epochs; best val/loss \d\.\d{4} at epoch \d, "
+        r"model weights of epoch \d; \d+\.\d s",
+        lines[1],
     )
     monkeypatch.setenv("PIPELINE_PROGRESS_SECONDS", "0")
     model, tr, va, cfg = setup(epochs=4)
     fit(model, tr, va, cfg, desc="blobs")
-    lines = capsys.readouterr().out.splitlines()
+    lines = capsys.readouterr().out.splitlines()[:-1]
     assert [line.split(",")[0] for line in lines] == [f"blobs: epoch {i}/4" for i in range(1, 5)]
     assert re.search(r", ETA \d+ s$", lines[0]) and lines[-1].endswith(", done")
 

@@ -61,7 +61,7 @@ def test_train():
             paths.train_summary_file,
             paths.checkpoint_file,
             paths.history_file,
-            paths.augment_preview,
+            paths.train_plots_dir,
         )
     }
     assert str(paths.processed_dir(DS)) in _paths(_stage("train")["deps"])
@@ -75,7 +75,6 @@ def test_evaluate():
             paths.summary_file,
             paths.details_file,
             paths.plots_dir,
-            paths.confusion_csv,
         )
     }
     deps = _paths(_stage("evaluate")["deps"])
@@ -100,3 +99,41 @@ def test_every_stage_module_a_stage_runs_is_a_dependency():
         stage = _stage(name)
         module = stage["cmd"].split()[2]
         assert module.replace(".", "/") + ".py" in _paths(stage["deps"]), name
+
+
+def _plot(stage: str, path) -> dict:
+    [entry] = [
+        e
+        for e in _stage(stage)["plots"]
+        if isinstance(e, dict) and next(iter(e)) and _render(next(iter(e))) == str(path(EXP))
+    ]
+    return next(iter(entry.values()))
+
+
+def test_learning_curves_plot_loss_and_the_metric_not_the_learning_rate():
+    """DVC draws every quantity of the history on its own panel (template `curves`): the
+    fields it is told to plot are the columns that train writes."""
+    import json
+
+    from pipeline.metrics import curves_csv
+
+    plot = _plot("train", paths.train_plots_dir)
+    assert plot == {"template": "curves", "x": "epoch", "y": "value"}
+    assert paths.curves_file(EXP).parent == paths.train_plots_dir(EXP)
+    template = json.loads((ROOT / ".dvc" / "plots" / "curves.json").read_text())
+    assert template["facet"]["row"]["field"] == "panel"
+    assert template["spec"]["encoding"]["color"]["field"] == "series"
+    history = [
+        {"epoch": e, "train/loss": 1 / e, "val/loss": 2 / e, "val/accuracy": 0.5, "lr": 0.1}
+        for e in (1, 2)
+    ]
+    rows = curves_csv(history).splitlines()
+    assert rows[0] == "epoch,panel,series,value"
+    assert rows[1:4] == ["1,loss,train,1.0", "1,loss,val,2.0", "1,accuracy,val,0.5"]
+    assert len(rows) == 7 and not any(",lr," in r for r in rows)
+
+
+def test_confusion_table_sits_with_the_figures_under_the_confusion_template():
+    plot = _plot("evaluate", paths.plots_dir)  # PNGs in it are drawn as images
+    assert plot == {"template": "confusion", "x": "predicted", "y": "actual"}
+    assert paths.confusion_csv(EXP).parent == paths.plots_dir(EXP)

@@ -5,6 +5,7 @@ tests that change params.
 """
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 import yaml
 
 from pipeline import paths
+from pipeline.tasks.kinds import KINDS
 from tests.conftest import (
     TINY,
     make_project,
@@ -78,6 +80,10 @@ ONLY_FIGURES = {
 TUNED = tuple(
     e for e, x in shipped_params()["experiments"].items() if x.get("tune", {}).get("enabled")
 )
+# experiments trained on images ((N, C, H, W) digits): the only ones with an input preview
+IMAGE_INPUTS = tuple(
+    e for e, x in shipped_params()["experiments"].items() if x["dataset"] == "digits"
+)
 FIGURES = {
     "classification": {"confusion", "curves", "attacks"},  # the shipped attacks
     "forecasting": {"forecast", "curves"},
@@ -120,13 +126,21 @@ def test_repro_runs_every_stage_and_writes_metrics(repro_project):
         figures = {p.stem for p in (repro_project / paths.plots_dir(exp)).glob("*.png")}
         expected = ONLY_FIGURES.get(exp, FIGURES[task] | EXTRA_FIGURES.get(exp, set()))
         assert figures == expected, exp
-        confusion = (repro_project / paths.confusion_csv(exp)).read_text().splitlines()
-        assert confusion[0] == "actual,predicted"
-        tested = summary(repro_project, exp)["data"]["counts"]["test"]
-        assert len(confusion) == 1 + (tested if task == "classification" else 0)
+        # DVC plots only what there is: a confusion matrix of a classifier, a preview of
+        # image inputs; no placeholder figure or empty table otherwise
+        has_confusion = (repro_project / paths.confusion_csv(exp)).is_file()
+        assert has_confusion == (task == "classification"), exp
+        if task == "classification":
+            confusion = (repro_project / paths.confusion_csv(exp)).read_text().splitlines()
+            tested = summary(repro_project, exp)["data"]["counts"]["test"]
+            assert confusion[0] == "actual,predicted" and len(confusion) == 1 + tested
         history = (repro_project / paths.history_file(exp)).read_text().splitlines()
         assert history[0].startswith("epoch,train/loss,") and len(history) == 3
-        assert (repro_project / paths.augment_preview(exp)).stat().st_size > 0
+        curves = (repro_project / paths.curves_file(exp)).read_text().splitlines()
+        assert curves[0] == "epoch,panel,series,value" and "1,loss,train," in curves[1]
+        train_plots = {p.name for p in (repro_project / paths.train_plots_dir(exp)).iterdir()}
+        preview = {"augmentations.png"} if exp in IMAGE_INPUTS else set()
+        assert train_plots == {"curves.csv"} | preview, exp
         saved = yaml.safe_load((repro_project / paths.resolved_config_file(exp)).read_text())
         assert saved["train"]["epochs"] == 2
     mlp = json.loads((repro_project / paths.details_file("mlp_digits")).read_text())
@@ -167,7 +181,13 @@ def test_tuned_params_reach_train_and_the_report(repro_project):
     mlp = summary(repro_project, "mlp_digits")["metrics"]
     interval = f"[{mlp['test/accuracy_ci95_low']:.4f}, {mlp['test/accuracy_ci95_high']:.4f}]"
     assert interval in report
-    assert f"{mlp['test/accuracy_ratio_baseline']:.3f}x" in report
+    assert f"{mlp['test/accuracy_ratio_baseline']:.3f}x logistic regression" in report
+    assert "test/accuracy (higher is better)" in report
+    # counts print as integers; every experiment has a section the contents link to
+    assert f"| test/samples | {int(mlp['test/samples']):,} |" in report
+    assert all(f"[{e}](#{e})" in report and f"## {e}\n" in report for e in EXPERIMENTS)
+    html = (repro_project / paths.REPORT_HTML).read_text()
+    assert all(f'<a href="#{e}">' in html and f'<section id="{e}">' in html for e in EXPERIMENTS)
 
 
 def test_mlflow_holds_the_same_figures_as_the_reports(repro_project, tmp_path):
@@ -191,6 +211,7 @@ def test_mlflow_holds_the_same_figures_as_the_reports(repro_project, tmp_path):
 
     for exp in EXPERIMENTS:
         assert logged(f"{exp}/evaluate", "plots") == written(repro_project / paths.plots_dir(exp))
+    for exp in IMAGE_INPUTS:
         preview = repro_project / paths.augment_preview(exp)
         assert logged(f"{exp}/train", None) == {preview.name: preview.read_bytes()}
     for exp in TUNED:
@@ -238,6 +259,24 @@ def test_every_stage_is_an_mlflow_run_grouped_by_experiment(repro_project):
         assert [d.dataset.name for d in evaluate.inputs.dataset_inputs] == [f"{dataset}/test"]
         on_disk = json.loads((repro_project / paths.metrics_file(exp)).read_text())
         assert evaluate.data.metrics == pytest.approx(on_disk)  # the same dict in both places
+        # the train run (params, model) carries the test metrics too: one table sorts models
+        tested = {k: v for k, v in on_disk.items() if k.startswith("test/")}
+        assert {k: train.data.metrics[k] for k in tested} == pytest.approx(tested)
+        # and the logged model lists them; the registered version is tagged with the headline
+        registered = summary(repro_project, exp)["train"].get("registered_model")
+        if registered:
+            logged = client.get_logged_model(registered["model_id"]).metrics
+            assert {m.key: m.value for m in logged} == pytest.approx(tested)
+            version = client.get_model_version(registered["name"], registered["version"])
+            main = KINDS[summary(repro_project, exp)["task"]].main_metric
+            assert version.tags[main].startswith(f"{tested[main]:.4f}")
+        # a description on each run's page: what it did and the key result
+        assert f"trained on {dataset}" in train.data.tags["mlflow.note.content"]
+        main = KINDS[summary(repro_project, exp)["task"]].main_metric
+        assert main in evaluate.data.tags["mlflow.note.content"]
+    # every run of the first `dvc repro` carries one id, so "Group by" shows it as one
+    groups = {by_name[n].data.tags.get("pipeline.invocation") for n in expected}
+    assert len(groups) == 1 and groups.pop().startswith("dvc repro "), groups
 
 
 def test_logged_model_loads_and_predicts(repro_project):
@@ -337,13 +376,19 @@ def test_exp_run_with_set_param_reruns_only_what_changed(repro_project):
     assert summary["epochs_run"] == 3
     shown = run(["dvc", "exp", "show", "--json"], repro_project).stdout
     assert f"experiments.{exp}.train.epochs" in shown or '"epochs": 3' in shown
+    # the short view: a line for the DVC experiment with its metric and the changed param
+    compared = run(["python", "-m", "pipeline", "compare", exp], repro_project).stdout
+    [line] = [x for x in compared.splitlines() if f"experiments.{exp}.train.epochs=3" in x]
+    metrics = json.loads((repro_project / paths.metrics_file(exp)).read_text())
+    main = KINDS[summary(repro_project, exp)["task"]].main_metric
+    assert f" {exp} " in line and f"{main} " in line and f"{metrics[main]:.4f}" in line
     # metrics and plots compare across commits and experiments
     diff = json.loads(run(["dvc", "metrics", "diff", "--all", "--json"], repro_project).stdout)
     assert "test/accuracy" in json.dumps(diff)
     out = repro_project / "plots_diff"
     run(["dvc", "plots", "diff", "-o", str(out)], repro_project)
     html = (out / "index.html").read_text()
-    assert "history.csv" in html and "confusion.csv" in html
+    assert "curves.csv" in html and "confusion.csv" in html
 
 
 def test_mlflow_ui_shows_every_stage_run(repro_project):
@@ -386,6 +431,14 @@ def test_mlflow_ui_shows_every_stage_run(repro_project):
         )
         with urllib.request.urlopen(req, timeout=30) as resp:
             names = {r["info"]["run_name"] for r in json.load(resp)["runs"]}
+        # the report links each experiment's runs to `make ui`'s pages of them: each link's
+        # run is served, under the experiment the link names
+        report = (repro_project / paths.REPORT_MD).read_text()
+        links = re.findall(r"\(http://127\.0\.0\.1:5000/#/experiments/(\d+)/runs/(\w+)\)", report)
+        assert len(links) == 2 * len(EXPERIMENTS)
+        for experiment_id, run_id in links:
+            with urllib.request.urlopen(f"{base}/runs/get?run_id={run_id}", timeout=30) as resp:
+                assert json.load(resp)["run"]["info"]["experiment_id"] == experiment_id
     finally:
         ui.terminate()
         ui.wait(timeout=30)
@@ -420,6 +473,7 @@ def test_sigterm_mid_training_leaves_no_model_and_the_rerun_resumes(repro_projec
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = Path(__file__).resolve().parents[1] / "reports" / "test_artifacts" / "report.png"
+DVC_SCREENSHOT = SCREENSHOT.with_name("dvc_plots.png")
 
 
 def test_report_renders_in_headless_chromium(repro_project):
@@ -449,6 +503,49 @@ def test_report_renders_in_headless_chromium(repro_project):
     assert len(decoded) >= len(EXPERIMENTS) and all(decoded)
     assert rows == len(EXPERIMENTS)  # one leaderboard row per experiment
     assert SCREENSHOT.stat().st_size > 10_000
+
+
+def test_dvc_plots_page_draws_offline_in_headless_chromium(repro_project, tmp_path):
+    """`dvc plots show` writes a page that draws every plot with no network: vega is inline
+    (.dvc/config's html_template), each learning-curve and confusion plot has drawn marks, and
+    no figure is a placeholder saying there is nothing to show."""
+    from playwright.sync_api import sync_playwright
+
+    run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], repro_project)
+    html = (tmp_path / "plots" / "index.html").read_text()
+    assert "cdn.jsdelivr" not in html  # and the browser below may load nothing over http
+    classifiers = [e for e in EXPERIMENTS if summary(repro_project, e)["task"] == "classification"]
+    plots = html.count("vegaEmbed('#")
+    assert plots == len(EXPERIMENTS) + len(classifiers)  # curves, and confusion of classifiers
+    errors: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.route(
+                "**/*", lambda r: r.abort() if r.request.url.startswith("http") else r.continue_()
+            )
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto((tmp_path / "plots" / "index.html").as_uri(), wait_until="load")
+            page.wait_for_function(
+                f"document.querySelectorAll('.vega-embed svg').length >= {plots}", timeout=60_000
+            )
+            marks = page.evaluate(
+                "[...document.querySelectorAll('.vega-embed')].map(e => e.querySelectorAll("
+                "'g.mark-line path, g.mark-rect path, g.mark-symbol path').length)"
+            )
+            decoded = page.evaluate(
+                "Promise.all([...document.images].map(i => i.decode().then("
+                "() => i.naturalWidth > 0, () => false)))"
+            )
+            DVC_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(DVC_SCREENSHOT), full_page=True)
+        finally:
+            browser.close()
+    assert errors == []
+    assert len(marks) == plots and all(n > 0 for n in marks), marks
+    assert decoded and all(decoded)  # the PNG plots (figures, previews, tuning) decode
 
 
 def test_a_judge_is_trained_only_for_datasets_a_generative_experiment_uses(tmp_path):

@@ -78,6 +78,23 @@ def test_system_metrics_are_logged_when_enabled(store, monkeypatch):
     assert any(k.startswith("system/system_memory") for k in metrics), sorted(metrics)
 
 
+def test_system_metrics_by_default_on_train_and_tune_runs_only(store, monkeypatch):
+    import time
+
+    cfg, client = store
+    assert cfg.system_metrics is None  # the default
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
+    for stage in ("train", "evaluate"):
+        with tracking.stage_run(cfg, name=stage, tags={"stage": stage}):
+            time.sleep(1.0)
+    logged = {
+        stage: any(k.startswith("system/") for k in _only_run(client, stage).data.metrics)
+        for stage in ("train", "evaluate")
+    }
+    assert logged == {"train": True, "evaluate": False}
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 def test_tracking_off_runs_the_pipeline_without_mlflow(tmp_path):
@@ -291,3 +308,30 @@ def test_orphaned_runs_closed_but_never_a_run_its_owner_just_finished(store):
     assert closed == [dead]
     status = {r: client.get_run(r).info.status for r in (dead, just_finished, alive)}
     assert status == {dead: "KILLED", just_finished: "FINISHED", alive: "RUNNING"}
+
+
+def test_a_store_copied_from_another_checkout_is_refused_before_any_work(tmp_path, monkeypatch):
+    """MLflow keeps the artifact folder as an absolute path: a copied mlflow.db would write
+    the copy's models into the original checkout. The stage stops first, naming both folders."""
+    import shutil
+
+    from pipeline.errors import PipelineError
+    from pipeline.tracking.context import check_artifact_root
+
+    original, clone = tmp_path / "original", tmp_path / "clone"
+    original.mkdir()
+    clone.mkdir()
+    cfg = TrackingParams(experiment_name="test")  # sqlite:///mlflow.db, artifacts: mlartifacts
+    monkeypatch.chdir(original)
+    with tracking.stage_run(cfg, name="first", tags={}):
+        pass
+    check_artifact_root(cfg.uri, cfg.experiment_name, cfg.artifact_location)  # its own: fine
+    shutil.copy(original / "mlflow.db", clone / "mlflow.db")
+    monkeypatch.chdir(clone)
+    with pytest.raises(PipelineError) as err:
+        check_artifact_root(cfg.uri, cfg.experiment_name, cfg.artifact_location)
+    message = str(err.value)
+    assert str(original / "mlartifacts") in message and str(clone / "mlartifacts") in message
+    assert "copied from another checkout" in message
+    # an artifact folder named on purpose outside the project is the user's choice
+    check_artifact_root(cfg.uri, cfg.experiment_name, str(original / "mlartifacts"))

@@ -530,6 +530,7 @@ def test_tuning_off_writes_empty_overrides(project):
     assert proc.returncode == 0, proc.stderr
     assert yaml.safe_load((project / paths.tuned_file(EXP)).read_text()) == {}
     assert (project / paths.study_journal(EXP)).exists()
+    assert list((project / paths.tuning_plots_dir(EXP)).iterdir()) == []  # no "tuning off" figure
     assert not (project / "mlflow.db").exists()  # no tracking, no torch: a cheap no-op
 
 

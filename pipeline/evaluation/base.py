@@ -30,4 +30,4 @@ class Evaluation:
     metrics: dict[str, float]
     details: dict = field(default_factory=dict)
     figures: dict = field(default_factory=dict)  # file stem -> matplotlib figure
-    confusion_csv: str = CONFUSION_HEADER  # rows only for classification
+    confusion_csv: str | None = None  # (actual, predicted) rows; classification only

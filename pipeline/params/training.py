@@ -231,5 +231,9 @@ class TrackingParams(Strict):
             raise ValueError(problem)
         return name
 
-    system_metrics: bool = Field(False, description="log CPU/GPU/memory use of each run")
+    system_metrics: bool | None = Field(
+        None,
+        description="log CPU/GPU/memory use of each run; null: of train and tune runs, the "
+        "long ones (MLflow samples them every 10 s in the tracking process)",
+    )
     log_model: bool = Field(True, description="log and register the trained model")

@@ -15,6 +15,7 @@ from pipeline import cores, distributed, locks, paths, tracking
 from pipeline.config import Params, flatten, load_params, require_declared
 from pipeline.errors import PipelineError
 from pipeline.params.training import TrackingParams
+from pipeline.tracking.context import check_artifact_root
 
 # Set by whoever starts the stage through DVC and cannot read its stderr (the Prefect flow):
 ERROR_FILE = "PIPELINE_ERROR_FILE"  # the stage's one-line error is also written here
@@ -90,7 +91,12 @@ def stage_main(
         if target:
             require_declared(params, target, name, args.params)
         if tracked is not None and distributed.is_main():
-            tracking.start(tracked(params, name), logs_model)
+            settings = tracked(params, name)
+            if settings is not None and settings.enabled:
+                check_artifact_root(
+                    settings.uri, settings.experiment_name, settings.artifact_location
+                )
+            tracking.start(settings, logs_model)
         # torchrun's workers run under the lock their launching stage process holds
         held = contextlib.nullcontext() if distributed.in_worker() else None
         with held or locks.stage_lock(f"{stage}@{name}" if name else stage):

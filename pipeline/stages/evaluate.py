@@ -10,7 +10,7 @@ from pipeline import atomic, paths, plots, tracking
 from pipeline.config import Params
 from pipeline.data import datasets
 from pipeline.experiment import in_memory, load_trained_model, resolved_experiment
-from pipeline.metrics import interval_half_width
+from pipeline.metrics import interval_half_width, with_interval
 from pipeline.stages import experiment_tracking, stage_main
 from pipeline.tasks.kinds import KINDS, task_kind
 
@@ -63,6 +63,11 @@ def run(params: Params, experiment: str) -> dict[str, float]:
         run.log_dataset(schema, "test", arrays["x"], arrays["y"], context="testing")
         run.log_metrics(result.metrics)
         registered = train_info.get("registered_model") or {}
+        tested = {k: v for k, v in result.metrics.items() if k.startswith("test/")}
+        main = KINDS[kind].main_metric
+        headline = {main: with_interval(result.metrics, main)}
+        run.log_test_metrics_on_train(train_info.get("mlflow_run_id"), tested, registered, headline)
+        run.set_tags({"mlflow.note.content": description(experiment, kind, result.metrics, schema)})
         if registered.get("version"):
             decision = decide_champion(run, exp, kind, registered, result)
             result.details["registry"] = decision
@@ -76,7 +81,8 @@ def run(params: Params, experiment: str) -> dict[str, float]:
             for name, fig in result.figures.items():
                 plots.save(fig, tmp / f"{name}.png")
                 run.log_artifact(tmp / f"{name}.png", "plots")
-        atomic.write_text(paths.confusion_csv(experiment), result.confusion_csv)
+            if result.confusion_csv is not None:  # an empty plot is no plot: write none
+                (tmp / paths.confusion_csv(experiment).name).write_text(result.confusion_csv)
         atomic.write_json(paths.details_file(experiment), result.details)
         summary = {
             "experiment": experiment,
@@ -95,6 +101,20 @@ def run(params: Params, experiment: str) -> dict[str, float]:
         # written last: DVC treats metrics.json as the stage's result
         atomic.write_json(paths.metrics_file(experiment), result.metrics)
     return result.metrics
+
+
+def description(experiment: str, kind: str, metrics: dict, schema: dict) -> str:
+    """The run's description in the MLflow UI: what was tested and the key result."""
+    task = KINDS[kind]
+    name = task.main_metric
+    text = (
+        f"{experiment} on {schema['counts']['test']:,} test samples of {schema['dataset']}: "
+        f"{name} {with_interval(metrics, name)}"
+        f" ({'higher' if task.higher_is_better else 'lower'} is better)"
+    )
+    if task.baseline_ratio in metrics:
+        text += f"; {metrics[task.baseline_ratio]:.3f}x the baseline's ({task.baseline_ratio})"
+    return text + "."
 
 
 def decide_champion(run, exp, kind: str, registered: dict, result) -> dict:

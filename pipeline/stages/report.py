@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 
 import yaml
 
 from pipeline import atomic, paths, tracking
 from pipeline.config import Params
 from pipeline.errors import PipelineError
+from pipeline.metrics import with_interval
 from pipeline.stages import default_tracking, stage_main
 from pipeline.tasks.kinds import KINDS
 
@@ -22,7 +24,7 @@ COLUMNS = (
     "dataset",
     "main metric",
     "value [95% interval]",
-    "vs baseline",
+    "ratio to baseline",
     "parameters",
     "train s",
     "samples/s",
@@ -38,11 +40,13 @@ def run(params: Params, _name=None) -> list[dict]:
             raise PipelineError(f"{path} not found; run `dvc repro evaluate@{experiment}` first")
         summaries.append(json.loads(path.read_text()))
     summaries.sort(key=_rank)
-    with tracking.stage_run(
-        params.defaults.tracking, name="report", tags={"stage": "report"}
-    ) as run:
-        atomic.write_text(paths.REPORT_MD, render_markdown(summaries))
-        atomic.write_text(paths.REPORT_HTML, render_html(summaries))
+    track = params.defaults.tracking
+    with tracking.stage_run(track, name="report", tags={"stage": "report"}) as run:
+        ids = [s.get("evaluate_run_id") for s in summaries]
+        ids += [s["train"].get("mlflow_run_id") for s in summaries]
+        links = run_links(track.uri, run.experiment_ids(ids) or {})
+        atomic.write_text(paths.REPORT_MD, render_markdown(summaries, links))
+        atomic.write_text(paths.REPORT_HTML, render_html(summaries, links))
         run.log_artifact(paths.REPORT_HTML)
         run.log_metrics(
             {f"{s['experiment']}/{main_metric(s)[0]}": main_metric(s)[1] for s in summaries}
@@ -50,17 +54,24 @@ def run(params: Params, _name=None) -> list[dict]:
     return summaries
 
 
+# where `make ui` serves the local store
+LOCAL_UI = "http://127.0.0.1:5000"
+
+
+def run_links(uri: str, experiment_ids: dict[str, str]) -> dict[str, str]:
+    """MLflow UI addresses of the runs this store holds: the tracking server's own, or `make
+    ui`'s for a local store."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+    return {r: f"{base}/#/experiments/{e}/runs/{r}" for r, e in experiment_ids.items()}
+
+
+def _run(run_id: str, links: dict[str, str]) -> str:
+    return f"[`{run_id}`]({links[run_id]})" if run_id in links else f"`{run_id}`"
+
+
 def main_metric(summary: dict) -> tuple[str, float]:
     name = KINDS[summary["task"]].main_metric
     return name, summary["metrics"][name]
-
-
-def with_interval(summary: dict) -> str:
-    """The main metric's value and, when evaluate computed one, its bootstrap 95% interval."""
-    name, value = main_metric(summary)
-    low = summary["metrics"].get(f"{name}_ci95_low")
-    high = summary["metrics"].get(f"{name}_ci95_high")
-    return f"{value:.4f}" + ("" if low is None else f" [{low:.4f}, {high:.4f}]")
 
 
 def _rank(summary: dict):
@@ -74,16 +85,18 @@ def leaderboard_rows(summaries: list[dict]) -> list[list[str]]:
     for s in summaries:
         t = s["train"]
         name, _ = main_metric(s)
-        ratio_key = KINDS[s["task"]].baseline_ratio
-        ratio = f"{s['metrics'][ratio_key]:.3f}x" if ratio_key in s["metrics"] else ""
+        kind = KINDS[s["task"]]
+        ratio_key = kind.baseline_ratio
+        ratio = s["metrics"].get(ratio_key)
+        ratio = "" if ratio is None else f"{ratio:.3f}x {kind.baseline}"
         rows.append(
             [
                 s["experiment"],
                 s["task"],
                 s["model"],
                 s["dataset"],
-                name,
-                with_interval(s),
+                f"{name} ({'higher' if kind.higher_is_better else 'lower'} is better)",
+                with_interval(s["metrics"], name),
                 ratio,
                 f"{t['parameters']:,}",
                 f"{t['train_seconds']:.1f}",
@@ -94,16 +107,18 @@ def leaderboard_rows(summaries: list[dict]) -> list[list[str]]:
     return rows
 
 
-def _facts(s: dict) -> list[str]:
+def _facts(s: dict, links: dict[str, str]) -> list[str]:
     t = s["train"]
     facts = [
-        f"MLflow runs: train `{t['mlflow_run_id']}`, evaluate `{s['evaluate_run_id']}`"
+        f"MLflow runs: train {_run(t['mlflow_run_id'], links)}, "
+        f"evaluate {_run(s['evaluate_run_id'], links)}"
         if t["mlflow_run_id"]
         else "MLflow: off (tracking.enabled: false)",
         f"data: `{s['dataset']}`, DVC hash `{s['data']['dvc_hash']}`, "
         f"split sizes {s['data']['counts']}",
         f"best epoch {t['best_epoch']} of {t['epochs_run']}"
-        + (" (stopped early)" if t["stopped_early"] else ""),
+        + (" (stopped early)" if t["stopped_early"] else "")
+        + f", model weights of epoch {t.get('kept_epoch', t['best_epoch'])}",
     ]
     registry = s.get("registry")
     if registry:
@@ -113,6 +128,13 @@ def _facts(s: dict) -> list[str]:
             f"({registry['reason']}); champion is version {registry['champion_after']}"
         )
     return facts
+
+
+def value(v: float) -> str:
+    """A metric as the report prints it: counts as integers (`360`, not `360.0000`)."""
+    if float(v).is_integer() and abs(v) >= 2:
+        return f"{int(v):,}"
+    return f"{v:.4f}"
 
 
 def tuning_of(experiment: str) -> dict | None:
@@ -148,11 +170,13 @@ def _tuning_figures(experiment: str) -> list:
     return sorted(paths.tuning_plots_dir(experiment).glob("*.png"))
 
 
-def render_markdown(summaries: list[dict]) -> str:
+def render_markdown(summaries: list[dict], links: dict[str, str] | None = None) -> str:
     lines = [
         "# Experiment report",
         "",
         f"{len(summaries)} experiments on the test split, grouped by task, best first.",
+        "",
+        "Contents: " + ", ".join(f"[{s['experiment']}](#{s['experiment']})" for s in summaries),
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
@@ -162,9 +186,9 @@ def render_markdown(summaries: list[dict]) -> str:
         exp = s["experiment"]
         lines += ["", f"## {exp}", ""]
         lines += [f"![{f}](experiments/{exp}/plots/{f}.png)" for f in s["figures"]]
-        lines += [""] + [f"- {fact}" for fact in _facts(s)]
+        lines += [""] + [f"- {fact}" for fact in _facts(s, links or {})]
         lines += ["", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.4f} |" for k, v in s["metrics"].items()]
+        lines += [f"| {k} | {value(v)} |" for k, v in s["metrics"].items()]
         tuning = tuning_of(exp)
         if tuning:
             lines += ["", "### Tuning", ""] + [f"- {fact}" for fact in _tuning_facts(tuning)]
@@ -181,12 +205,13 @@ def _img(path) -> str:
 
 
 def _code(text: str) -> str:
-    """Markdown `code` spans to HTML."""
-    parts = html.escape(text).split("`")
+    """Markdown [links](url) and `code` spans to HTML."""
+    text = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)", r'<a href="\2">\1</a>', html.escape(text))
+    parts = text.split("`")
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
 
-def render_html(summaries: list[dict]) -> str:
+def render_html(summaries: list[dict], links: dict[str, str] | None = None) -> str:
     """One file, images embedded, no scripts or network: it opens anywhere."""
     esc = html.escape
     head = "".join(f"<th>{esc(c)}</th>" for c in COLUMNS)
@@ -199,18 +224,21 @@ def render_html(summaries: list[dict]) -> str:
         exp = s["experiment"]
         figures = "".join(_img(paths.plots_dir(exp) / f"{f}.png") for f in s["figures"])
         metrics = "".join(
-            f"<tr><td>{esc(k)}</td><td>{v:.4f}</td></tr>" for k, v in s["metrics"].items()
+            f"<tr><td>{esc(k)}</td><td>{value(v)}</td></tr>" for k, v in s["metrics"].items()
         )
-        facts = "".join(f"<li>{_code(f)}</li>" for f in _facts(s))
+        facts = "".join(f"<li>{_code(f)}</li>" for f in _facts(s, links or {}))
         params = esc(yaml.safe_dump(s["params"], sort_keys=False))
         tuning = tuning_of(exp)
         if tuning:
             facts += "".join(f"<li>{_code(f)}</li>" for f in _tuning_facts(tuning))
             figures += "".join(_img(f) for f in _tuning_figures(exp))
         sections.append(
-            f"<section><h2>{esc(exp)}</h2>{figures}<table>{metrics}</table><ul>{facts}</ul>"
+            f'<section id="{esc(exp)}"><h2>{esc(exp)}</h2>'
+            f"{figures}<table>{metrics}</table><ul>{facts}</ul>"
             f"<details><summary>resolved params</summary><pre>{params}</pre></details></section>"
         )
+    names = [esc(s["experiment"]) for s in summaries]
+    toc = ", ".join(f'<a href="#{name}">{name}</a>' for name in names)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Experiment report</title>
 <style>
@@ -221,6 +249,7 @@ th{{background:#f3f3f3}} img{{max-width:100%;margin:4px}} section{{margin-top:2e
 </style></head><body>
 <h1>Experiment report</h1>
 <p>{len(summaries)} experiments on the test split, grouped by task, best first.</p>
+<nav>Contents: {toc}</nav>
 <div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>
 {"".join(sections)}
 </body></html>

@@ -10,7 +10,7 @@ import yaml
 from pipeline import atomic, distributed, paths, plots, tracking
 from pipeline.config import ExperimentParams, Params, flatten
 from pipeline.experiment import prepare, resolved_experiment
-from pipeline.metrics import history_csv
+from pipeline.metrics import curves_csv, history_csv
 from pipeline.stages import stage_main
 from pipeline.tasks.kinds import KINDS, task_kind
 from pipeline.tracking import registry
@@ -74,6 +74,7 @@ def train(exp: ExperimentParams, tuned: dict, experiment: str) -> dict:
             "parameters": n_params,
             "epochs_run": len(result.history),
             "best_epoch": result.best_epoch,
+            "kept_epoch": result.kept_epoch,
             f"best_{exp.train.early_stopping.metric}": result.best_score,
             "stopped_early": result.stopped_early,
             "resumed_from_epoch": result.resumed_from_epoch,
@@ -90,21 +91,38 @@ def train(exp: ExperimentParams, tuned: dict, experiment: str) -> dict:
                 "samples_per_second": result.samples_per_second,
             }
         )
+        run.set_tags({"mlflow.note.content": description(experiment, exp, summary, result)})
         if not main:
             return summary  # rank 0 writes the outputs
         saved = saved_model(exp, prep)
         if track.enabled and track.log_model:
             name = registry.registered_name(exp.tracking, experiment)
             example = arrays["train_x"][:4]
-            version = log_model(run, model, saved, schema, exp.model.name, name, example)
-            summary["registered_model"] = {"name": name, "version": version}
+            logged = log_model(run, model, saved, schema, exp.model.name, name, example)
+            summary["registered_model"] = {"name": name, **logged}
         engine.save_tensors(paths.model_file(experiment), saved)
         atomic.write_text(paths.history_file(experiment), history_csv(result.history))
+        atomic.write_text(paths.curves_file(experiment), curves_csv(result.history))
         atomic.write_text(
             paths.resolved_config_file(experiment), yaml.safe_dump(config, sort_keys=False)
         )
         atomic.write_json(paths.train_summary_file(experiment), summary)
     return summary
+
+
+def description(experiment: str, exp: ExperimentParams, summary: dict, result) -> str:
+    """The run's description in the MLflow UI: what was trained and how training went."""
+    metric = exp.train.early_stopping.metric
+    best = f"{result.best_score:.4f}" if result.best_score is not None else "n/a"
+    return (
+        f"{experiment}: {exp.model.name} ({summary['parameters']:,} parameters) trained on "
+        f"{exp.dataset} for {summary['epochs_run']} epochs"
+        + (" (stopped early)" if result.stopped_early else "")
+        + f"; best {metric} {best} at epoch {result.best_epoch}, weights of epoch "
+        f"{result.kept_epoch} kept; "
+        f"{result.seconds:.1f} s on {summary['device']}. Test metrics are logged here by "
+        f"evaluate@{experiment}."
+    )
 
 
 def log_inputs(run, experiment: str, config: dict, tuned: dict, prep, main: bool) -> None:
@@ -115,9 +133,13 @@ def log_inputs(run, experiment: str, config: dict, tuned: dict, prep, main: bool
     if tuned:
         run.log_dict(tuned, "tuned.yaml")
     if main:
-        preview = augmentation_preview(prep.train.head(8), prep.augment_fn, experiment)
-        plots.save(preview, paths.augment_preview(experiment))
-        run.log_artifact(paths.augment_preview(experiment))
+        # the curves join it after training
+        with atomic.atomic_dir(paths.train_plots_dir(experiment)) as tmp:
+            images = prep.train.head(8)
+            if images.dim() == 4:  # other inputs have no picture
+                preview = tmp / paths.augment_preview(experiment).name
+                plots.save(augmentation_preview(images, prep.augment_fn, experiment), preview)
+                run.log_artifact(preview)
     arrays, schema = prep.arrays, prep.schema
     run.log_dataset(schema, "train", arrays["train_x"], arrays["train_y"], context="training")
     run.log_dataset(schema, "val", arrays["val_x"], arrays["val_y"], context="validation")
@@ -160,8 +182,6 @@ def augmentation_preview(images, augment_fn, experiment: str):
 
     from pipeline.evaluation.images import unit_range
 
-    if images.dim() != 4:
-        return plots.text_figure("(not image data: nothing to augment)", f"{experiment}: inputs")
     rows = [images] + [augment_fn(images) if augment_fn else images for _ in range(3)]
     grid = unit_range(torch.cat(rows).cpu())
     title = f"{experiment}: " + ("original, then augmented" if augment_fn else "no augmentation")

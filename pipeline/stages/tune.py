@@ -131,12 +131,12 @@ def write_results(run, experiment: str, study, tune, seconds: float):
 
 
 def write_tuning_off(experiment: str) -> None:
-    """The outputs of an experiment that is not tuned: empty overrides and a note."""
+    """The outputs of an experiment that is not tuned: empty overrides and no figures."""
     paths.study_journal(experiment).parent.mkdir(parents=True, exist_ok=True)
     paths.study_journal(experiment).touch()
     note = f"tuning is off for {experiment} (tune.enabled: false)"
-    with atomic.atomic_dir(paths.tuning_plots_dir(experiment)) as tmp:
-        plots.save(plots.text_figure(note, f"{experiment}: tuning"), tmp / "tuning_off.png")
+    with atomic.atomic_dir(paths.tuning_plots_dir(experiment)):
+        pass  # DVC's declared plots folder, empty: a figure saying "nothing" is noise
     atomic.write_text(paths.trials_csv(experiment), "number,state\n")
     atomic.write_json(paths.tuning_summary(experiment), {"enabled": False})
     atomic.write_text(paths.tuned_file(experiment), f"# {note}: no overrides\n{{}}\n")

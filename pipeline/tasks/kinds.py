@@ -26,6 +26,7 @@ class TaskKind:
     baseline_ratio: str  # main metric / the classical baseline's, computed by evaluate
     served: bool = False  # registered as an MLflow pyfunc over raw inputs
     generative: bool = False  # models the images of a labelled dataset, judged by its judge
+    baseline: str = ""  # what baseline_ratio divides by, in words (the report names it)
 
     @property
     def higher_is_better(self) -> bool:
@@ -39,6 +40,7 @@ _KINDS = (  # in the order the report lists them
         ("val/loss", "val/accuracy"),
         "test/accuracy",
         "test/accuracy_ratio_baseline",  # logistic regression
+        baseline="logistic regression",
         served=True,
     ),
     TaskKind(
@@ -47,6 +49,7 @@ _KINDS = (  # in the order the report lists them
         ("val/loss", "val/rmse"),
         "test/rmse",
         "test/rmse_ratio_persistence",
+        baseline="persistence (last value)",
         served=True,
     ),
     TaskKind(
@@ -55,6 +58,7 @@ _KINDS = (  # in the order the report lists them
         ("val/loss", "val/rmse"),
         "test/rmse",
         "test/rmse_ratio_baseline",  # the better of ridge and the train mean
+        baseline="ridge or the train mean, the better",
         served=True,
     ),
     TaskKind(
@@ -63,6 +67,7 @@ _KINDS = (  # in the order the report lists them
         ("val/loss", "val/perplexity"),
         "test/perplexity",
         "test/perplexity_ratio_unigram",
+        baseline="unigram frequencies",
     ),
     TaskKind(
         "seq2seq",
@@ -70,6 +75,7 @@ _KINDS = (  # in the order the report lists them
         ("val/loss", "val/exact_match"),
         "test/exact_match",  # greedy decoding
         "test/bleu_ratio_nearest",  # the target of the most similar train source
+        baseline="nearest train source (BLEU)",
         served=True,
     ),
     TaskKind(
@@ -78,6 +84,7 @@ _KINDS = (  # in the order the report lists them
         ("val/loss", "val/recon", "val/kl"),
         "test/elbo",
         "test/frechet_distance_ratio_untrained",
+        baseline="the untrained model",
         generative=True,
     ),
     TaskKind(
@@ -86,6 +93,7 @@ _KINDS = (  # in the order the report lists them
         ("val/loss", "val/d_loss", "val/diversity"),
         "test/frechet_distance",
         "test/frechet_distance_ratio_untrained",
+        baseline="the untrained model",
         generative=True,
     ),
     TaskKind(
@@ -94,6 +102,7 @@ _KINDS = (  # in the order the report lists them
         ("val/loss",),
         "test/frechet_distance",
         "test/frechet_distance_ratio_untrained",
+        baseline="the untrained model",
         generative=True,
     ),
 )

@@ -113,16 +113,24 @@ class StageRun:
         self._writer.send("log_dataset", schema, split, x, y, context, dvc_hash)
 
     def log_torch_model(self, model, input_example, registered_name: str | None = None):
-        """See store.StageRun.log_torch_model; returns the registered version, if any."""
+        """See store.StageRun.log_torch_model: {"version": registered or None, "model_id"}."""
         return self._writer.call("log_torch_model", model, input_example, registered_name)
 
     def log_raw_input_model(
         self, model, saved_path: Path, prep_path: Path, registered_name: str | None = None
     ):
-        """See store.StageRun.log_raw_input_model; returns the registered version, if any."""
+        """See store.StageRun.log_raw_input_model: {"version", "model_id"}."""
         return self._writer.call(
             "log_raw_input_model", model, saved_path, prep_path, registered_name
         )
+
+    def log_test_metrics_on_train(self, train_run_id, metrics, registered, headline) -> None:
+        """See store.StageRun.log_test_metrics_on_train."""
+        self._writer.send("log_test_metrics_on_train", train_run_id, metrics, registered, headline)
+
+    def experiment_ids(self, run_ids: list[str | None]) -> dict[str, str]:
+        """See store.StageRun.experiment_ids."""
+        return self._writer.call("experiment_ids", [r for r in run_ids if r])
 
     def consider_champion(self, *args) -> dict:
         """registry.consider_champion, run by the writer; returns its decision."""

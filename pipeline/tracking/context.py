@@ -55,6 +55,79 @@ def owner_tags(pid: int | None = None) -> dict[str, str]:
     return {TAG_PREFIX + k: v for k, v in owner.items()}
 
 
+# set by `python -m pipeline run` for the stages it starts (each through its own `dvc` call)
+INVOCATION_ENV = "PIPELINE_INVOCATION"
+
+
+def invocation(pid: int | None = None) -> str | None:
+    """Which pipeline invocation the stage process `pid` belongs to, the same for all its
+    stages, so that MLflow's "Group by" shows one `dvc repro` as one group: what `pipeline
+    run` set in INVOCATION_ENV, else the `dvc` process the stage descends from (its command,
+    start time and pid); None for a stage started by hand."""
+    import psutil
+
+    if os.environ.get(INVOCATION_ENV):
+        return os.environ[INVOCATION_ENV]
+    try:
+        for proc in psutil.Process(pid or os.getpid()).parents():
+            cmd = proc.cmdline()
+            at = next((i for i, a in enumerate(cmd[:3]) if Path(a).name == "dvc"), None)
+            if at is not None:
+                words = [a for a in cmd[at + 1 :] if not a.startswith("-")][:2]
+                return invocation_name(" ".join(["dvc", *words]), proc.create_time(), proc.pid)
+    except (OSError, psutil.Error):
+        pass  # no process table to read: no group, nothing else lost
+    return None
+
+
+def invocation_name(command: str, started: float, pid: int) -> str:
+    from datetime import datetime
+
+    return f"{command} {datetime.fromtimestamp(started):%Y-%m-%d %H:%M:%S} (pid {pid})"
+
+
+def check_artifact_root(uri: str, experiment_name: str, artifact_location: str) -> None:
+    """Refuse a SQLite store copied from another checkout (a clone, a copied folder): MLflow
+    keeps each experiment's artifact folder as an absolute path, so the copy's runs would
+    write their models and figures into the other checkout. Only for an `artifact_location`
+    relative to the project (one meant to be inside it); read without importing MLflow, so
+    the stage stops before any work."""
+    import contextlib
+    import sqlite3
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    from pipeline.errors import PipelineError
+
+    uri = store_uri(uri)
+    if not uri.startswith("sqlite:///") or "://" in artifact_location:
+        return
+    if Path(artifact_location).is_absolute():
+        return
+    database = Path(uri.removeprefix("sqlite:///"))
+    if not database.is_file():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+            found = db.execute(
+                "SELECT artifact_location FROM experiments WHERE name = ?", (experiment_name,)
+            ).fetchone()
+    except sqlite3.Error:
+        return  # not an MLflow store (yet): MLflow itself says what is wrong
+    if found is None or not found[0].startswith("file:"):
+        return
+    stored = Path(url2pathname(urlparse(found[0]).path))
+    expected = (project_root() / artifact_location).resolve()
+    if stored != expected:
+        raise PipelineError(
+            f"defaults.tracking: the MLflow store {database} keeps experiment "
+            f"{experiment_name!r}'s artifacts in {stored}, not in this project ({expected}): "
+            "it was copied from another checkout, whose folder its runs would write into. "
+            f"Move {database.name} aside to start this project's own store, or set "
+            f"tracking.artifact_location: {stored} to share that folder on purpose"
+        )
+
+
 def public_params(params: dict[str, Any]) -> dict[str, Any]:
     """Values of keys that look like secrets are redacted: they never reach the store."""
     return {k: REDACTED if SECRET.search(k) else v for k, v in params.items()}

@@ -21,6 +21,7 @@ from pipeline.shutdown import holding_signals
 from pipeline.tracking.context import (
     TAG_PREFIX,
     dvc_data_hash,
+    invocation,
     owner_tags,
     project_root,
     public_params,
@@ -152,6 +153,8 @@ class StageRun:
         all_tags |= source_tags()
         if os.environ.get("DVC_EXP_NAME"):  # run by `dvc exp run`: which experiment
             all_tags[TAG_PREFIX + "dvc_exp"] = os.environ["DVC_EXP_NAME"]
+        if group := invocation(owner_pid):
+            all_tags[TAG_PREFIX + "invocation"] = group
         resume = _existing_run(mlflow, resume_run_id)
         if resume is None:
             parent = _existing_run(mlflow, parent_run_id)
@@ -161,9 +164,10 @@ class StageRun:
             # its default tags itself, importing GitPython for the commit (0.3-0.4 s a stage)
             created = mlflow.MlflowClient().create_run(experiment_id, run_name=name, tags=all_tags)
             resume, all_tags = created.info.run_id, {}
-        run = mlflow.start_run(
-            run_id=resume, tags=all_tags, log_system_metrics=tracking.system_metrics
-        )
+        system = tracking.system_metrics
+        if system is None:  # the long runs: where CPU/GPU use is worth a look
+            system = tags.get("stage") in ("train", "tune")
+        run = mlflow.start_run(run_id=resume, tags=all_tags, log_system_metrics=system)
         return cls(mlflow, run.info.run_id)
 
     @holding_signals
@@ -210,6 +214,49 @@ class StageRun:
             path.write_bytes(data)
             self.log_artifact(path, folder)
 
+    @holding_signals
+    def log_test_metrics_on_train(
+        self,
+        train_run_id: str | None,
+        metrics: dict[str, float],
+        registered: dict | None,
+        headline: dict[str, str],
+    ) -> None:
+        """The test metrics on the train run too: it holds the params and the model, so one
+        runs table sorts the models by test metric. They are linked to the model logged there
+        (MLflow's model_id: the logged model's page lists them), and the `headline` (main
+        metric -> value with interval) tags the registered version, a column on the Models
+        page."""
+        from mlflow.entities import Metric
+
+        if _existing_run(self._mlflow, train_run_id) is None:
+            return  # trained with another store, or tracking was off then
+        client = self._mlflow.MlflowClient()
+        model_id = (registered or {}).get("model_id")
+        now = int(time.time() * 1000)
+        client.log_batch(
+            train_run_id,
+            [
+                Metric(k, float(v), now, 0, model_id=model_id, run_id=train_run_id)
+                for k, v in metrics.items()
+            ],
+        )
+        if registered and registered.get("version"):
+            for key, value in headline.items():
+                client.set_model_version_tag(registered["name"], registered["version"], key, value)
+
+    def experiment_ids(self, run_ids: list[str]) -> dict[str, str]:
+        """{run id: its MLflow experiment's id} of the runs this store holds (the report links
+        to them in the MLflow UI)."""
+        client = self._mlflow.MlflowClient()
+        found = {}
+        for run_id in run_ids:
+            try:
+                found[run_id] = client.get_run(run_id).info.experiment_id
+            except Exception:  # noqa: BLE001 - not in this store: no link
+                continue
+        return found
+
     def consider_champion(self, *args) -> dict:
         """registry.consider_champion, from the process that writes to the store."""
         from pipeline.tracking.registry import consider_champion
@@ -253,11 +300,9 @@ class StageRun:
                     raise
 
     @holding_signals
-    def log_torch_model(
-        self, model, input_example, registered_name: str | None = None
-    ) -> str | None:
+    def log_torch_model(self, model, input_example, registered_name: str | None = None) -> dict:
         """The model with a signature and input example (numpy), loadable by mlflow.pytorch;
-        with `registered_name`, a new version of that registered model (returned). For the
+        with `registered_name`, a new version of that registered model. For the
         models that take the model's own tensors (language and generative models)."""
         import torch
         from mlflow.models import infer_signature
@@ -280,17 +325,17 @@ class StageRun:
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
                 registered_model_name=registered_name,
             )
-        version = getattr(info, "registered_model_version", None)
-        return None if version is None else str(version)
+        return _logged(info)
 
     @holding_signals
     def log_raw_input_model(
         self, model, saved_path: Path, prep_path: Path, registered_name: str | None = None
-    ) -> str | None:
+    ) -> dict:
         """The registered model of a predictive experiment: a pyfunc (tracking/serving.py)
         that takes raw rows and carries the weights at `saved_path` and the fitted
         preprocessor at `prep_path`. Its signature names the raw columns and types; its
-        input example is raw training rows. Returns the registered version, if any."""
+        input example is raw training rows. Returns the registered version, if any, and the
+        logged model's id."""
         import tempfile
         from importlib.metadata import version
 
@@ -337,8 +382,14 @@ class StageRun:
                 metadata={**prep.describe(), "task": prep.kind_of_task()},
                 model_config={"predict_device": "auto"},  # load_model(model_config=...) overrides
             )
-        version = getattr(info, "registered_model_version", None)
-        return None if version is None else str(version)
+        return _logged(info)
+
+
+def _logged(info) -> dict:
+    """The registered version (None without a registry) and MLflow's id of the logged model,
+    to which evaluate attaches the test metrics."""
+    version = getattr(info, "registered_model_version", None)
+    return {"version": None if version is None else str(version), "model_id": info.model_id}
 
 
 @contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from datetime import datetime
 
@@ -97,7 +98,7 @@ def summary(study: optuna.Study, tune: TuneParams, best: FrozenTrial, seconds: f
 
 
 def figures(study: optuna.Study, tune: TuneParams, experiment: str) -> dict:
-    """Optuna's matplotlib plots (no browser needed); a note where a plot needs more trials."""
+    """Optuna's matplotlib plots (no browser needed); none where a plot needs more trials."""
     from optuna.visualization import matplotlib as ovm
 
     from pipeline import plots
@@ -124,7 +125,9 @@ def figures(study: optuna.Study, tune: TuneParams, experiment: str) -> dict:
                 fig.suptitle(f"{experiment}: {key}")
                 fig.tight_layout()
             except (ValueError, RuntimeError, ZeroDivisionError) as err:
-                fig = plots.text_figure(f"{key}: not available ({err})", f"{experiment}: {key}")
+                # a figure that says there is no figure is noise in DVC's plots and the report
+                print(f"tune@{experiment}: no {key} figure ({err})", file=sys.stderr)
+                continue
         out[key] = fig
     return out
 
