@@ -12,7 +12,7 @@ export MPLBACKEND := Agg
 # own processes default to the same; set it to false to send it)
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: install run test test-fast test-quality bench lint format ui serve check clean
+.PHONY: install run test test-fast test-quality bench lint format ui tune-ui serve check clean
 
 install: $(STAMP) $(PLOTS_PAGE)
 
@@ -93,6 +93,15 @@ bench: $(STAMP)
 
 ui: $(STAMP)
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+# Optuna's dashboard on one experiment's search, read from the journal tune@ keeps (with
+# tune.storage set, name the database instead: make tune-ui STUDY=postgresql://...)
+EXP ?= cnn_digits
+STUDY ?= artifacts/$(EXP)/study.journal
+TUNE_UI_PORT ?= 8080
+tune-ui: $(STAMP)
+	@echo "Optuna dashboard: http://127.0.0.1:$(TUNE_UI_PORT)  ($(STUDY))"
+	optuna-dashboard $(STUDY) --host 127.0.0.1 --port $(TUNE_UI_PORT) --quiet
 
 # Prefect: serve the flows, dl-retrain/retrain on schedule.cron. With PREFECT_API_URL set, use
 # that server; otherwise start one on loopback for as long as this runs (its database and
