@@ -68,8 +68,9 @@ $(PG_CTL):
 TEST_WORKERS ?= 2
 PYTEST := python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
+# the slowest tests are listed at the end: where `make test`'s time goes
 test: lint $(CHROMIUM) $(PG_CTL) $(PLOTS_PAGE)
-	$(PYTEST) -m "not quality"
+	$(PYTEST) -m "not quality" --durations=25
 
 test-fast: $(STAMP) $(PLOTS_PAGE)
 	$(PYTEST) -m "not slow"

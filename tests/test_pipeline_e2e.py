@@ -380,7 +380,8 @@ def test_exp_run_with_set_param_reruns_only_what_changed(repro_project):
     compared = run(["python", "-m", "pipeline", "compare", exp], repro_project).stdout
     [line] = [x for x in compared.splitlines() if f"experiments.{exp}.train.epochs=3" in x]
     metrics = json.loads((repro_project / paths.metrics_file(exp)).read_text())
-    main = KINDS[summary(repro_project, exp)["task"]].main_metric
+    task = json.loads((repro_project / paths.summary_file(exp)).read_text())["task"]
+    main = KINDS[task].main_metric
     assert f" {exp} " in line and f"{main} " in line and f"{metrics[main]:.4f}" in line
     # metrics and plots compare across commits and experiments
     diff = json.loads(run(["dvc", "metrics", "diff", "--all", "--json"], repro_project).stdout)
