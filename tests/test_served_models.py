@@ -186,7 +186,10 @@ def raw_test_rows(kind: str, root: Path):
 def evaluated(root: Path, kind: str):
     """What evaluate measured: the predicted labels (confusion.csv) and the test metrics."""
     metrics = json.loads((root / paths.metrics_file(f"{kind}_model")).read_text())
-    with (root / paths.confusion_csv(f"{kind}_model")).open() as f:
+    confusion = root / paths.confusion_csv(f"{kind}_model")  # classifiers only
+    if not confusion.is_file():
+        return [], metrics
+    with confusion.open() as f:
         labels = [row["predicted"] for row in csv.DictReader(f)]
     return labels, metrics
 

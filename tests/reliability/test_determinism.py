@@ -77,7 +77,7 @@ def test_verify_determinism_command_on_a_real_project(tmp_path):
     # every output dvc.yaml declares for train@ and evaluate@ (model, checkpoint, history,
     # metrics, figures, ...) compared by md5; the run records are named as differing by design
     assert (
-        "mlp_digits: deterministic: 10 output files of train@mlp_digits and "
+        "mlp_digits: deterministic: 11 output files of train@mlp_digits and "
         "evaluate@mlp_digits are bit-identical"
     ) in out
     assert "artifacts/mlp_digits/train.json differs by design: wall time" in out
