@@ -266,9 +266,10 @@ def test_every_stage_is_an_mlflow_run_grouped_by_experiment(repro_project):
         registered = summary(repro_project, exp)["train"].get("registered_model")
         if registered:
             logged = client.get_logged_model(registered["model_id"]).metrics
-            logged = {m.key: m.value for m in logged}  # with the run's system metrics
+            # (the run's system metrics may be linked too; one make test run listed 30 of 38)
+            linked = {m.key: m.value for m in logged if m.key in tested}
+            assert linked and linked == pytest.approx({k: tested[k] for k in linked})
             main = KINDS[summary(repro_project, exp)["task"]].main_metric
-            assert logged[main] == pytest.approx(tested[main])
             version = client.get_model_version(registered["name"], registered["version"])
             assert version.tags[main].startswith(f"{tested[main]:.4f}")
         # a description on each run's page: what it did and the key result
