@@ -323,8 +323,8 @@ def test_a_store_copied_from_another_checkout_is_refused_before_any_work(tmp_pat
     clone.mkdir()
     cfg = TrackingParams(experiment_name="test")  # sqlite:///mlflow.db, artifacts: mlartifacts
     monkeypatch.chdir(original)
-    with tracking.stage_run(cfg, name="first", tags={}):
-        pass
+    with tracking.stage_run(cfg, name="first", tags={}) as first:
+        first.log_metrics({"test/accuracy": 0.5})
     check_artifact_root(cfg.uri, cfg.experiment_name, cfg.artifact_location)  # its own: fine
     shutil.copy(original / "mlflow.db", clone / "mlflow.db")
     monkeypatch.chdir(clone)

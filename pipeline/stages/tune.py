@@ -8,6 +8,7 @@ writes empty overrides, so every experiment has the same stages.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 
@@ -135,8 +136,9 @@ def write_tuning_off(experiment: str) -> None:
     paths.study_journal(experiment).parent.mkdir(parents=True, exist_ok=True)
     paths.study_journal(experiment).touch()
     note = f"tuning is off for {experiment} (tune.enabled: false)"
-    with atomic.atomic_dir(paths.tuning_plots_dir(experiment)):
-        pass  # DVC's declared plots folder, empty: a figure saying "nothing" is noise
+    # DVC's declared plots folder, left empty: a figure saying "nothing" is noise
+    shutil.rmtree(paths.tuning_plots_dir(experiment), ignore_errors=True)
+    paths.tuning_plots_dir(experiment).mkdir(parents=True)
     atomic.write_text(paths.trials_csv(experiment), "number,state\n")
     atomic.write_json(paths.tuning_summary(experiment), {"enabled": False})
     atomic.write_text(paths.tuned_file(experiment), f"# {note}: no overrides\n{{}}\n")

@@ -76,8 +76,8 @@ def invocation(pid: int | None = None) -> str | None:
                 words = [a for a in cmd[at + 1 :] if not a.startswith("-")][:2]
                 return invocation_name(" ".join(["dvc", *words]), proc.create_time(), proc.pid)
     except (OSError, psutil.Error):
-        pass  # no process table to read: no group, nothing else lost
-    return None
+        return None  # no process table to read: no group, nothing else lost
+    return None  # started by hand, not by dvc
 
 
 def invocation_name(command: str, started: float, pid: int) -> str:
