@@ -138,6 +138,14 @@ def curves_csv(history: list[dict]) -> str:
     return history_csv(rows) if rows else "epoch,panel,series,value\n"
 
 
+def headline(metrics: dict[str, float], main: str, ratio: str) -> dict[str, float]:
+    """What metrics.json, DVC's metric file, holds: the main metric, its 95% interval and its
+    ratio to the baseline. `dvc exp show` gets a column per key of every experiment's file, so
+    every test metric there made hundreds; details.json has them all."""
+    keys = (main, f"{main}_ci95_low", f"{main}_ci95_high", ratio)
+    return {k: metrics[k] for k in keys if k in metrics}
+
+
 def with_interval(metrics: dict[str, float], metric: str) -> str:
     """`metric`'s value and, when evaluate computed one, its bootstrap 95% interval."""
     low, high = metrics.get(f"{metric}_ci95_low"), metrics.get(f"{metric}_ci95_high")

@@ -106,7 +106,8 @@ def summary_file(experiment: str) -> Path:
 
 
 def details_file(experiment: str) -> Path:
-    """Per-class metrics, baseline errors and other detail beyond metrics.json."""
+    """Every test metric (`metrics`; metrics.json holds the headline), per-class metrics,
+    baseline errors and other detail."""
     return report_dir(experiment) / "details.json"
 
 

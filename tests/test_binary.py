@@ -81,13 +81,13 @@ def test_a_binary_head_learns_a_two_class_table_with_roc_and_a_val_threshold(tmp
     heads = [v for k, v in saved["state_dict"].items() if k.endswith("linear.weight")]
     assert saved["spec"]["binary"] and [w.shape[0] for w in heads] == [1]
     for experiment in ("sigmoid", "softmax"):
-        metrics = json.loads(paths.metrics_file(experiment).read_text())
+        details = json.loads(paths.details_file(experiment).read_text())
+        metrics = details["metrics"]
         assert metrics["test/roc_auc"] >= 0.95, metrics
         assert metrics["test/roc_auc_ci95_low"] <= metrics["test/roc_auc"] <= 1
         assert 0 <= metrics["test/threshold"] <= 1
         assert metrics["test/accuracy_at_threshold"] >= 0.85
         assert (paths.plots_dir(experiment) / "roc.png").is_file()
-        details = json.loads(paths.details_file(experiment).read_text())
         assert details["threshold"]["chosen_on"] == "val"
 
     # the registered model serves probabilities of both classes from its one logit

@@ -120,7 +120,14 @@ def test_repro_runs_every_stage_and_writes_metrics(repro_project):
     assert {summary(repro_project, e)["task"] for e in EXPERIMENTS} == set(TASK_METRICS)
     for exp in EXPERIMENTS:
         task = summary(repro_project, exp)["task"]
-        metrics = json.loads((repro_project / paths.metrics_file(exp)).read_text())
+        # DVC's metric file holds the headline (one `dvc exp show` column each), details.json
+        # every test metric
+        main = KINDS[task].main_metric
+        keys = (main, f"{main}_ci95_low", f"{main}_ci95_high", KINDS[task].baseline_ratio)
+        headline = json.loads((repro_project / paths.metrics_file(exp)).read_text())
+        metrics = json.loads((repro_project / paths.details_file(exp)).read_text())["metrics"]
+        assert headline == {k: metrics[k] for k in keys if k in metrics}, exp
+        assert {main, KINDS[task].baseline_ratio} <= set(headline), exp
         assert TASK_METRICS[task] <= set(metrics), exp
         assert all(isinstance(v, (int, float)) for v in metrics.values())
         figures = {p.stem for p in (repro_project / paths.plots_dir(exp)).glob("*.png")}
@@ -257,7 +264,7 @@ def test_every_stage_is_an_mlflow_run_grouped_by_experiment(repro_project):
         tags = {t.key: t.value for t in inputs[f"{dataset}/train"].tags}
         assert tags["dvc_hash"] == data_hash and tags["mlflow.data.context"] == "training"
         assert [d.dataset.name for d in evaluate.inputs.dataset_inputs] == [f"{dataset}/test"]
-        on_disk = json.loads((repro_project / paths.metrics_file(exp)).read_text())
+        on_disk = json.loads((repro_project / paths.details_file(exp)).read_text())["metrics"]
         assert evaluate.data.metrics == pytest.approx(on_disk)  # the same dict in both places
         # the train run (params, model) carries the test metrics too: one table sorts models
         tested = {k: v for k, v in on_disk.items() if k.startswith("test/")}
@@ -378,6 +385,12 @@ def test_exp_run_with_set_param_reruns_only_what_changed(repro_project):
     assert summary["epochs_run"] == 3
     shown = run(["dvc", "exp", "show", "--json"], repro_project).stdout
     assert f"experiments.{exp}.train.epochs" in shown or '"epochs": 3' in shown
+    # metrics.json holds each experiment's headline only: a few columns per experiment in
+    # `dvc exp show`, not one per test metric; the README's --only-changed keeps what moved
+    header = run(["dvc", "exp", "show", "--csv"], repro_project).stdout.splitlines()[0]
+    assert 0 < sum("test/" in column for column in header.split(",")) <= 4 * len(EXPERIMENTS)
+    changed = run(["dvc", "exp", "show", "--only-changed", "--csv"], repro_project).stdout
+    assert f"experiments.{exp}.train.epochs" in changed.splitlines()[0]
     # the short view: a line for the DVC experiment with its metric and the changed param
     compared = run(["python", "-m", "pipeline", "compare", exp], repro_project).stdout
     [line] = [x for x in compared.splitlines() if f"experiments.{exp}.train.epochs=3" in x]

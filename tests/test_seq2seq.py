@@ -133,7 +133,7 @@ def test_a_gru_learns_dates_and_its_registered_model_translates_raw_text(workdir
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
     assert ingest.main(["dates"]) == 0 and preprocess.main(["dates"]) == 0
     assert train.main(["gru_dates"]) == 0 and evaluate.main(["gru_dates"]) == 0
-    metrics = json.loads(paths.metrics_file("gru_dates").read_text())
+    metrics = json.loads(paths.details_file("gru_dates").read_text())["metrics"]
     assert metrics["test/exact_match"] >= 0.8, metrics
     assert metrics["test/bleu"] > metrics["test/nearest/bleu"]
     assert metrics["test/beam/exact_match"] >= metrics["test/exact_match"] - 0.05

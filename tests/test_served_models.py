@@ -185,7 +185,7 @@ def raw_test_rows(kind: str, root: Path):
 
 def evaluated(root: Path, kind: str):
     """What evaluate measured: the predicted labels (confusion.csv) and the test metrics."""
-    metrics = json.loads((root / paths.metrics_file(f"{kind}_model")).read_text())
+    metrics = json.loads((root / paths.details_file(f"{kind}_model")).read_text())["metrics"]
     confusion = root / paths.confusion_csv(f"{kind}_model")  # classifiers only
     if not confusion.is_file():
         return [], metrics

@@ -10,7 +10,7 @@ from pipeline import atomic, paths, plots, tracking
 from pipeline.config import Params
 from pipeline.data import datasets
 from pipeline.experiment import in_memory, load_trained_model, resolved_experiment
-from pipeline.metrics import interval_half_width, with_interval
+from pipeline.metrics import headline, interval_half_width, with_interval
 from pipeline.stages import experiment_tracking, stage_main
 from pipeline.tasks.kinds import KINDS, task_kind
 
@@ -65,8 +65,10 @@ def run(params: Params, experiment: str) -> dict[str, float]:
         registered = train_info.get("registered_model") or {}
         tested = {k: v for k, v in result.metrics.items() if k.startswith("test/")}
         main = KINDS[kind].main_metric
-        headline = {main: with_interval(result.metrics, main)}
-        run.log_test_metrics_on_train(train_info.get("mlflow_run_id"), tested, registered, headline)
+        version_tag = {main: with_interval(result.metrics, main)}
+        run.log_test_metrics_on_train(
+            train_info.get("mlflow_run_id"), tested, registered, version_tag
+        )
         run.set_tags({"mlflow.note.content": description(experiment, kind, result.metrics, schema)})
         if registered.get("version"):
             decision = decide_champion(run, exp, kind, registered, result)
@@ -76,6 +78,7 @@ def run(params: Params, experiment: str) -> dict[str, float]:
                 f"{'is now' if decision['promoted'] else 'is not'} champion: {decision['reason']}",
                 file=sys.stderr,
             )
+        result.details["metrics"] = result.metrics  # every test metric; metrics.json: the headline
         run.log_dict(result.details, "details.json")
         with atomic.atomic_dir(paths.plots_dir(experiment)) as tmp:
             for name, fig in result.figures.items():
@@ -99,7 +102,11 @@ def run(params: Params, experiment: str) -> dict[str, float]:
         }
         atomic.write_json(paths.summary_file(experiment), summary)
         # written last: DVC treats metrics.json as the stage's result
-        atomic.write_json(paths.metrics_file(experiment), result.metrics)
+        task = KINDS[kind]
+        atomic.write_json(
+            paths.metrics_file(experiment),
+            headline(result.metrics, task.main_metric, task.baseline_ratio),
+        )
     return result.metrics
 
 
