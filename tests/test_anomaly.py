@@ -25,6 +25,7 @@ def _params(tmp_path, experiments: dict):
     return load_params(write_params(tmp_path / "params.yaml", raw))
 
 
+@pytest.mark.slow  # stage processes on real data: make test, not test-fast
 def test_vae_trained_without_a_class_flags_it_by_negative_elbo(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exp = {"dataset": "digits", "model": VAE, "train": {"epochs": 20, "exclude_classes": [0]}}

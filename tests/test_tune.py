@@ -524,6 +524,7 @@ def test_multi_objective_reports_the_pareto_front(project):
     assert tuned["model"]["hidden_sizes"] == summary["best"]["params"]["model.hidden_sizes"]
 
 
+@pytest.mark.slow  # stage processes on real data: make test, not test-fast
 def test_tuning_off_writes_empty_overrides(project):
     raw = params_with(enabled=False)
     proc = tune_stage(project, raw)
@@ -534,6 +535,7 @@ def test_tuning_off_writes_empty_overrides(project):
     assert not (project / "mlflow.db").exists()  # no tracking, no torch: a cheap no-op
 
 
+@pytest.mark.slow  # stage processes on real data: make test, not test-fast
 def test_bad_space_fails_before_any_trial(project):
     raw = params_with(space={"train.optimizer.lr": {"type": "float", "low": 1, "high": 0}})
     proc = tune_stage(project, raw)

@@ -35,6 +35,7 @@ with stage_run(tracking, name=f"writer-{index}", tags={"writer": str(index)}) as
 """
 
 
+@pytest.mark.slow  # stage processes on real data: make test, not test-fast
 def test_eight_processes_log_to_one_fresh_sqlite_store(tmp_path):
     from mlflow import MlflowClient
 

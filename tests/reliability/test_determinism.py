@@ -88,6 +88,7 @@ def test_verify_determinism_command_on_a_real_project(tmp_path):
     assert missing.returncode == 2 and "'nope' is not in params.yaml" in missing.stderr
 
 
+@pytest.mark.slow  # stage processes on real data: make test, not test-fast
 def test_retraining_writes_the_same_model_and_checkpoint_bytes(tmp_path):
     """DVC compares outputs by md5: the same training (seed, data, params) must write the same
     files, or every retrained model looks changed."""
