@@ -107,7 +107,8 @@ def summary_file(experiment: str) -> Path:
 
 def details_file(experiment: str) -> Path:
     """Every test metric (`metrics`; metrics.json holds the headline), per-class metrics,
-    baseline errors and other detail."""
+    baseline errors and other detail: what evaluation computed, nothing about the run (that
+    is summary.json), so that it is the same with tracking on or off."""
     return report_dir(experiment) / "details.json"
 
 

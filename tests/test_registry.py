@@ -64,7 +64,7 @@ def project(server, tmp_path_factory):
         write_params(root / "params.yaml", params(server, variant))
         run_stage(root, "train", EXP)
         run_stage(root, "evaluate", EXP)
-        decisions.append(json.loads((root / paths.details_file(EXP)).read_text())["registry"])
+        decisions.append(json.loads((root / paths.summary_file(EXP)).read_text())["registry"])
     (root / "decisions.json").write_text(json.dumps(decisions))
     return root
 

@@ -70,9 +70,9 @@ def run(params: Params, experiment: str) -> dict[str, float]:
             train_info.get("mlflow_run_id"), tested, registered, version_tag
         )
         run.set_tags({"mlflow.note.content": description(experiment, kind, result.metrics, schema)})
+        decision = None  # how this run went in the registry: summary.json, not details.json
         if registered.get("version"):
             decision = decide_champion(run, exp, kind, registered, result)
-            result.details["registry"] = decision
             print(
                 f"evaluate@{experiment}: {registered['name']} v{registered['version']} "
                 f"{'is now' if decision['promoted'] else 'is not'} champion: {decision['reason']}",
@@ -97,7 +97,7 @@ def run(params: Params, experiment: str) -> dict[str, float]:
             "train": train_info,
             "evaluate_run_id": run.run_id,
             "data": {"dvc_hash": tags["dvc.data_hash"], "counts": schema["counts"]},
-            "registry": result.details.get("registry"),
+            "registry": decision,
             "params": exp.model_dump(mode="json"),
         }
         atomic.write_json(paths.summary_file(experiment), summary)

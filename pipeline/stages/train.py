@@ -37,7 +37,9 @@ def train(exp: ExperimentParams, tuned: dict, experiment: str) -> dict:
     if tuned and main:
         applied = ", ".join(f"{k}={v}" for k, v in flatten(tuned).items())
         print(f"train@{experiment}: tuned params from {paths.tuned_file(experiment)}: {applied}")
-    config = exp.model_dump(mode="json", exclude={"tune"})
+    # what is trained; the tracking settings are not part of it (nor a DVC param of train): a
+    # run with tracking off writes the same bytes and resumes the same checkpoint
+    config = exp.model_dump(mode="json", exclude={"tune", "tracking"})
     prep = prepare(exp, experiment)
     model, schema, arrays = prep.model, prep.schema, prep.arrays
     track = exp.tracking if main else exp.tracking.model_copy(update={"enabled": False})
