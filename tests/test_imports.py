@@ -117,7 +117,8 @@ def code_deps(module: str) -> list[str]:
 
     A package whose every file the stage runs is listed as its folder: one entry in dvc.lock
     instead of one per file. DVC rewrites the whole lock file after every stage, so its size
-    is paid once per stage run (a shrunk repro of the zoo: 2,592 entries, 370 KB)."""
+    is paid once per stage run (the shrunk zoo's lock: 2,498 dep entries and 405 KB one per
+    file, 1,206 and 259 KB with folders; a rewrite 4.19 vs 2.62 s)."""
     runs = {module} | reach(module, skip=NOT_DEPS)
     own = str(MODULES[module].relative_to(ROOT))
     files = {
