@@ -37,6 +37,13 @@ NOT_DEPS = {
 }
 # commands above the stages: they may run stages
 COMMANDS = {"pipeline.__main__", "pipeline.flows", "pipeline.parallel", "pipeline.verify"}
+# modules that start one of ours as a process (`python -m <module>`): a stage importing the
+# starter runs what the process runs (the tune stage's trials run in its workers); a stage
+# module started again (the train stage under torchrun) is that stage's own code
+STARTS = {
+    "pipeline.tuning.launch": {"pipeline.tuning.worker"},
+    "pipeline.distributed": {"pipeline.stages.train"},
+}
 
 
 def module_files() -> dict[str, object]:
@@ -101,6 +108,23 @@ def test_only_the_tracking_modules_import_mlflow():
     assert users == {f"pipeline.tracking.{name}" for name in tracking}
 
 
+def test_every_process_one_of_our_modules_starts_is_listed():
+    """STARTS holds every module that names one of our modules as a string (`python -m
+    <module>`), so that code_deps counts what such a process runs."""
+    named = {}
+    for name, path in MODULES.items():
+        found = {
+            node.value
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Constant)
+            and node.value in MODULES.keys() - {name}
+            and "." in node.value  # a module, not a package's name (`code_paths=["pipeline"]`)
+        }
+        if found:
+            named[name] = found
+    assert named == STARTS
+
+
 def test_no_import_circles():
     circles = [
         (a, b)
@@ -119,7 +143,15 @@ def code_deps(module: str) -> list[str]:
     instead of one per file. DVC rewrites the whole lock file after every stage, so its size
     is paid once per stage run (the shrunk zoo's lock: 2,498 dep entries and 405 KB one per
     file, 1,206 and 259 KB with folders; a rewrite 4.19 vs 2.62 s)."""
-    runs = {module} | reach(module, skip=NOT_DEPS)
+    runs = {module}
+    while True:  # what it imports, and what the processes it starts import, followed through
+        found = runs | {m for r in runs for m in reach(r, skip=NOT_DEPS)}
+        found |= {
+            p for r in found for p in STARTS.get(r, ()) if not p.startswith("pipeline.stages.")
+        }
+        if found == runs:
+            break
+        runs = found
     own = str(MODULES[module].relative_to(ROOT))
     files = {
         str(MODULES[m].relative_to(ROOT)) for m in runs - NOT_DEPS if m.split(".")[0] != "models"
