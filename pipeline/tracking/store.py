@@ -5,6 +5,7 @@ models logged on them."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import sys
@@ -167,6 +168,9 @@ class StageRun:
         system = tracking.system_metrics
         if system is None:  # the long runs: where CPU/GPU use is worth a look
             system = tags.get("stage") in ("train", "tune")
+        # its monitor says at INFO that it starts, skips GPU metrics and stops: four lines in
+        # the output of every stage that uses it; its warnings still print
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
         run = mlflow.start_run(run_id=resume, tags=all_tags, log_system_metrics=system)
         return cls(mlflow, run.info.run_id)
 
@@ -397,8 +401,6 @@ def _quiet_cloudpickle_note() -> Iterator[None]:
     """MLflow warns that a pickled python_model may run code when loaded. Ours is an instance
     of the shipped RawInputModel class with no state: loading it imports that class, and the
     weights and preprocessing travel as tensors and JSON."""
-    import logging
-
     logger = logging.getLogger("mlflow.pyfunc")
     level = logger.level
     logger.setLevel(logging.ERROR)
