@@ -86,3 +86,11 @@ def write_results(name: str, results: dict, out: Path = RESULTS) -> Path:
     markdown = report.write(out)
     print(f"wrote {path} and {markdown}")
     return path
+
+
+def read_test_metrics(project: Path, experiment: str) -> dict[str, float]:
+    """Every test metric evaluate@ wrote for `experiment` (details.json; metrics.json, DVC's
+    metric file, holds only the headline)."""
+    from pipeline import paths
+
+    return json.loads((project / paths.details_file(experiment)).read_text())["metrics"]

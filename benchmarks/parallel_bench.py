@@ -21,7 +21,6 @@ tests use. Results go to reports/benchmarks/parallel.json and reports/benchmarks
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.common import out_argument, row, venv_env, write_results
+from benchmarks.common import out_argument, read_test_metrics, row, venv_env, write_results
 from pipeline import cores, parallel
 from tests.conftest import TINY, make_project, shipped_params
 
@@ -79,8 +78,9 @@ def lock_outputs(project: Path) -> dict[str, str]:
 
 
 def metrics(project: Path) -> dict[str, dict]:
+    """Every test metric of every evaluated experiment."""
     return {
-        path.parent.name: json.loads(path.read_text())
+        path.parent.name: read_test_metrics(project, path.parent.name)
         for path in sorted((project / "reports/experiments").glob("*/metrics.json"))
     }
 

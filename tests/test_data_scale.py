@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.common import read_test_metrics
 from pipeline import paths
 from pipeline.config import load_params
 from pipeline.data import datasets
@@ -321,10 +322,7 @@ def test_dvc_repro_from_disk_and_in_memory_gives_the_same_model_and_metrics(tmp_
     assert "mlp_digits: in memory" in check, check
     assert "mlp_disk: from disk, read by the training process (budget 0.0 MB)" in check, check
     run(["dvc", "repro"], project)
-    metrics = {
-        e: json.loads((project / paths.metrics_file(e)).read_text())
-        for e in ("mlp_digits", "mlp_disk")
-    }
+    metrics = {e: read_test_metrics(project, e) for e in ("mlp_digits", "mlp_disk")}
     assert metrics["mlp_disk"] == metrics["mlp_digits"] and "test/accuracy" in metrics["mlp_disk"]
     weights = {e: load_tensors(project / paths.model_file(e))["state_dict"] for e in metrics}
     for key, value in weights["mlp_digits"].items():

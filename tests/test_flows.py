@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
+from benchmarks.common import read_test_metrics
 from pipeline import cores, paths
 from tests.conftest import (
     TINY,
@@ -96,9 +97,7 @@ def test_flow_matches_dvc_repro_and_a_second_run_skips_everything(prefect_server
     deterministic += ["artifacts/mlp_digits/model.pt", "artifacts/mlp_digits/checkpoint.pt"]
     for path in deterministic:
         assert flow_lock[path] == dvc_lock[path], path  # the same bytes, recorded the same way
-    metrics = [
-        json.loads((p / paths.metrics_file("mlp_digits")).read_text()) for p in (by_flow, by_dvc)
-    ]
+    metrics = [read_test_metrics(p, "mlp_digits") for p in (by_flow, by_dvc)]
     assert metrics[0] == pytest.approx(metrics[1])  # seeded training: the same model
 
     # with a concurrency limit on `gpu`, the GPU stages' task runs carry that tag

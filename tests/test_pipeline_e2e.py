@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from benchmarks.common import read_test_metrics
 from pipeline import paths
 from pipeline.tasks.kinds import KINDS
 from tests.conftest import (
@@ -125,7 +126,7 @@ def test_repro_runs_every_stage_and_writes_metrics(repro_project):
         main = KINDS[task].main_metric
         keys = (main, f"{main}_ci95_low", f"{main}_ci95_high", KINDS[task].baseline_ratio)
         headline = json.loads((repro_project / paths.metrics_file(exp)).read_text())
-        metrics = json.loads((repro_project / paths.details_file(exp)).read_text())["metrics"]
+        metrics = read_test_metrics(repro_project, exp)
         assert headline == {k: metrics[k] for k in keys if k in metrics}, exp
         assert {main, KINDS[task].baseline_ratio} <= set(headline), exp
         assert TASK_METRICS[task] <= set(metrics), exp
@@ -264,7 +265,7 @@ def test_every_stage_is_an_mlflow_run_grouped_by_experiment(repro_project):
         tags = {t.key: t.value for t in inputs[f"{dataset}/train"].tags}
         assert tags["dvc_hash"] == data_hash and tags["mlflow.data.context"] == "training"
         assert [d.dataset.name for d in evaluate.inputs.dataset_inputs] == [f"{dataset}/test"]
-        on_disk = json.loads((repro_project / paths.details_file(exp)).read_text())["metrics"]
+        on_disk = read_test_metrics(repro_project, exp)
         assert evaluate.data.metrics == pytest.approx(on_disk)  # the same dict in both places
         # the train run (params, model) carries the test metrics too: one table sorts models
         tested = {k: v for k, v in on_disk.items() if k.startswith("test/")}

@@ -6,12 +6,14 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
+from benchmarks.common import read_test_metrics
 from pipeline import paths
 from pipeline.data import datasets
 from pipeline.errors import PipelineError
@@ -133,7 +135,7 @@ def test_a_gru_learns_dates_and_its_registered_model_translates_raw_text(workdir
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
     assert ingest.main(["dates"]) == 0 and preprocess.main(["dates"]) == 0
     assert train.main(["gru_dates"]) == 0 and evaluate.main(["gru_dates"]) == 0
-    metrics = json.loads(paths.details_file("gru_dates").read_text())["metrics"]
+    metrics = read_test_metrics(Path("."), "gru_dates")
     assert metrics["test/exact_match"] >= 0.8, metrics
     assert metrics["test/bleu"] > metrics["test/nearest/bleu"]
     assert metrics["test/beam/exact_match"] >= metrics["test/exact_match"] - 0.05

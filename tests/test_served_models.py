@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from benchmarks.common import read_test_metrics
 from pipeline import paths
 from tests.test_data_text import reviews
 from tests.test_data_vision import fake_mnist
@@ -185,7 +186,7 @@ def raw_test_rows(kind: str, root: Path):
 
 def evaluated(root: Path, kind: str):
     """What evaluate measured: the predicted labels (confusion.csv) and the test metrics."""
-    metrics = json.loads((root / paths.details_file(f"{kind}_model")).read_text())["metrics"]
+    metrics = read_test_metrics(root, f"{kind}_model")
     confusion = root / paths.confusion_csv(f"{kind}_model")  # classifiers only
     if not confusion.is_file():
         return [], metrics

@@ -102,10 +102,9 @@ def run(params: Params, experiment: str) -> dict[str, float]:
         }
         atomic.write_json(paths.summary_file(experiment), summary)
         # written last: DVC treats metrics.json as the stage's result
-        task = KINDS[kind]
         atomic.write_json(
             paths.metrics_file(experiment),
-            headline(result.metrics, task.main_metric, task.baseline_ratio),
+            headline(result.metrics, main, KINDS[kind].baseline_ratio),
         )
     return result.metrics
 
