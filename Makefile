@@ -12,7 +12,7 @@ export MPLBACKEND := Agg
 # own processes default to the same; set it to false to send it)
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: install run test test-fast test-quality bench lint format ui tune-ui serve check clean
+.PHONY: install run test test-fast test-quality test-gpu gpu-wheels gpu-check bench lint format ui tune-ui serve check clean
 
 install: $(STAMP) $(PLOTS_PAGE)
 
@@ -77,6 +77,21 @@ test-fast: $(STAMP) $(PLOTS_PAGE)
 
 test-quality: $(STAMP)
 	python -m pytest -m quality
+
+# the CUDA tests (tests/gpu; skipped without a GPU)
+test-gpu: $(STAMP)
+	python -m pytest tests/gpu -m gpu
+
+# the GPU check on a GPU machine (benchmarks/gpu_check.sh; results in reports/gpu_check), and
+# the wheels it needs there (Python 3.12, manylinux x86_64) in .whl/ for the machine's `carry`
+gpu-check:
+	benchmarks/gpu_check.sh
+
+GPU_PLATFORMS := $(foreach n,manylinux_2_28 manylinux_2_27 manylinux_2_24 manylinux_2_17 manylinux2014 manylinux1,--platform $(n)_x86_64)
+gpu-wheels: $(STAMP)
+	python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp $(GPU_PLATFORMS) -d .whl -r benchmarks/gpu_wheels.txt
+	@du -sh .whl
 
 # side-by-side ratios against a reference in the same run; prints them and writes
 # reports/benchmarks/*.json and reports/benchmarks.md (gpu_bench skips without CUDA)

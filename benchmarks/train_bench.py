@@ -61,22 +61,25 @@ def ours(params, name: str, exp) -> float:
 
 
 def hand_written(exp) -> float:
-    """The same training as a plain script: tensors in memory, shuffled indices, one loop."""
+    """The same training as a plain script: tensors in memory (on the experiment's device),
+    shuffled indices, one loop."""
     import torch
     from torch.nn import functional as F
 
     from models import build_model
     from pipeline.data import datasets
+    from pipeline.engine import select_device
     from pipeline.experiment import data_spec
 
+    device = select_device(exp.device)
     torch.manual_seed(exp.seed)
     model = build_model(
         exp.model.name,
         exp.model.model_dump(exclude={"name"}),
         data_spec(datasets.load_schema(exp.dataset)),
-    )
-    x, y = (torch.as_tensor(a) for a in datasets.load_split(exp.dataset, "train"))
-    vx, vy = (torch.as_tensor(a) for a in datasets.load_split(exp.dataset, "val"))
+    ).to(device)
+    x, y = (torch.as_tensor(a).to(device) for a in datasets.load_split(exp.dataset, "train"))
+    vx, vy = (torch.as_tensor(a).to(device) for a in datasets.load_split(exp.dataset, "val"))
     opt_cfg = exp.train.optimizer
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay
@@ -86,7 +89,7 @@ def hand_written(exp) -> float:
     start = time.perf_counter()
     for _ in range(exp.train.epochs):
         model.train()
-        order = torch.randperm(len(y), generator=generator)
+        order = torch.randperm(len(y), generator=generator).to(device)
         for i in range(0, len(y), BATCH):
             idx = order[i : i + BATCH]
             loss = F.cross_entropy(model(x[idx]), y[idx])

@@ -56,6 +56,10 @@ class Objective:
         where = f"experiments.{self.experiment}.tune (trial {trial.number})"
         exp = apply_overrides(self.exp, unflatten(values), where)
         prep = prepare(exp, self.experiment)
+        # where the trial trained: a worker's GPU is pinned by CUDA_VISIBLE_DEVICES (launch.py)
+        trial.set_user_attr("device", str(prep.train.device))
+        if prep.train.device.type == "cuda":
+            trial.set_user_attr("cuda_visible_devices", os.environ.get("CUDA_VISIBLE_DEVICES"))
         for metric in self.metrics:
             if metric.startswith("val/") and metric not in prep.task.val_metrics:
                 raise PipelineError(
