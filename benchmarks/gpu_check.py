@@ -41,7 +41,7 @@ from benchmarks.common import ROOT, row
 
 OUT = ROOT / "reports" / "gpu_check"
 BUDGET = 8 * 60  # seconds for every step together
-LIMITS = {"tests": 240, "bench": 150, "stages": 180, "throughput": 120}
+LIMITS = {"tests": 240, "bench": 200, "stages": 150, "throughput": 120}
 EXPERIMENTS = ("cnn_digits", "vae_digits")  # a classifier and a generative model
 THROUGHPUT_EPOCHS = {"mlp_digits": 100, "cnn_digits": 30}
 TARGETS = {"bf16 + channels_last + compile": 2.0, "train stage vs hand-written": 0.9}
