@@ -11,13 +11,21 @@ import numpy as np
 def classification_metrics(
     y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], split: str = "test"
 ) -> tuple[dict[str, float], dict[str, dict], np.ndarray]:
-    """Summary metrics, per-class metrics and the confusion matrix (rows: actual)."""
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+    """Summary metrics, per-class metrics and the confusion matrix (rows: actual).
 
-    labels = np.arange(len(classes))
-    p, r, f, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0
-    )
+    Computed as scikit-learn's precision_recall_fscore_support(zero_division=0) does, in
+    NumPy: importing scikit-learn cost each evaluate process about 1.5 s."""
+    k = len(classes)
+    y_true, y_pred = np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)
+    confusion = np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
+    tp = np.diag(confusion).astype(np.float64)
+    support, predicted = confusion.sum(1), confusion.sum(0)
+
+    def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+        return np.divide(num, den, out=np.zeros(k), where=den > 0)
+
+    p, r = ratio(tp, predicted), ratio(tp, support)
+    f = ratio(2 * tp, (support + predicted).astype(np.float64))
     summary = {
         f"{split}/accuracy": float(np.mean(y_true == y_pred)),
         f"{split}/precision_macro": float(p.mean()),
@@ -33,7 +41,7 @@ def classification_metrics(
         }
         for i, name in enumerate(classes)
     }
-    return summary, per_class, confusion_matrix(y_true, y_pred, labels=labels)
+    return summary, per_class, confusion
 
 
 BOOTSTRAP_SAMPLES = 1000

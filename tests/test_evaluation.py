@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from pipeline.data.baselines import baseline_classifier
 from pipeline.engine import Batches
 from pipeline.evaluation import predictive
 from pipeline.evaluation.images import robustness
-from pipeline.evaluation.predictive import baseline_classifier
 from pipeline.metrics import classification_intervals, interval_half_width, rmse_interval
 from pipeline.params.training import Corruption, EvaluateParams
 from tests.conftest import ROOT
@@ -233,3 +233,57 @@ def test_attacks_and_adversarial_training_are_for_image_classifiers():
     cfg = TrainParams.model_validate({"adversarial_training": {"epsilon": 0.1}})
     with pytest.raises(PipelineError, match="train.adversarial_training: needs an image"):
         make_task("classification", cfg, {"input_shape": [12], "class_counts": {"train": [1]}})
+
+
+def test_classification_metrics_are_scikit_learn_s_to_the_last_bit():
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    from pipeline.metrics import classification_metrics
+
+    rng = np.random.default_rng(0)
+    for case in range(100):
+        k, n = int(rng.integers(2, 12)), int(rng.integers(1, 300))
+        y = rng.integers(0, k, n)
+        pred = np.where(rng.random(n) < rng.random(), y, rng.integers(0, k, n))
+        if case % 5 == 0:
+            pred[:] = 0  # classes never predicted: precision 0, not NaN
+        summary, per_class, confusion = classification_metrics(y, pred, list("abcdefghijkl")[:k])
+        p, r, f, support = precision_recall_fscore_support(
+            y, pred, labels=np.arange(k), zero_division=0
+        )
+        assert (confusion == confusion_matrix(y, pred, labels=np.arange(k))).all()
+        assert summary["test/precision_macro"] == float(p.mean())
+        assert summary["test/recall_macro"] == float(r.mean())
+        assert summary["test/f1_macro"] == float(f.mean())
+        assert [c["support"] for c in per_class.values()] == support.tolist()
+        assert [c["f1"] for c in per_class.values()] == f.tolist()
+
+
+def test_preprocess_records_the_baseline_and_evaluate_needs_it(tmp_path, monkeypatch):
+    """preprocess fits the dataset's logistic regression once (schema.json); evaluate reads
+    it, and a schema without one (an older preprocess) is one clear error."""
+    from pipeline.config import load_params
+    from pipeline.data import datasets
+    from pipeline.errors import PipelineError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(
+        "datasets:\n  digits: {source: sklearn_digits}\nexperiments:\n  m: {dataset: digits}\n"
+    )
+    params = load_params("params.yaml")
+    datasets.ingest("digits", params.datasets["digits"])
+    datasets.preprocess("digits", params.datasets["digits"])
+    schema = datasets.load_schema("digits")
+    baseline = schema["baselines"]["logistic_regression"]
+    assert set(baseline) == {"accuracy", "precision_macro", "recall_macro", "f1_macro"}
+    assert baseline["accuracy"] > 0.9  # logistic regression on digits' pixels
+    x, y = datasets.load_split("digits", "test")
+    test = Batches(x, y, 64, device="cpu", shuffle=False)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    result = predictive.classification(model, test, schema, "m")
+    assert result.metrics["test/baseline_accuracy"] == baseline["accuracy"]
+    del schema["baselines"]
+    with pytest.raises(
+        PipelineError, match=r"schema.json has no baseline .* `dvc repro preprocess@digits`"
+    ):
+        predictive.classification(model, test, schema, "m")

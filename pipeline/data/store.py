@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import atomic, paths
-from pipeline.data import preprocessing
+from pipeline.data import baselines, preprocessing
 from pipeline.data.arrays import NpyWriter
 
 
@@ -38,8 +38,13 @@ def write_arrays(folder: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def write_schema(folder: Path, name: str, schema: dict) -> None:
-    """schema.json beside the split folders in `folder`, with their content hash and dtypes."""
+    """schema.json beside the split folders in `folder`, with their content hash and dtypes,
+    and for a classification dataset the test metrics of its baseline (see baselines.py)."""
     schema["content_hash"], schema["dtypes"] = content_hash(folder)
+    if schema.get("task") == "classification":
+        schema["baselines"] = {
+            "logistic_regression": baselines.classifier_metrics(folder, schema["classes"])
+        }
     (folder / paths.schema_file(name).name).write_text(json.dumps(schema, indent=2) + "\n")
 
 

@@ -90,8 +90,7 @@ def attack_accuracy(
 
 def robustness_figure(curves: dict, clean: float, title: str):
     """Accuracy against epsilon per attack, from the clean accuracy at 0, with intervals."""
-    plt = plots.pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=100)
+    fig, ax = plots.subplots(figsize=(5, 3.6), dpi=100)
     for name, points in curves.items():
         eps, acc, low, high = (np.array(v) for v in zip(*sorted(points), strict=True))
         ax.errorbar(

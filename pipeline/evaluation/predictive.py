@@ -7,9 +7,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from pipeline import plots
+from pipeline import paths, plots
 from pipeline.data import datasets
+from pipeline.data.baselines import baseline_sample, blocks
 from pipeline.engine import Batches, predict
+from pipeline.errors import PipelineError
 from pipeline.evaluation.attacks import attack_accuracy
 from pipeline.evaluation.base import CONFUSION_HEADER, Evaluation, Inputs
 from pipeline.evaluation.images import cnn_insight, robustness
@@ -21,11 +23,9 @@ from pipeline.metrics import (
 )
 
 
-def classification(
-    model, batches: Batches, schema: dict, title: str, train: tuple[np.ndarray, np.ndarray]
-) -> Evaluation:
-    """Accuracy and F1 with bootstrap 95% intervals, beside a logistic regression fitted on
-    the train split's flattened inputs in the same run."""
+def classification(model, batches: Batches, schema: dict, title: str) -> Evaluation:
+    """Accuracy and F1 with bootstrap 95% intervals, beside the dataset's logistic regression
+    on flattened inputs (fitted on its train split by preprocess: schema.json)."""
     logits = predict(model, batches)
     y_true = batches.y.cpu().numpy()
     y_pred = logits.argmax(1).cpu().numpy()
@@ -33,75 +33,30 @@ def classification(
     metrics, per_class, confusion = classification_metrics(y_true, y_pred, classes)
     metrics.update(classification_intervals(y_true, y_pred, len(classes)))
     metrics["test/loss"] = F.cross_entropy(logits, batches.y).item()
-    baseline_pred = baseline_classifier(*train, host_inputs(batches))
-    baseline, _, _ = classification_metrics(y_true, baseline_pred, classes)
-    metrics["test/baseline_accuracy"] = baseline["test/accuracy"]
+    if "baselines" not in schema:
+        raise PipelineError(
+            f"{paths.schema_file(schema['dataset'])} has no baseline (written by an older "
+            f"version); run `dvc repro preprocess@{schema['dataset']}`"
+        )
+    baseline = schema["baselines"]["logistic_regression"]
+    metrics["test/baseline_accuracy"] = baseline["accuracy"]
     metrics["test/accuracy_ratio_baseline"] = metrics["test/accuracy"] / max(
-        baseline["test/accuracy"], 1e-12
+        baseline["accuracy"], 1e-12
     )
     metrics["test/samples"] = len(y_true)
     rows = "".join(f"{classes[t]},{classes[p]}\n" for t, p in zip(y_true, y_pred, strict=True))
     fig = plots.confusion_figure(confusion, classes, f"{title}: test confusion matrix")
     details = {
         "per_class": per_class,
-        "baselines": {"logistic_regression": {k.split("/")[1]: v for k, v in baseline.items()}},
+        "baselines": {"logistic_regression": baseline},
     }
     return Evaluation(metrics, details, {"confusion": fig}, CONFUSION_HEADER + rows)
-
-
-# a seeded subset keeps the baseline quick and small on large datasets: at most this many
-# rows, and this many bytes of inputs (1365 photos of 64x64 RGB)
-BASELINE_MAX_ROWS = 5000
-BASELINE_MAX_BYTES = 64 << 20
 
 
 def host_inputs(batches: Batches):
     """The inputs of `batches` for a baseline on the host: an array, or the rows on disk
     (a split larger than the memory budget), read a block at a time by the baselines."""
     return batches.x if batches.streamed else batches.x.cpu().numpy()
-
-
-def baseline_sample(train_x, train_y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """At most BASELINE_MAX_ROWS train rows and BASELINE_MAX_BYTES of them (a seeded
-    subset), in memory."""
-    rows = _block_rows(train_x)
-    if len(train_y) > rows:
-        keep = np.random.default_rng(0).choice(len(train_y), rows, replace=False)
-        return train_x[keep], train_y[keep]
-    return train_x[:], train_y
-
-
-def _block_rows(x) -> int:
-    """Rows of `x` a baseline takes at a time: BASELINE_MAX_ROWS, and BASELINE_MAX_BYTES."""
-    row_bytes = int(np.prod(x.shape[1:])) * x.dtype.itemsize
-    return min(BASELINE_MAX_ROWS, max(1, BASELINE_MAX_BYTES // row_bytes))
-
-
-def blocks(x):
-    """`x` (an array or rows on disk) in blocks of `_block_rows` rows."""
-    step = _block_rows(x)
-    return (x[i : i + step] for i in range(0, len(x), step))
-
-
-def baseline_classifier(train_x, train_y: np.ndarray, test_x) -> np.ndarray:
-    """Predictions of scikit-learn's logistic regression on flattened inputs (token ids
-    become bag-of-token counts)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    train_x, train_y = baseline_sample(train_x, train_y)
-    if np.issubdtype(train_x.dtype, np.integer):  # token ids
-        vocab = max(int(train_x.max()), *(int(b.max()) for b in blocks(test_x))) + 1
-
-    def features(x: np.ndarray) -> np.ndarray:
-        if np.issubdtype(x.dtype, np.integer):
-            return np.stack([np.bincount(row.ravel(), minlength=vocab) for row in x])
-        return x.reshape(len(x), -1)
-
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500))
-    model.fit(features(train_x), train_y)
-    return np.concatenate([model.predict(features(b)) for b in blocks(test_x)])
 
 
 def forecasting(
@@ -256,9 +211,7 @@ def ar_forecasts(train_series, inputs: np.ndarray, horizon: int) -> tuple[np.nda
 
 
 def _classification(i: Inputs) -> Evaluation:
-    # the baseline reads a subset of train from disk: train may be larger than memory
-    train = datasets.load_split(i.exp.dataset, "train", on_disk=True)
-    result = classification(i.model, i.batches, i.schema, i.experiment, train)
+    result = classification(i.model, i.batches, i.schema, i.experiment)
     result.metrics.update(robustness(i.model, i.batches, i.schema, i.exp.evaluate.corruptions))
     metrics, figures = attack_accuracy(
         i.model,

@@ -77,7 +77,7 @@ def run(params: Params, dataset: str) -> dict:
             Classification(cfg, schema),
             desc=f"judge {dataset}",
         )
-        scored = classification(model, batches["test"], schema, dataset, split["train"])
+        scored = classification(model, batches["test"], schema, dataset)
         info = {
             "applicable": True,
             "model": JUDGE_MODEL,
