@@ -284,6 +284,24 @@ def test_preprocess_records_the_baseline_and_evaluate_needs_it(tmp_path, monkeyp
     assert result.metrics["test/baseline_accuracy"] == baseline["accuracy"]
     del schema["baselines"]
     with pytest.raises(
-        PipelineError, match=r"schema.json has no baseline .* `dvc repro preprocess@digits`"
+        PipelineError,
+        match=r"schema.json has no logistic_regression baseline .* `dvc repro preprocess@digits`",
     ):
         predictive.classification(model, test, schema, "m")
+
+
+def test_the_stored_autoregression_forecasts_as_statsmodels_does():
+    """preprocess keeps the AR baseline's order and coefficients; evaluate's iterated
+    forecasts from them are statsmodels' own forecasts."""
+    from statsmodels.tsa.ar_model import AutoReg
+
+    from pipeline.data.baselines import ar_forecasts, autoregression
+
+    rng = np.random.default_rng(0)
+    series = np.zeros(400)
+    for t in range(2, 400):  # an AR(2) process
+        series[t] = 5 + 0.6 * series[t - 1] - 0.3 * series[t - 2] + rng.normal()
+    model = autoregression(series, max_lags=12)
+    assert model["lags"] == 2 and len(model["params"]) == 3
+    expected = AutoReg(series, lags=model["lags"]).fit().forecast(4)
+    assert np.allclose(ar_forecasts(model, series[None, -12:], 4)[0], expected, rtol=1e-12)

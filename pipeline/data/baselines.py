@@ -1,9 +1,9 @@
 """The classical baselines every model is compared with, fitted on a dataset's train split.
 
-A classification dataset's logistic regression depends on the dataset alone, so preprocess
-fits it once (`store.write_schema` records its test metrics in schema.json) rather than every
-evaluate@ of every experiment on the dataset: that was scikit-learn's import and a fit in
-each of them. The regression baseline is fitted by evaluate (it is in the target's units).
+A classification dataset's logistic regression and a series' autoregressive model depend on
+the dataset alone, so preprocess fits them once (schema.json's `baselines`) rather than every
+evaluate@ of every experiment on the dataset: that was scikit-learn's or statsmodels' import
+and a fit in each of them. The regression baseline is fitted by evaluate.
 """
 
 from __future__ import annotations
@@ -74,3 +74,28 @@ def classifier_metrics(folder: Path, classes: list[str]) -> dict[str, float]:
     predicted = baseline_classifier(train_x, train_y, test_x)
     summary, _, _ = classification_metrics(test_y, predicted, classes)
     return {key.split("/")[1]: value for key, value in summary.items()}
+
+
+def autoregression(train_series: np.ndarray, max_lags: int) -> dict:
+    """An AutoReg model of the train part of a series, its order (at most `max_lags`, and a
+    quarter of the series) chosen by AIC: {"lags": p, "params": [const, lag 1 .. lag p]}."""
+    from statsmodels.tsa.ar_model import AutoReg, ar_select_order
+
+    maxlag = min(max_lags, len(train_series) // 4)
+    lags = ar_select_order(train_series, maxlag=maxlag, ic="aic").ar_lags
+    lags = max(lags) if lags else 1
+    params = AutoReg(train_series, lags=lags).fit().params
+    return {"lags": int(lags), "params": [float(v) for v in params]}
+
+
+def ar_forecasts(model: dict, inputs: np.ndarray, horizon: int) -> np.ndarray:
+    """Iterated `horizon`-step forecasts of the `autoregression` model from each row of
+    `inputs` (the last values of each window, original units)."""
+    params, lags = np.asarray(model["params"]), model["lags"]
+    history = inputs[:, -lags:].astype(np.float64)
+    out = np.empty((len(inputs), horizon))
+    for step in range(horizon):
+        nxt = params[0] + history[:, ::-1] @ params[1:]
+        out[:, step] = nxt
+        history = np.concatenate([history[:, 1:], nxt[:, None]], axis=1)
+    return out

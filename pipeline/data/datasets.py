@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import atomic, paths
-from pipeline.data import preprocessing, seq2seq, store, table, text, vision
+from pipeline.data import baselines, preprocessing, seq2seq, store, table, text, vision
 from pipeline.data.splits import stratified_split
 from pipeline.errors import PipelineError
 from pipeline.params.datasets import DatasetParams
@@ -233,7 +233,6 @@ def _preprocess_series(name: str, cfg) -> Path:
             "last_input": values[starts - 1],  # for the persistence baseline, original units
             "index": starts,  # the first target's position in the raw series
         }
-    splits["train"]["series"] = values[:train_end]  # for classical baselines (AR) in evaluate
     schema = {
         "dataset": name,
         "source": meta["source"],
@@ -246,6 +245,8 @@ def _preprocess_series(name: str, cfg) -> Path:
         "time_range": {s: [float(a["t"][0]), float(a["t"][-1])] for s, a in splits.items()},
         "scaler": {"mean": mean, "std": std, "fitted_on": "train", "train_steps": train_end},
         "split": cfg.split.model_dump(),
+        # evaluate's classical baseline, fitted once here (see baselines.py)
+        "baselines": {"ar": baselines.autoregression(values[:train_end], lookback)},
     }
     store.write_processed(name, splits, schema, prep)
     return paths.processed_dir(name)

@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 from pipeline import paths, plots
 from pipeline.data import datasets
-from pipeline.data.baselines import baseline_sample, blocks
+from pipeline.data.baselines import ar_forecasts, baseline_sample, blocks
 from pipeline.engine import Batches, predict
 from pipeline.errors import PipelineError
 from pipeline.evaluation.attacks import attack_accuracy
@@ -23,6 +23,16 @@ from pipeline.metrics import (
 )
 
 
+def stored_baseline(schema: dict, name: str) -> dict:
+    """The dataset's baseline `name` that preprocess fitted (schema.json)."""
+    if name not in schema.get("baselines", {}):
+        raise PipelineError(
+            f"{paths.schema_file(schema['dataset'])} has no {name} baseline (written by an "
+            f"older version); run `dvc repro preprocess@{schema['dataset']}`"
+        )
+    return schema["baselines"][name]
+
+
 def classification(model, batches: Batches, schema: dict, title: str) -> Evaluation:
     """Accuracy and F1 with bootstrap 95% intervals, beside the dataset's logistic regression
     on flattened inputs (fitted on its train split by preprocess: schema.json)."""
@@ -33,12 +43,7 @@ def classification(model, batches: Batches, schema: dict, title: str) -> Evaluat
     metrics, per_class, confusion = classification_metrics(y_true, y_pred, classes)
     metrics.update(classification_intervals(y_true, y_pred, len(classes)))
     metrics["test/loss"] = F.cross_entropy(logits, batches.y).item()
-    if "baselines" not in schema:
-        raise PipelineError(
-            f"{paths.schema_file(schema['dataset'])} has no baseline (written by an older "
-            f"version); run `dvc repro preprocess@{schema['dataset']}`"
-        )
-    baseline = schema["baselines"]["logistic_regression"]
+    baseline = stored_baseline(schema, "logistic_regression")
     metrics["test/baseline_accuracy"] = baseline["accuracy"]
     metrics["test/accuracy_ratio_baseline"] = metrics["test/accuracy"] / max(
         baseline["accuracy"], 1e-12
@@ -59,16 +64,16 @@ def host_inputs(batches: Batches):
     return batches.x if batches.streamed else batches.x.cpu().numpy()
 
 
-def forecasting(
-    model, batches: Batches, arrays: dict, train_series, schema: dict, title: str
-) -> Evaluation:
-    """Errors in original units beside naive persistence and an AR model fitted on train."""
+def forecasting(model, batches: Batches, arrays: dict, schema: dict, title: str) -> Evaluation:
+    """Errors in original units beside naive persistence and the AR model preprocess fitted
+    on the train part (schema.json)."""
     mean, std = schema["scaler"]["mean"], schema["scaler"]["std"]
     pred = predict(model, batches).cpu().numpy() * std + mean  # (N, horizon)
     actual = arrays["y"] * std + mean
     inputs = arrays["x"][:, :, 0] * std + mean  # (N, lookback), original units
     persistence = np.repeat(arrays["last_input"][:, None], actual.shape[1], axis=1)
-    ar, lags = ar_forecasts(train_series, inputs, actual.shape[1])
+    model_ar = stored_baseline(schema, "ar")
+    ar, lags = ar_forecasts(model_ar, inputs, actual.shape[1]), model_ar["lags"]
     metrics = {f"test/{k}": v for k, v in regression_errors(actual, pred).items()}
     metrics.update(rmse_interval((actual - pred) ** 2))
     baselines = {
@@ -193,23 +198,6 @@ def regression_errors(actual: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     }
 
 
-def ar_forecasts(train_series, inputs: np.ndarray, horizon: int) -> tuple[np.ndarray, int]:
-    """Iterated forecasts of an AutoReg model (order chosen by AIC on the train part)."""
-    from statsmodels.tsa.ar_model import AutoReg, ar_select_order
-
-    maxlag = min(inputs.shape[1], len(train_series) // 4)
-    lags = ar_select_order(train_series, maxlag=maxlag, ic="aic").ar_lags
-    lags = max(lags) if lags else 1
-    params = AutoReg(train_series, lags=lags).fit().params  # const, lag 1 .. lag p
-    history = inputs[:, -lags:].astype(np.float64)
-    out = np.empty((len(inputs), horizon))
-    for step in range(horizon):
-        nxt = params[0] + history[:, ::-1] @ params[1:]
-        out[:, step] = nxt
-        history = np.concatenate([history[:, 1:], nxt[:, None]], axis=1)
-    return out, lags
-
-
 def _classification(i: Inputs) -> Evaluation:
     result = classification(i.model, i.batches, i.schema, i.experiment)
     result.metrics.update(robustness(i.model, i.batches, i.schema, i.exp.evaluate.corruptions))
@@ -279,8 +267,7 @@ def _language_model(i: Inputs) -> Evaluation:
 
 
 def _forecasting(i: Inputs) -> Evaluation:
-    series = datasets.load_arrays(i.exp.dataset, "train")["series"]
-    return forecasting(i.model, i.batches, i.arrays, series, i.schema, i.experiment)
+    return forecasting(i.model, i.batches, i.arrays, i.schema, i.experiment)
 
 
 EVALUATORS = {
