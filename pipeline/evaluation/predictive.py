@@ -15,6 +15,7 @@ from pipeline.errors import PipelineError
 from pipeline.evaluation.attacks import attack_accuracy
 from pipeline.evaluation.base import CONFUSION_HEADER, Evaluation, Inputs
 from pipeline.evaluation.images import cnn_insight, robustness
+from pipeline.experiment import in_memory
 from pipeline.metrics import (
     auroc,
     classification_intervals,
@@ -230,8 +231,17 @@ def two_classes(i: Inputs) -> tuple[dict[str, float], dict, dict]:
     def scores(split_batches: Batches) -> np.ndarray:
         return predict(i.model, split_batches).float().softmax(1)[:, 1].cpu().numpy()
 
-    val_x, val_y = datasets.load_split(i.exp.dataset, "val")
-    val = Batches(val_x, val_y, i.exp.evaluate.batch_size, device=i.batches.device, shuffle=False)
+    # read from disk in batches when it is over the memory budget, as the test split is
+    on_disk = not in_memory(i.exp, i.batches.device, ("val",))
+    val_x, val_y = datasets.load_split(i.exp.dataset, "val", on_disk=on_disk)
+    val = Batches(
+        val_x,
+        val_y,
+        i.exp.evaluate.batch_size,
+        device=i.batches.device,
+        shuffle=False,
+        workers=i.exp.data.workers(),
+    )
     val_scores, test_scores = scores(val), scores(i.batches)
     y_true = i.batches.y.cpu().numpy()
     # every val score is a candidate threshold (at most 1,001 quantiles of them)
