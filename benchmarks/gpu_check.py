@@ -36,7 +36,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks import gpu_machine
+from benchmarks import gpu_machine, report
 from benchmarks.common import ROOT, row
 
 OUT = ROOT / "reports" / "gpu_check"
@@ -272,11 +272,7 @@ def markdown(summary: dict) -> str:
             "| benchmark | ours | reference | ratio | target |",
             "| --- | --- | --- | --- | --- |",
         ]
-        lines += [
-            f"| {r['benchmark']} | {r['ours']} | {r['reference']} | "
-            f"{'' if r['ratio'] is None else r['ratio']} | {r['target']} |"
-            for r in summary["rows"]
-        ]
+        lines += [report.row_line(r) for r in summary["rows"]]
     for name, r in summary["steps"].get("stages", {}).get("experiments", {}).items():
         lines += [
             "",

@@ -12,6 +12,13 @@ from benchmarks.common import RESULTS
 ORDER = ("train", "concurrency", "startup", "memory", "data", "flow", "parallel", "tune", "gpu")
 
 
+def row_line(r: dict, file: str | None = None) -> str:
+    """One row (benchmarks.common.row) of the markdown table; the file column when given."""
+    ratio = "" if r["ratio"] is None else f"{r['ratio']:.3f}x"
+    cells = [r["benchmark"], r["ours"], r["reference"], ratio, r["target"]]
+    return "| " + " | ".join(cells + ([file] if file is not None else [])) + " |"
+
+
 def write(results_dir: Path = RESULTS) -> Path:
     """Write <results_dir>.md (reports/benchmarks.md) from the JSON files in `results_dir`."""
     rank = {name: i for i, name in enumerate(ORDER)}
@@ -27,12 +34,7 @@ def write(results_dir: Path = RESULTS) -> Path:
     notes: list[str] = []
     for path in files:
         results = json.loads(path.read_text())
-        for r in results.get("rows", []):
-            ratio = "" if r["ratio"] is None else f"{r['ratio']:.3f}x"
-            lines.append(
-                f"| {r['benchmark']} | {r['ours']} | {r['reference']} | {ratio} | "
-                f"{r['target']} | {path.name} |"
-            )
+        lines += [row_line(r, path.name) for r in results.get("rows", [])]
         notes += [f"{path.stem}: {note}" for note in results.get("notes", [])]
     cpus = {json.loads(p.read_text()).get("cpu_count") for p in files}
     lines += ["", *(f"- {note}" for note in notes)]

@@ -20,7 +20,10 @@ def device() -> torch.device:
     if os.environ.get("PIPELINE_TEST_DEVICE") == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        pytest.skip("no CUDA device visible (PIPELINE_TEST_DEVICE=cpu runs it on CPU)")
+        pytest.skip(
+            "needs a CUDA device, and none is visible: it runs on a GPU machine (make test-gpu, "
+            "benchmarks/gpu_check.sh); PIPELINE_TEST_DEVICE=cpu runs it on the CPU instead"
+        )
     return torch.device("cuda")
 
 
@@ -28,5 +31,8 @@ def device() -> torch.device:
 def cuda(device) -> torch.device:
     """A test about CUDA itself: skipped on CPU."""
     if device.type != "cuda":
-        pytest.skip("about CUDA itself: nothing to check on CPU")
+        pytest.skip(
+            "checks CUDA's own behaviour (host syncs, GPU pinning), which the CPU has no "
+            "counterpart of; it runs on a GPU machine"
+        )
     return device
