@@ -2,7 +2,7 @@
 
 `benchmarks/gpu_check.sh` (which installs the wheels of benchmarks/gpu_wheels.txt first) runs
 this module on a fresh machine that holds only the source tree, PyTorch and the packages the
-GPU machines come with. Steps, each with its time limit, all within about 8 minutes:
+GPU machines come with. Steps, each with its time limit, within an 8-minute budget:
 
 1. `tests/gpu` (pytest, marker `gpu`): the engine's CUDA path, every model family, tune@'s
    pinned workers, `predict` on CUDA.
