@@ -591,15 +591,16 @@ def test_declared_pruners_are_optunas():
 @pytest.mark.slow
 @pytest.mark.integration
 def test_rdb_storage_and_timeout_stop_the_study_early(project):
-    # the budget counts from the study's creation, before the tracking store opens
-    raw = params_with(storage="sqlite:///optuna.db", timeout=10, n_trials=200, pruner="none")
+    # the budget counts from the study's creation, before the tracking store opens: a timeout
+    # spent on set-up (as on a loaded machine) still runs one trial, and only one
+    raw = params_with(storage="sqlite:///optuna.db", timeout=0.01, n_trials=200, pruner="none")
     proc = tune_stage(project, raw)
     assert proc.returncode == 0, proc.stderr
+    assert "tune.timeout passed before any trial ran; running one" in proc.stderr
     storage = studies.open_storage("sqlite:///" + str(project / "optuna.db"), 1)
     [name] = optuna.get_all_study_names(storage)
     trials = optuna.load_study(study_name=name, storage=storage).get_trials()
-    assert 1 <= len(trials) < 200
-    assert {t.state.name for t in trials} == {"COMPLETE"}
+    assert [t.state.name for t in trials] == ["COMPLETE"]
     # the database holds the study; the journal dvc.yaml declares is left empty
     assert (project / paths.study_journal(EXP)).read_bytes() == b""
     assert yaml.safe_load((project / paths.tuned_file(EXP)).read_text())["train"]

@@ -15,7 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 from pipeline import paths
 from pipeline.config import ExperimentParams
 from pipeline.errors import PipelineError
-from pipeline.tuning import experimental, launch
+from pipeline.tuning import experimental, launch, studies
 from pipeline.tuning.objective import Objective
 from pipeline.tuning.studies import has_work, load_study, open_storage
 
@@ -27,9 +27,11 @@ def work(
     name: str,
     worker: int = 0,
     deadline: float | None = None,
+    limit: int | None = None,
 ) -> int:
-    """Run trials of study `name` until it has `n_trials` counted or `deadline` passes; returns
-    how many trials this worker ran. Any number of workers may run this at once."""
+    """Run trials of study `name` until it has `n_trials` counted, `deadline` passes or this
+    worker ran `limit`; returns how many trials this worker ran. Any number of workers may run
+    this at once."""
     from filelock import FileLock
 
     storage = open_storage(url, exp.tune.heartbeat_seconds)
@@ -39,7 +41,7 @@ def work(
     lock = FileLock(str(paths.study_lock(experiment)))
     objective.on_claimed = lambda: lock.release(force=True)
     ran = 0
-    while deadline is None or time.time() < deadline:
+    while (deadline is None or time.time() < deadline) and (limit is None or ran < limit):
         with lock:
             with experimental():
                 fail_stale_trials(study)
@@ -109,7 +111,9 @@ def run_workers(
 
 def settle(experiment: str, exp: ExperimentParams, url: str, study, deadline) -> None:
     """Wait until no trial is RUNNING (a dead worker's trial is failed once its heartbeat is
-    stale, and queued again); then run whatever the budget still holds in this process."""
+    stale, and queued again); then run whatever the budget still holds in this process. A
+    timeout that passed before any trial ran (set-up on a loaded machine) still gets one trial:
+    a search that tried nothing has no result to give train@."""
     while True:
         with experimental():
             fail_stale_trials(study)
@@ -120,5 +124,11 @@ def settle(experiment: str, exp: ExperimentParams, url: str, study, deadline) ->
         if not has_work(study, exp.tune.n_trials):
             return
         if deadline is not None and time.time() >= deadline:
+            if not studies.finished(study.get_trials(deepcopy=False)):
+                print(
+                    f"tune@{experiment}: tune.timeout passed before any trial ran; running one",
+                    file=sys.stderr,
+                )
+                work(experiment, exp, url, study.study_name, exp.tune.workers, limit=1)
             return
         work(experiment, exp, url, study.study_name, exp.tune.workers, deadline)
