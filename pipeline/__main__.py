@@ -68,20 +68,21 @@ def plan(params: Params) -> list[tuple[str, str]]:
 
 
 def data_plan(params: Params) -> list[str]:
-    """Per dataset: the processed inputs' size on disk (or an estimate before preprocess)
-    and, per experiment, whether training holds train+val in memory or reads it from disk."""
+    """Per dataset: the processed inputs' size on disk (or an estimate before preprocess),
+    train+val's size in memory as models take it (images: float32, 4x their uint8 pixels on
+    disk) and, per experiment, whether training holds it in memory or reads it from disk."""
     from pipeline.data import datasets
 
     lines = []
     for name, cfg in params.datasets.items():
-        size, exact = datasets.expected_inputs_bytes(name, cfg)
+        size, held, exact = datasets.expected_inputs_bytes(name, cfg)
         if size is None:
             lines.append(f"  {name}: size known once ingested")
             continue
         train_val = (
             datasets.inputs_bytes(name)
             if exact
-            else round(size * (1 - cfg.split.test))  # a source's own test set: about
+            else round(held * (1 - cfg.split.test))  # a source's own test set: about
         )
         taken: dict[str, list[str]] = {}  # path (and budget) -> experiments
         for exp_name, exp in params.experiments.items():
@@ -98,7 +99,8 @@ def data_plan(params: Params) -> list[str]:
                 taken.setdefault(f"{where} (budget {_mb(budget)})", []).append(exp_name)
         about = "" if exact else "~"
         lines.append(
-            f"  {name}: {about}{_mb(size)} of inputs on disk, train+val {about}{_mb(train_val)}"
+            f"  {name}: {about}{_mb(size)} of inputs on disk, train+val {about}"
+            f"{_mb(train_val)} in memory"
         )
         lines += [f"    {', '.join(names)}: {where}" for where, names in taken.items()]
     return lines

@@ -47,9 +47,12 @@ def schema_file(dataset: str) -> Path:
     return processed_dir(dataset) / "schema.json"
 
 
+PREPROCESSOR = "preprocessor.json"
+
+
 def preprocessor_file(dataset: str) -> Path:
     """The preprocessing fitted on the train split; the registered model carries it."""
-    return processed_dir(dataset) / "preprocessor.json"
+    return processed_dir(dataset) / PREPROCESSOR
 
 
 def artifact_dir(experiment: str) -> Path:

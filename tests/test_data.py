@@ -27,7 +27,7 @@ def digits(tmp_path, monkeypatch):
 def test_splits_are_disjoint_stratified_and_complete(digits):
     schema = datasets.load_schema("digits")
     assert schema["input_shape"] == [1, 8, 8]
-    assert schema["dtypes"] == {"x": "float32", "y": "int64", "index": "int64"}
+    assert schema["dtypes"] == {"x": "uint8", "y": "int64", "index": "int64"}
     assert schema["num_classes"] == 10
     counts = schema["counts"]
     assert sum(counts.values()) == 1797
@@ -50,6 +50,25 @@ def test_normalisation_uses_train_statistics_only(digits):
     assert abs(test_x.mean()) > 1e-4  # test was not re-centred on itself
     norm = json.loads(paths.schema_file("digits").read_text())["normalization"]
     assert norm["fitted_on"] == "train"
+
+
+def test_images_are_stored_as_ingested_and_scaled_as_read(digits):
+    """The split file holds the raw 8-bit pixels (a quarter of float32's bytes); every way of
+    reading it (whole, rows from disk, any rows) gives the normalised float32 inputs."""
+    raw = np.load(paths.raw_array_file("digits", "x"))
+    stored = np.load(paths.split_dir("digits", "train") / "x.npy")
+    index = datasets.load_arrays("digits", "train")["index"]
+    assert stored.dtype == np.uint8 and np.array_equal(stored, raw[index])
+    norm = datasets.load_schema("digits")["normalization"]
+    expected = ((stored.astype(np.float32) / np.float32(16)) - np.float32(norm["mean"][0])) / (
+        np.float32(norm["std"][0])
+    )
+    whole, _ = datasets.load_split("digits", "train")
+    assert whole.dtype == np.float32 and np.array_equal(whole, expected)
+    rows, _ = datasets.load_split("digits", "train", on_disk=True)
+    assert np.array_equal(rows[:5], expected[:5]) and np.array_equal(rows[[7, 2]], expected[[7, 2]])
+    assert rows.nbytes == expected.nbytes  # the memory budget counts what training holds
+    assert datasets.inputs_bytes("digits", ("train",), on_disk=True) == stored.nbytes
 
 
 def test_split_is_seeded(digits):

@@ -76,19 +76,25 @@ class NpyRows:
                 1: np.lib.format.read_array_header_1_0,
                 2: np.lib.format.read_array_header_2_0,
             }[major]
-            self.shape, fortran, self.dtype = read_header(f)
+            self.shape, fortran, self.stored = read_header(f)
             self.offset = f.tell()
-        if fortran or self.dtype.hasobject:
+        if fortran or self.stored.hasobject:
             raise ValueError(f"{self.path}: holds Python objects or Fortran-ordered data")
-        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.stored.itemsize
         self._fd: int | None = None
 
     def __len__(self) -> int:
         return self.shape[0]
 
     @property
+    def dtype(self) -> np.dtype:
+        """The dtype of the rows read."""
+        return self.stored
+
+    @property
     def nbytes(self) -> int:
-        return len(self) * self.row_bytes
+        """Bytes of the rows read, all of them: what holding them in memory takes."""
+        return len(self) * int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_fd": None}  # a worker opens its own descriptor
@@ -119,7 +125,7 @@ class NpyRows:
     def rows(self, start: int, stop: int) -> np.ndarray:
         """Rows start..stop-1, in one read."""
         stop = min(stop, len(self))
-        out = np.empty((max(stop - start, 0), *self.shape[1:]), self.dtype)
+        out = np.empty((max(stop - start, 0), *self.shape[1:]), self.stored)
         if len(out):
             self._read(start, len(out), memoryview(out.reshape(-1).view(np.uint8)))
         return out
@@ -127,7 +133,7 @@ class NpyRows:
     def take(self, index) -> np.ndarray:
         """The rows at `index` (any order), one read per run of consecutive rows."""
         index = np.asarray(index, np.int64)
-        out = np.empty((len(index), *self.shape[1:]), self.dtype)
+        out = np.empty((len(index), *self.shape[1:]), self.stored)
         if not len(index):
             return out
         order = np.argsort(index, kind="stable")
@@ -146,3 +152,33 @@ class NpyRows:
     def read(self) -> np.ndarray:
         """The whole array in memory."""
         return self.rows(0, len(self))
+
+
+class ScaledRows(NpyRows):
+    """The rows of a .npy file stored in raw units (images: the ingested 8-bit pixels, a
+    quarter of float32's bytes on disk and in DVC's cache), returned as the model takes
+    them: `scale` (the dataset's preprocessing, picklable for DataLoader workers) applied to
+    every read, so a block of rows in float32 is all that is ever scaled at once."""
+
+    BLOCK_BYTES = 8 << 20  # raw rows scaled at a time by `read`
+
+    def __init__(self, path: Path, scale):
+        super().__init__(path)
+        self.scale = scale
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.float32)
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        return self.scale(super().rows(start, stop))
+
+    def take(self, index) -> np.ndarray:
+        return self.scale(super().take(index))
+
+    def read(self) -> np.ndarray:
+        out = np.empty((len(self), *self.shape[1:]), self.dtype)
+        step = max(1, self.BLOCK_BYTES // max(self.row_bytes, 1))
+        for start in range(0, len(self), step):
+            out[start : start + step] = self.rows(start, start + step)
+        return out

@@ -8,8 +8,6 @@ and a fit in each of them. The regression baseline is fitted by evaluate.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 # a seeded subset keeps the baseline quick and small on large datasets: at most this many
@@ -61,18 +59,14 @@ def baseline_classifier(train_x, train_y: np.ndarray, test_x) -> np.ndarray:
     return np.concatenate([model.predict(features(b)) for b in blocks(test_x)])
 
 
-def classifier_metrics(folder: Path, classes: list[str]) -> dict[str, float]:
+def classifier_metrics(train: tuple, test: tuple, classes: list[str]) -> dict[str, float]:
     """Test metrics (accuracy, macro precision, recall and F1) of the logistic regression
-    fitted on the train split of the processed dataset in `folder`."""
-    from pipeline.data.arrays import NpyRows
+    fitted on the train split: `train` and `test` are (inputs, labels), the inputs rows on
+    disk (`store.inputs`)."""
     from pipeline.metrics import classification_metrics
 
-    def split(name: str):
-        return NpyRows(folder / name / "x.npy"), np.load(folder / name / "y.npy")
-
-    (train_x, train_y), (test_x, test_y) = split("train"), split("test")
-    predicted = baseline_classifier(train_x, train_y, test_x)
-    summary, _, _ = classification_metrics(test_y, predicted, classes)
+    predicted = baseline_classifier(*train, test[0])
+    summary, _, _ = classification_metrics(test[1], predicted, classes)
     return {key.split("/")[1]: value for key, value in summary.items()}
 
 

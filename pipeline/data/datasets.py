@@ -78,7 +78,7 @@ def _load_source(cfg: DatasetParams) -> tuple[np.ndarray, np.ndarray, dict]:
         from sklearn.datasets import load_digits
 
         digits = load_digits()
-        x = digits.images.astype(np.float32)[:, None, :, :]  # (N, 1, 8, 8), values 0..16
+        x = digits.images.astype(np.uint8)[:, None, :, :]  # (N, 1, 8, 8), values 0..16
         y = digits.target.astype(np.int64)
         meta = {
             "source": cfg.source,
@@ -128,18 +128,25 @@ def preprocess(name: str, cfg: DatasetParams) -> Path:
     return _preprocess_images(name, cfg)
 
 
-BLOCK_BYTES = 8 << 20  # raw pixels read, normalised and written at a time (float32: 4x that)
+BLOCK_BYTES = 8 << 20  # raw pixels read and written at a time
 
 
 def _preprocess_images(name: str, cfg) -> Path:
     """Split the ingested images (stratified, or the source's official test set), fit the
     normalisation on the train split, and write each split block by block: memory holds the
-    labels and a block of images, not the dataset."""
+    labels and a block of images, not the dataset. The pixels are written as ingested
+    (uint8: a quarter of the bytes of float32, on disk and in DVC's cache); reading a split
+    applies the normalisation (`store.inputs`)."""
     from pipeline.data.arrays import NpyRows
 
     meta = raw_meta(name)
     _require(paths.raw_array_file(name, "x"), f"ingest@{name}")
     raw = NpyRows(paths.raw_array_file(name, "x"))
+    if raw.dtype != np.uint8:
+        raise PipelineError(
+            f"{paths.raw_array_file(name, 'x')}: images of {raw.dtype}, not 8-bit pixels "
+            f"(uint8); run `dvc repro ingest@{name}` again"
+        )
     y = np.load(paths.raw_array_file(name, "y"), allow_pickle=False)
     mask_file = paths.raw_array_file(name, "test_mask")
     if not mask_file.is_file():
@@ -188,13 +195,13 @@ def _preprocess_images(name: str, cfg) -> Path:
         schema["skipped_unreadable"] = meta["skipped_unreadable"]
     with atomic.atomic_dir(paths.processed_dir(name)) as tmp:
         for split, index in splits.items():
-            writer = store.SplitWriter(tmp, split, len(index), raw.shape[1:])
+            writer = store.SplitWriter(tmp, split, len(index), raw.shape[1:], np.uint8)
             for start in range(0, len(index), step):
-                writer.write(prep.transform(raw.take(index[start : start + step])))
+                writer.write(raw.take(index[start : start + step]))
             # `index`: each sample's row in data/raw/<name>, to find a split in the raw data
             writer.close(y[index], index=index)
+        prep.save(tmp / paths.preprocessor_file(name).name)  # before the baseline reads x
         store.write_schema(tmp, name, schema)
-        prep.save(tmp / paths.preprocessor_file(name).name)
     return paths.processed_dir(name)
 
 
@@ -348,35 +355,32 @@ def load_split(name: str, split: str, on_disk: bool = False) -> tuple:
 def load_arrays(name: str, split: str, on_disk: bool = False) -> dict:
     """Every array saved for one split (series also keep timestamps and last inputs), in
     memory; with `on_disk`, the inputs `x` are read by rows from disk (`arrays.NpyRows`): the
-    split as training takes it when it is larger than the memory budget."""
-    from pipeline.data.arrays import NpyRows
-
+    split as training takes it when it is larger than the memory budget. Either way `x` is
+    as models take it (images scaled: `store.inputs`)."""
     folder = paths.split_dir(name, split)
     _require(folder / "x.npy", f"preprocess@{name}")
     if on_disk:
         return_freed_batches()
-    arrays = {
-        path.stem: NpyRows(path) if on_disk and path.stem == "x" else np.load(path)
-        for path in sorted(folder.glob("*.npy"))
-    }
-    return arrays
+    x = store.inputs(folder)
+    arrays = {path.stem: np.load(path) for path in sorted(folder.glob("*.npy")) if path.stem != "x"}
+    return {"x": x if on_disk else x.read(), **arrays}
 
 
-def inputs_bytes(name: str, splits=("train", "val")) -> int:
-    """Bytes of the processed inputs of `splits` (read from the files' headers)."""
-    from pipeline.data.arrays import NpyRows
-
+def inputs_bytes(name: str, splits=("train", "val"), on_disk: bool = False) -> int:
+    """Bytes of the processed inputs of `splits` held in memory as models take them (float32
+    images), or with `on_disk` as stored (uint8 images); read from the files' headers."""
     for split in splits:
         _require(paths.split_dir(name, split) / "x.npy", f"preprocess@{name}")
-    return sum(NpyRows(paths.split_dir(name, s) / "x.npy").nbytes for s in splits)
+    rows = [store.inputs(paths.split_dir(name, s)) for s in splits]
+    return sum(len(r) * r.row_bytes if on_disk else r.nbytes for r in rows)
 
 
-def expected_inputs_bytes(name: str, cfg: DatasetParams) -> tuple[int | None, bool]:
-    """(bytes of the processed inputs of all splits, exact): read from the files once
-    preprocessed; before, estimated for image sources (float32 pixels) and None for the
-    others, whose size is known once ingested."""
+def expected_inputs_bytes(name: str, cfg: DatasetParams) -> tuple[int | None, int | None, bool]:
+    """(bytes of the processed inputs of all splits on disk, in memory, exact): read from
+    the files once preprocessed; before, estimated for image sources (uint8 pixels stored,
+    float32 in memory) and None for the others, whose size is known once ingested."""
     if (paths.split_dir(name, "train") / "x.npy").is_file():
-        return inputs_bytes(name, paths.SPLITS), True
+        return inputs_bytes(name, paths.SPLITS, True), inputs_bytes(name, paths.SPLITS), True
     pixels = {"sklearn_digits": 64 * 1797}.get(cfg.source)
     if cfg.source in vision.SOURCES:
         per_image, total = (3 * 32 * 32, 60000) if cfg.source == "cifar10" else (784, 70000)
@@ -392,7 +396,7 @@ def expected_inputs_bytes(name: str, cfg: DatasetParams) -> tuple[int | None, bo
             if os.path.splitext(f.name)[1].lower() in IMAGE_SUFFIXES
         )
         pixels = files * cfg.channels * cfg.size[0] * cfg.size[1]
-    return (None if pixels is None else pixels * 4), False
+    return pixels, (None if pixels is None else pixels * 4), False
 
 
 def memory_budget(cfg: DataParams, gpu_free: int | None = None) -> int:

@@ -175,16 +175,20 @@ class ImagePreprocessor(Preprocessor):
         }
 
     def transform(self, raw) -> np.ndarray:
-        x = np.asarray(raw, dtype=np.float32)
+        # one float32 copy, scaled in place: the stages scale every block of pixels they read
+        x = np.array(raw, dtype=np.float32)
         size = int(np.prod(self.shape))
         if x.ndim < 2 or int(np.prod(x.shape[1:])) != size:
             raise InputError(
                 f"images of shape {tuple(x.shape[1:])}; the model takes {self.shape} "
                 f"({size} values per image, in 0..{self.value_range[1]:g})"
             )
-        x = x.reshape(len(x), *self.shape) / np.float32(self.value_range[1])
+        x = x.reshape(len(x), *self.shape)
+        x /= np.float32(self.value_range[1])
         shape = (1, -1) + (1,) * (x.ndim - 2)
-        return ((x - self.mean.reshape(shape)) / self.std.reshape(shape)).astype(np.float32)
+        x -= self.mean.reshape(shape)
+        x /= self.std.reshape(shape)
+        return x
 
     def read_image(self, source) -> np.ndarray:
         """One image file (a path or its bytes) -> (C, H, W) float32 in the raw units."""

@@ -1,7 +1,8 @@
 """Processed data on disk: each split a folder of .npy files (`x.npy`, `y.npy`, ...: whole,
 or `x` written block by block), and schema.json with the content hash and dtypes of the
 split files. Every array can be memory-mapped (`np.load(..., mmap_mode="r")`) or read by
-rows (`arrays.NpyRows`), so no stage needs a whole split in memory."""
+rows (`arrays.NpyRows`), so no stage needs a whole split in memory. Images are stored as
+ingested (uint8 pixels) and scaled as they are read (`inputs`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from pipeline import atomic, paths
 from pipeline.data import baselines, preprocessing
-from pipeline.data.arrays import NpyWriter
+from pipeline.data.arrays import NpyRows, NpyWriter, ScaledRows
 
 
 def write_processed(
@@ -25,9 +26,9 @@ def write_processed(
     with atomic.atomic_dir(paths.processed_dir(name)) as tmp:
         for split, arrays in splits.items():
             write_arrays(tmp / split, arrays)
-        write_schema(tmp, name, schema)
         if prep is not None:
             prep.save(tmp / paths.preprocessor_file(name).name)
+        write_schema(tmp, name, schema)
 
 
 def write_arrays(folder: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -38,14 +39,35 @@ def write_arrays(folder: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def write_schema(folder: Path, name: str, schema: dict) -> None:
-    """schema.json beside the split folders in `folder`, with their content hash and dtypes,
-    and for a classification dataset the test metrics of its baseline (see baselines.py)."""
+    """schema.json beside the split folders (and the preprocessor) in `folder`, with their
+    content hash and dtypes, and for a classification dataset the test metrics of its
+    baseline (see baselines.py)."""
     schema["content_hash"], schema["dtypes"] = content_hash(folder)
     if schema.get("task") == "classification":
         schema["baselines"] = {
-            "logistic_regression": baselines.classifier_metrics(folder, schema["classes"])
+            "logistic_regression": baselines.classifier_metrics(
+                *(split_arrays(folder / s) for s in ("train", "test")), schema["classes"]
+            )
         }
     (folder / paths.schema_file(name).name).write_text(json.dumps(schema, indent=2) + "\n")
+
+
+def split_arrays(folder: Path) -> tuple[NpyRows, np.ndarray]:
+    """(inputs read by rows, labels) of one split folder."""
+    return inputs(folder), np.load(folder / "y.npy")
+
+
+def inputs(folder: Path) -> NpyRows:
+    """The inputs (`x.npy`) of one split folder, read by rows as models take them: an image
+    dataset's pixels are stored as ingested (uint8) and scaled by its preprocessor on every
+    read (`arrays.ScaledRows`); other inputs are stored as they are used."""
+    path = folder / "x.npy"
+    prep_file = folder.parent / paths.PREPROCESSOR
+    if prep_file.is_file():
+        prep = preprocessing.load(prep_file)
+        if prep.kind == "image":
+            return ScaledRows(path, prep.transform)
+    return NpyRows(path)
 
 
 class SplitWriter:
