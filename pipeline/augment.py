@@ -8,8 +8,10 @@ transforms.v2 by name with arguments, e.g.
 
 Transforms see pixels in [0, 1] (the stored data is mapped back with its train statistics and
 forward again), so fills, jitter and noise mean what they say. Each image of a training batch
-gets its own random draw from torch's RNG, which the engine seeds and checkpoints, so runs
-repeat exactly. Validation and test data are never augmented.
+gets its own random draw. The engine gives each batch a seed drawn from its seeded,
+checkpointed shuffle generator (`engine.Batches`), so runs repeat exactly, and a batch read
+from disk is augmented where it is read (by a DataLoader worker, in parallel with training)
+exactly as the in-memory path augments it. Validation and test data are never augmented.
 """
 
 from __future__ import annotations
@@ -47,16 +49,34 @@ def build(steps, normalization: dict | None, where: str = "train.augment"):
             raise PipelineError(
                 f"{where}[{i}] ({step.name}): bad args {step.args}: {err}"
             ) from None
-    compose = v2.Compose(transforms)
     if normalization is None:
         raise PipelineError(f"{where}: augmentation needs image data")
-    scale = ImageScale(normalization)
+    return Augment(v2.Compose(transforms), ImageScale(normalization))
 
-    def augment(batch: torch.Tensor) -> torch.Tensor:
-        unit = scale.to_unit(batch)
-        return scale.from_unit(torch.stack([compose(image) for image in unit]))  # a draw each
 
-    return augment
+class Augment:
+    """batch -> augmented batch, a draw per image from torch's RNG (on the batch's device).
+    A class, not a closure: DataLoader workers started by spawn receive it pickled."""
+
+    def __init__(self, compose, scale: ImageScale):
+        self.compose, self.scale = compose, scale
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        unit = self.scale.to_unit(batch)
+        return self.scale.from_unit(torch.stack([self.compose(image) for image in unit]))
+
+
+def seeded(transform, batch: torch.Tensor, seed: int | None) -> torch.Tensor:
+    """`transform(batch)` with the CPU RNG (where transforms draw their parameters) set to
+    `seed` for the call and restored after: the batch's draws depend on its seed alone, not
+    on what ran before it or in which process. No transform or seed: the batch as is."""
+    if transform is None:
+        return batch
+    if seed is None:
+        return transform(batch)
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        return transform(batch)
 
 
 class ImageScale:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
-from pipeline import atomic, cores, distributed
+from pipeline import atomic, augment, cores, distributed
 from pipeline.data.arrays import NpyRows
 from pipeline.errors import PipelineError
 from pipeline.params.training import OptimizerParams, SchedulerParams, TrainParams
@@ -118,7 +118,9 @@ class Batches:
         self.generator = torch.Generator().manual_seed(seed)
         # per-sample draw weights: each epoch draws len(y) samples with replacement
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float)
-        self.transform = transform  # applied to each yielded input batch (augmentation)
+        # applied to each yielded input batch (augmentation), with a seed per batch drawn
+        # from `generator`: the same draws in memory and from disk, in any process
+        self.transform = transform
         # (rank, world) of DistributedDataParallel: every worker draws the same epoch order and
         # takes every world-th sample of it, in batches of its share of `batch_size`, so step k
         # of all workers together covers the samples of step k in one process
@@ -149,25 +151,38 @@ class Batches:
             order, n = order[self.rank :: self.world], self.samples
         return order, n
 
+    def _seeds(self, steps: int) -> list[int | None]:
+        """A seed per batch of this epoch for its augmentation (none without one), drawn
+        after the order; every DDP worker draws the same and adds its rank."""
+        if self.transform is None:
+            return [None] * steps
+        seeds = torch.randint(0, 2**62, (steps,), generator=self.generator)
+        return (seeds + self.rank).tolist()
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order, n = self._order()
+        seeds = self._seeds(len(range(0, n, self.batch_size)))
         if self.streamed:
-            yield from self._read(order, n)
+            yield from self._read(order, n, seeds)
             return
         order = order.to(self.device)
-        for start in range(0, n, self.batch_size):
+        for start, seed in zip(range(0, n, self.batch_size), seeds, strict=True):
             idx = order[start : start + self.batch_size]
-            xb = self.x[idx]
-            yield (xb if self.transform is None else self.transform(xb)), self.y[idx]
+            yield augment.seeded(self.transform, self.x[idx], seed), self.y[idx]
 
-    def _read(self, order: torch.Tensor, n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _read(
+        self, order: torch.Tensor, n: int, seeds: list[int | None]
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches read from disk, and augmented on the CPU where they are read (by
+        DataLoader workers when there are any), before the copy to the device."""
         from torch.utils.data import DataLoader
 
         steps = [order[start : start + self.batch_size] for start in range(0, n, self.batch_size)]
         cuda = self.device.type == "cuda"
         loader = DataLoader(
-            _Rows(self.x),
-            sampler=steps,  # one item = one batch's indices: the workers read whole batches
+            _Rows(self.x, self.transform),
+            # one item = one batch's indices and seed: the workers read whole batches
+            sampler=list(zip(steps, seeds, strict=True)),
             batch_size=None,
             num_workers=self.workers,
             pin_memory=cuda,
@@ -178,19 +193,19 @@ class Batches:
             generator=torch.Generator().manual_seed(0),
         )
         for idx, xb in zip(steps, loader, strict=True):
-            xb = xb.to(self.device, non_blocking=cuda)
-            yb = self.y[idx.to(self.y.device)]
-            yield (xb if self.transform is None else self.transform(xb)), yb
+            yield xb.to(self.device, non_blocking=cuda), self.y[idx.to(self.y.device)]
 
 
 class _Rows(torch.utils.data.Dataset):
-    """The batch at a list of indices, read from disk (in a DataLoader worker)."""
+    """The batch at a list of indices, read from disk and augmented with its seed (in a
+    DataLoader worker)."""
 
-    def __init__(self, rows):
-        self.rows = rows
+    def __init__(self, rows, transform=None):
+        self.rows, self.transform = rows, transform
 
-    def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.rows.take(index.numpy()))
+    def __getitem__(self, item: tuple[torch.Tensor, int | None]) -> torch.Tensor:
+        index, seed = item
+        return augment.seeded(self.transform, torch.from_numpy(self.rows.take(index.numpy())), seed)
 
 
 def _one_thread(_worker: int) -> None:

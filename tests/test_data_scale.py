@@ -60,6 +60,32 @@ for weighted in (False, True):
             for (mx, my), (dx, dy) in pairs:
                 assert torch.equal(mx, dx) and torch.equal(my, dy), (weighted, shard)
         assert torch.equal(disk.head(3), memory.head(3))
+
+# augmented: each batch with its own seed, applied where the batch is read (the workers)
+from pipeline import augment
+from pipeline.params.training import TrainParams
+
+steps = TrainParams.model_validate(
+    {"augment": [{"name": "random_rotation", "args": {"degrees": 30}},
+                 {"name": "random_erasing", "args": {"p": 0.5}}]}
+).augment
+images = rng.random((203, 1, 8, 8), dtype=np.float32)
+np.save(f"{folder}/images.npy", images)
+norm = {"mean": [0.5], "std": [0.3]}
+common = dict(device="cpu", shuffle=True, seed=7, transform=augment.build(steps, norm))
+memory, again = Batches(images, y, 16, **common), Batches(images, y, 16, **common)
+disk = Batches(NpyRows(f"{folder}/images.npy"), y, 16, workers=workers, **common)
+plain = Batches(images, y, 16, device="cpu", shuffle=True, seed=7)
+epochs = []
+for _epoch in range(2):
+    torch.manual_seed(_epoch)  # the global RNG plays no part in the draws
+    batches = list(zip(memory, disk, again, plain, strict=True))
+    for (mx, my), (dx, dy), (ax, _), (px, py) in batches:
+        assert torch.equal(mx, dx) and torch.equal(my, dy) and torch.equal(mx, ax)
+        if _epoch == 0:  # the order of the first epoch is drawn before any seed
+            assert torch.equal(my, py) and not torch.equal(mx, px)  # augmented
+    epochs.append(torch.cat([b[0][0] for b in batches]))
+assert not torch.equal(*epochs)  # a new draw each epoch
 print("same batches")
 """
 
@@ -67,8 +93,9 @@ print("same batches")
 @pytest.mark.parametrize("workers", [0, 2])
 def test_batches_read_from_disk_are_the_in_memory_batches(tmp_path, workers):
     """Every batch of two epochs, for DDP workers' shards too and with weighted sampling
-    (repeated rows): the disk path yields exactly what the in-memory path yields, read by the
-    process itself or by DataLoader workers. In a fresh process, as a stage is: DataLoader
+    (repeated rows), and augmented batches (augmented by the workers): the disk path yields
+    exactly what the in-memory path yields, read by the process itself or by DataLoader
+    workers. In a fresh process, as a stage is: DataLoader
     workers forked from this test process, after the other tests it ran, can exit 1."""
     proc = subprocess.run(
         [sys.executable, "-c", BATCHES_MATCH, str(tmp_path), str(workers)],
