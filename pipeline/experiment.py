@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from models import DataSpec
     from pipeline.engine import Batches, Task
+    from pipeline.params.training import DataParams
 
 
 @dataclass
@@ -141,11 +142,15 @@ def without_classes(x, y: np.ndarray, excluded: list[int]):
 def in_memory(exp: ExperimentParams, device: torch.device, splits=("train", "val")) -> bool:
     """Whether the inputs of `splits` fit the memory budget (`data.in_memory_max_mb`): held
     in memory (on the device), else read from disk in batches by DataLoader workers."""
+    return fits_memory(exp.dataset, exp.data, device, splits)
+
+
+def fits_memory(dataset: str, data: DataParams, device: torch.device, splits) -> bool:
+    """Whether the inputs of `splits` of `dataset` fit the budget of `data` on `device`."""
     import torch
 
     gpu_free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
-    budget = datasets.memory_budget(exp.data, gpu_free)
-    return datasets.inputs_bytes(exp.dataset, splits) <= budget
+    return datasets.inputs_bytes(dataset, splits) <= datasets.memory_budget(data, gpu_free)
 
 
 def resolved_experiment(params: Params, experiment: str) -> tuple[ExperimentParams, dict]:

@@ -90,15 +90,17 @@ def _read_array(path: Path, name: str | None):
         return loaded[name]
 
 
-def conform(names: list[str], data, info, path: Path):
+def conform(names: list[str], data, info, path: Path, skipped: list[str] | None = None):
     """The input as the model's signature wants it (columns checked and selected, images
-    decoded); returns (names, model input, notes for the user)."""
+    decoded: the unreadable ones are left out and added to `skipped`); returns (names, model
+    input, notes for the user)."""
     meta = info.metadata or {}
     notes = []
     if isinstance(data, list):  # image files
         if meta.get("input") != "image":
             raise PipelineError(f"--input {path}: a folder of images; the model takes a table")
-        return _read_images(names, data, meta, path)
+        kept, images = _read_images(names, data, meta, [] if skipped is None else skipped)
+        return kept, images, notes
     if meta.get("input") == "image":
         return names, _image_array(data, meta, path), notes
     columns = [spec.name for spec in info.signature.inputs.inputs]
@@ -178,24 +180,22 @@ def _image_array(data, meta: dict, path: Path) -> np.ndarray:
     return data.reshape(len(data), *shape).astype(np.float32)
 
 
-def _read_images(names: list[str], files: list[Path], meta: dict, path: Path):
-    """Decode every image as ingest does; unreadable ones are skipped and reported."""
+def _read_images(names: list[str], files: list[Path], meta: dict, skipped: list[str]):
+    """Decode the images as ingest does: (names, images) of the readable ones; the names of
+    the others are added to `skipped`."""
     from PIL import UnidentifiedImageError
 
     from pipeline.data.preprocessing import read_image
 
-    kept, images, skipped = [], [], []
+    kept, images = [], []
     for name, file in zip(names, files, strict=True):
         try:
             images.append(read_image(file, meta))
             kept.append(name)
         except (UnidentifiedImageError, OSError, ValueError):
             skipped.append(name)
-    if not images:
-        raise PipelineError(f"--input {path}: none of its {len(files)} images could be read")
-    from pipeline.data.datasets import handling_notes  # preprocess's line for a skipped file
-
-    return kept, np.stack(images), handling_notes({"skipped_unreadable": skipped})
+    shape = tuple(meta["shape"])
+    return kept, np.stack(images) if images else np.empty((0, *shape), np.float32)
 
 
 def model_info(uri: str, tracking_uri: str):
@@ -223,24 +223,41 @@ def run(
     path = Path(input_path)
     names, data = read_input(path, array)
     info = model_info(model_uri, tracking_uri)
-    # an .npy file is scored a block of rows at a time; anything else in one block
-    step = max(1, BLOCK_BYTES // data.row_bytes) if hasattr(data, "row_bytes") else len(names)
-    count, model = 0, None
+    # an .npy file and a folder of images are read and scored a block of rows at a time (so
+    # they may be larger than memory); a table or an .npz array in one block
+    if hasattr(data, "row_bytes"):
+        step = max(1, BLOCK_BYTES // data.row_bytes)
+    elif isinstance(data, list) and "shape" in info.metadata:
+        step = max(1, BLOCK_BYTES // (4 * int(np.prod(info.metadata["shape"]))))
+    else:
+        step = len(names)
+    count, model, skipped = 0, None, []
     with atomic.atomic_path(output) as tmp, open(tmp, "w") as out:
         for start in range(0, len(names), step):
             block, model_input, notes = conform(
-                names[start : start + step], data[start : start + step], info, path
+                names[start : start + step], data[start : start + step], info, path, skipped
             )
             for note in notes:
                 print(f"predict: {note}", file=sys.stderr)
+            if not block:  # every image of the block was unreadable
+                continue
             try:
                 model = model or registry.load_pyfunc(model_uri, device)
                 predictions = model.predict(model_input)
             except PipelineError as err:
                 raise PipelineError(f"--model {model_uri}: {err}") from None
             predictions.insert(0, "input", block)
-            predictions.to_csv(out, index=False, header=start == 0)
+            predictions.to_csv(out, index=False, header=count == 0)
             count += len(predictions)
+        if skipped:
+            if not count:
+                raise PipelineError(
+                    f"--input {path}: none of its {len(names)} images could be read"
+                )
+            from pipeline.data.datasets import handling_notes  # preprocess's line for them
+
+            for note in handling_notes({"skipped_unreadable": skipped}):
+                print(f"predict: {note}", file=sys.stderr)
     return count
 
 

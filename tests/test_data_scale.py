@@ -354,3 +354,37 @@ def test_dvc_repro_from_disk_and_in_memory_gives_the_same_model_and_metrics(tmp_
     weights = {e: load_tensors(project / paths.model_file(e))["state_dict"] for e in metrics}
     for key, value in weights["mlp_digits"].items():
         torch.testing.assert_close(weights["mlp_disk"][key], value, rtol=0, atol=0, msg=key)
+
+
+def test_the_judge_reads_splits_over_the_budget_from_disk_to_the_same_model(tmp_path, monkeypatch):
+    """judge@ picks each split's path by `defaults.data`'s budget, as training does: forced
+    onto the disk path (budget 0 MB) it trains the same weights to the same test accuracy."""
+    from pipeline.stages import judge
+
+    monkeypatch.chdir(tmp_path)
+    raw = copy.deepcopy(TINY)
+    raw["defaults"]["tracking"] = {"enabled": False}
+    raw["defaults"]["train"] = {"epochs": 1}
+    raw["experiments"] = {"vae_digits": {"dataset": "digits", "model": tiny_model("vae")}}
+    params = load_params(write_params(tmp_path / "params.yaml", raw))
+    datasets.ingest("digits", params.datasets["digits"])
+    datasets.preprocess("digits", params.datasets["digits"])
+    results, paths_taken, load_split = {}, [], datasets.load_split
+
+    def spy(name, split, on_disk=False):
+        paths_taken.append((split, on_disk))
+        return load_split(name, split, on_disk)
+
+    monkeypatch.setattr(datasets, "load_split", spy)
+    for budget in (None, 0):
+        raw["defaults"]["data"] = {"in_memory_max_mb": budget, "loader_workers": 0}
+        params = load_params(write_params(tmp_path / "params.yaml", raw))
+        info = judge.run(params, "digits")
+        weights = torch.load(paths.judge_model_file("digits"), weights_only=True)
+        results[budget] = info, weights
+    splits = ["train", "val", "test"]
+    assert paths_taken == [(s, False) for s in splits] + [(s, True) for s in splits]
+    (memory, memory_weights), (disk, disk_weights) = results[None], results[0]
+    assert memory["applicable"] and memory["test/accuracy"] == disk["test/accuracy"]
+    for key, value in memory_weights.items():
+        torch.testing.assert_close(disk_weights[key], value, rtol=0, atol=0, msg=key)

@@ -295,6 +295,33 @@ def test_predict_scores_an_npy_file_a_block_at_a_time(tmp_path_factory, monkeypa
     assert_reproduces("digits", root, pd.read_csv(root / "blocks.csv"), actual)
 
 
+def test_predict_scores_an_image_folder_a_block_at_a_time(tmp_path_factory, monkeypatch, capsys):
+    """A folder of images is decoded and scored a block of images at a time (a folder larger
+    than memory works): the same CSV as one block; the unreadable files (a whole block of
+    them here) are reported once."""
+    from pipeline import predict
+
+    root = trained("image_folder", tmp_path_factory)
+    folder = root / "to_score_in_blocks"
+    folder.mkdir()
+    photos = sorted(p for p in (root / "photos").rglob("*.png") if p.name != "broken.png")
+    for i, source in enumerate(photos[:12]):
+        (folder / f"{i:03d}.png").write_bytes(source.read_bytes())
+    for name in ("005b", "005c", "005d"):  # sorted between 005 and 006: the third block
+        (folder / f"{name}.png").write_bytes(b"\x89PNG truncated")
+    monkeypatch.chdir(root)
+    model = f"models:/{_name('image_folder')}@champion"
+    store = f"sqlite:///{root / 'mlflow.db'}"
+    assert predict.run(model, str(folder), "whole.csv", store, "cpu") == 12
+    info = predict.model_info(model, store)
+    monkeypatch.setattr(predict, "BLOCK_BYTES", 3 * 4 * int(np.prod(info.metadata["shape"])))
+    capsys.readouterr()
+    assert predict.run(model, str(folder), "blocks.csv", store, "cpu") == 12  # 5 blocks
+    assert (root / "blocks.csv").read_text() == (root / "whole.csv").read_text()
+    note = "skipped 3 unreadable image(s): 005b.png, 005c.png, 005d.png"
+    assert capsys.readouterr().err.count(note) == 1
+
+
 def test_mlflow_models_serve_answers_raw_json_rows(project):
     """A real `mlflow models serve` of the champion on loopback, sent the raw test rows as
     JSON: tables with text columns, nulls for missing values and the target column along;

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pipeline import atomic, paths, tracking
 from pipeline.config import Params, judged_by
 from pipeline.data import datasets
-from pipeline.experiment import data_spec
+from pipeline.experiment import data_spec, fits_memory
 from pipeline.params.training import EarlyStoppingParams
 from pipeline.stages import stage_main
 from pipeline.tasks.kinds import GENERATIVE
@@ -58,16 +58,21 @@ def run(params: Params, dataset: str) -> dict:
         cfg = params.defaults.train  # the shared recipe, early-stopped on val/loss
         if cfg.early_stopping.metric != "val/loss":
             cfg = cfg.model_copy(update={"early_stopping": EarlyStoppingParams()})
-        split = {s: datasets.load_split(dataset, s) for s in ("train", "val", "test")}
+        # each split held in memory or read from disk by the budget, as training does
+        data = params.defaults.data
         batches = {
             s: engine.Batches(
-                *xy,
+                *datasets.load_split(
+                    dataset, s, on_disk=not fits_memory(dataset, data, device, splits)
+                ),
                 64 if s == "train" else 512,
                 device=device,
                 shuffle=s == "train",
                 seed=params.defaults.seed,
+                workers=data.workers(),
             )
-            for s, xy in split.items()
+            for splits in (("train", "val"), ("test",))
+            for s in splits
         }
         engine.fit(
             model,
