@@ -40,22 +40,62 @@ def read_input(path: Path, array: str | None = None):
         )
     if path.stat().st_size == 0:
         raise PipelineError(f"--input {path}: the file is empty")
-    data = _read_table(path) if suffix in (".csv", ".parquet") else _read_array(path, array)
+    if suffix in (".csv", ".parquet"):
+        table = TableFile(path)
+        return None, table
+    data = _read_array(path, array)
     if len(data) == 0:
         raise PipelineError(f"--input {path}: it has no rows")
     return [str(i) for i in range(len(data))], data
 
 
-def _read_table(path: Path):
-    import pandas as pd
+class TableFile:
+    """A CSV or Parquet input, read a block of rows at a time (`blocks`), so it may be larger
+    than memory; its first rows are read (and a bad file refused) when it is opened."""
 
-    try:
-        if path.suffix.lower() == ".csv":
-            return pd.read_csv(path)
-        return pd.read_parquet(path)
-    except (ValueError, OSError, pd.errors.ParserError, ImportError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise PipelineError(f"--input {path}: cannot read it: {first}") from None
+    HEAD_ROWS = 1000  # read first: the check, and the bytes a row takes
+
+    def __init__(self, path: Path):
+        self.path = path
+        head = next(self._frames(self.HEAD_ROWS), None)
+        if head is None or len(head) == 0:
+            raise PipelineError(f"--input {path}: it has no rows")
+        self.row_bytes = max(1, int(head.memory_usage(deep=True).sum()) // len(head))
+
+    def _frames(self, rows: int):
+        """DataFrames of `rows` rows, read errors as one line naming the file."""
+        import pandas as pd
+
+        try:
+            if self.path.suffix.lower() == ".csv":
+                with pd.read_csv(self.path, chunksize=rows) as reader:
+                    yield from reader
+                return
+            import pyarrow.parquet as pq
+
+            with pq.ParquetFile(self.path) as parquet:
+                if parquet.metadata.num_rows == 0:
+                    yield pd.DataFrame()
+                for batch in parquet.iter_batches(batch_size=rows):
+                    yield batch.to_pandas()
+        except (ValueError, OSError, pd.errors.ParserError, ImportError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise PipelineError(f"--input {self.path}: cannot read it: {first}") from None
+
+    def blocks(self, rows: int | None = None):
+        """(row names, DataFrame) of `rows` rows at a time (by default BLOCK_BYTES of them)."""
+        rows = rows or max(self.HEAD_ROWS, BLOCK_BYTES // self.row_bytes)
+        start = 0
+        for frame in self._frames(rows):
+            frame.index = range(start, start + len(frame))  # the file's row numbers, in errors
+            yield [str(i) for i in frame.index], frame
+            start += len(frame)
+
+    def read(self):
+        """The whole table (a CSV of pixel values, which an image model takes)."""
+        import pandas as pd
+
+        return pd.concat([frame for _, frame in self.blocks()], ignore_index=True)
 
 
 def _read_array(path: Path, name: str | None):
@@ -225,20 +265,14 @@ def run(
     info = model_info(model_uri, tracking_uri)
     # an .npy file and a folder of images are read and scored a block of rows at a time (so
     # they may be larger than memory); a table or an .npz array in one block
-    if hasattr(data, "row_bytes"):
-        step = max(1, BLOCK_BYTES // data.row_bytes)
-    elif isinstance(data, list) and "shape" in info.metadata:
-        step = max(1, BLOCK_BYTES // (4 * int(np.prod(info.metadata["shape"]))))
-    else:
-        step = len(names)
-    count, model, skipped = 0, None, []
+    count, model, skipped, said = 0, None, [], set()
     with atomic.atomic_path(output) as tmp, open(tmp, "w") as out:
-        for start in range(0, len(names), step):
-            block, model_input, notes = conform(
-                names[start : start + step], data[start : start + step], info, path, skipped
-            )
+        for names_block, data_block in input_blocks(names, data, info):
+            block, model_input, notes = conform(names_block, data_block, info, path, skipped)
             for note in notes:
-                print(f"predict: {note}", file=sys.stderr)
+                if note not in said:  # once, not once a block
+                    print(f"predict: {note}", file=sys.stderr)
+                    said.add(note)
             if not block:  # every image of the block was unreadable
                 continue
             try:
@@ -252,7 +286,7 @@ def run(
         if skipped:
             if not count:
                 raise PipelineError(
-                    f"--input {path}: none of its {len(names)} images could be read"
+                    f"--input {path}: none of its {len(skipped)} images could be read"
                 )
             from pipeline.data.datasets import handling_notes  # preprocess's line for them
 
@@ -261,4 +295,24 @@ def run(
     return count
 
 
-BLOCK_BYTES = 64 << 20  # rows of an .npy input scored at a time
+def input_blocks(names: list[str] | None, data, info):
+    """(row names, rows) of the input a block at a time: an .npy file, a folder of images and
+    a table (CSV or Parquet, for a model that takes a table) BLOCK_BYTES at a time, so they
+    may be larger than memory; an .npz array and a CSV of pixel values in one block."""
+    if isinstance(data, TableFile):
+        if (info.metadata or {}).get("input") != "image":
+            yield from data.blocks()
+            return
+        data = data.read()
+        names = [str(i) for i in range(len(data))]
+    if hasattr(data, "row_bytes"):
+        step = max(1, BLOCK_BYTES // data.row_bytes)
+    elif isinstance(data, list) and "shape" in info.metadata:
+        step = max(1, BLOCK_BYTES // (4 * int(np.prod(info.metadata["shape"]))))
+    else:
+        step = len(names)
+    for start in range(0, len(names), step):
+        yield names[start : start + step], data[start : start + step]
+
+
+BLOCK_BYTES = 64 << 20  # bytes of input read and scored at a time

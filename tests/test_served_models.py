@@ -20,6 +20,7 @@ import yaml
 
 from benchmarks.common import read_test_metrics
 from pipeline import paths
+from pipeline.errors import PipelineError
 from tests.test_data_text import reviews
 from tests.test_data_vision import fake_mnist
 
@@ -293,6 +294,41 @@ def test_predict_scores_an_npy_file_a_block_at_a_time(tmp_path_factory, monkeypa
     assert predict.run(model, "rows.npy", "blocks.csv", store, "cpu") == len(rows)
     assert (root / "blocks.csv").read_text() == (root / "whole.csv").read_text()
     assert_reproduces("digits", root, pd.read_csv(root / "blocks.csv"), actual)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_predict_scores_a_table_a_block_at_a_time(suffix, tmp_path_factory, monkeypatch, capsys):
+    """A CSV or Parquet input is read and scored a block of rows at a time (a file larger
+    than memory works): the same predictions as one block, a note said once, and a bad
+    value named by its row in the file."""
+    from pipeline import predict
+
+    root = trained("table_classes", tmp_path_factory)
+    rows, actual = raw_test_rows("table_classes", root)
+    path = root / f"rows{suffix}"
+    write = rows.to_csv if suffix == ".csv" else rows.to_parquet
+    write(path, index=False)
+    monkeypatch.chdir(root)
+    model = f"models:/{_name('table_classes')}@champion"
+    store = f"sqlite:///{root / 'mlflow.db'}"
+    assert predict.run(model, str(path), "whole.csv", store, "cpu") == len(rows)
+    monkeypatch.setattr(predict.TableFile, "HEAD_ROWS", 7)
+    monkeypatch.setattr(predict, "BLOCK_BYTES", 1)  # HEAD_ROWS (7) rows a block
+    capsys.readouterr()
+    assert predict.run(model, str(path), "blocks.csv", store, "cpu") == len(rows)
+    assert capsys.readouterr().err.count("ignoring column(s) the model does not take") == 1
+    whole, blocks = (pd.read_csv(root / f) for f in ("whole.csv", "blocks.csv"))
+    assert blocks["input"].tolist() == list(range(len(rows)))
+    pd.testing.assert_frame_equal(blocks, whole, rtol=1e-6)
+    assert_reproduces("table_classes", root, blocks, actual)
+    bad = rows.copy()  # a text column (Parquet types one), 'large' in the last block
+    bad["mean radius"] = bad["mean radius"].map(lambda v: v if pd.isna(v) else str(v))
+    bad.loc[len(rows) - 2, "mean radius"] = "large"
+    write = bad.to_csv if suffix == ".csv" else bad.to_parquet
+    write(path, index=False)
+    with pytest.raises(PipelineError, match=rf"holds 'large' \(row {len(rows) - 2}\)"):
+        predict.run(model, str(path), "bad.csv", store, "cpu")
+    assert not (root / "bad.csv").exists()
 
 
 def test_predict_scores_an_image_folder_a_block_at_a_time(tmp_path_factory, monkeypatch, capsys):
