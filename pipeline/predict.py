@@ -263,8 +263,6 @@ def run(
     path = Path(input_path)
     names, data = read_input(path, array)
     info = model_info(model_uri, tracking_uri)
-    # an .npy file and a folder of images are read and scored a block of rows at a time (so
-    # they may be larger than memory); a table or an .npz array in one block
     count, model, skipped, said = 0, None, [], set()
     with atomic.atomic_path(output) as tmp, open(tmp, "w") as out:
         for names_block, data_block in input_blocks(names, data, info):
