@@ -34,10 +34,13 @@ def stored_baseline(schema: dict, name: str) -> dict:
     return schema["baselines"][name]
 
 
-def classification(model, batches: Batches, schema: dict, title: str) -> Evaluation:
+def classification(
+    model, batches: Batches, schema: dict, title: str, logits: torch.Tensor | None = None
+) -> Evaluation:
     """Accuracy and F1 with bootstrap 95% intervals, beside the dataset's logistic regression
-    on flattened inputs (fitted on its train split by preprocess: schema.json)."""
-    logits = predict(model, batches)
+    on flattened inputs (fitted on its train split by preprocess: schema.json). `logits`: the
+    model's on `batches`, when the caller has them already."""
+    logits = predict(model, batches) if logits is None else logits
     y_true = batches.y.cpu().numpy()
     y_pred = logits.argmax(1).cpu().numpy()
     classes = schema["classes"]
@@ -200,7 +203,8 @@ def regression_errors(actual: np.ndarray, pred: np.ndarray) -> dict[str, float]:
 
 
 def _classification(i: Inputs) -> Evaluation:
-    result = classification(i.model, i.batches, i.schema, i.experiment)
+    logits = predict(i.model, i.batches)  # one pass over the test split, used twice
+    result = classification(i.model, i.batches, i.schema, i.experiment, logits)
     result.metrics.update(robustness(i.model, i.batches, i.schema, i.exp.evaluate.corruptions))
     metrics, figures = attack_accuracy(
         i.model,
@@ -215,21 +219,22 @@ def _classification(i: Inputs) -> Evaluation:
     if i.exp.model.name == "cnn":
         result.figures.update(cnn_insight(i.model, i.batches.head(1), i.experiment))
     if len(i.schema["classes"]) == 2:
-        metrics, details, figures = two_classes(i)
+        metrics, details, figures = two_classes(i, logits)
         result.metrics.update(metrics)
         result.details.update(details)
         result.figures.update(figures)
     return result
 
 
-def two_classes(i: Inputs) -> tuple[dict[str, float], dict, dict]:
+def two_classes(i: Inputs, test_logits: torch.Tensor) -> tuple[dict[str, float], dict, dict]:
     """A two-class classifier's ranking and its operating point: ROC AUC (bootstrap 95%
-    interval) and the ROC curve of p(second class) on test, and the decision threshold that
-    is most accurate on the validation split, with the test accuracy it gives."""
+    interval) and the ROC curve of p(second class) on test (from `test_logits`), and the
+    decision threshold that is most accurate on the validation split, with the test
+    accuracy it gives."""
     from sklearn.metrics import roc_curve
 
-    def scores(split_batches: Batches) -> np.ndarray:
-        return predict(i.model, split_batches).float().softmax(1)[:, 1].cpu().numpy()
+    def scores(logits: torch.Tensor) -> np.ndarray:
+        return logits.float().softmax(1)[:, 1].cpu().numpy()
 
     # read from disk in batches when it is over the memory budget, as the test split is
     on_disk = not in_memory(i.exp, i.batches.device, ("val",))
@@ -242,7 +247,7 @@ def two_classes(i: Inputs) -> tuple[dict[str, float], dict, dict]:
         shuffle=False,
         workers=i.exp.data.workers(),
     )
-    val_scores, test_scores = scores(val), scores(i.batches)
+    val_scores, test_scores = scores(predict(i.model, val)), scores(test_logits)
     y_true = i.batches.y.cpu().numpy()
     # every val score is a candidate threshold (at most 1,001 quantiles of them)
     grid = (
