@@ -79,7 +79,9 @@ class TuneParams(Strict):
         None, description="per metric; null: maximize accuracy-like metrics, else minimize"
     )
     n_trials: int = Field(20, ge=1, description="finished trials in total, across resumes")
-    timeout: float | None = Field(None, gt=0, description="seconds; stop starting new trials")
+    timeout: float | None = Field(
+        None, gt=0, description="seconds; stop starting new trials (at least one runs)"
+    )
     seed: int = Field(0, description="seed of the sampler")
     sampler: Literal["tpe", "random", "cmaes", "gp", "grid", "nsgaii"] = Field(
         "tpe", description="Optuna sampler"
