@@ -305,3 +305,29 @@ def test_the_stored_autoregression_forecasts_as_statsmodels_does():
     assert model["lags"] == 2 and len(model["params"]) == 3
     expected = AutoReg(series, lags=model["lags"]).fit().forecast(4)
     assert np.allclose(ar_forecasts(model, series[None, -12:], 4)[0], expected, rtol=1e-12)
+
+
+def test_bootstrap_auroc_is_scikit_learn_s_per_resample():
+    """The vectorised AUROC (ranks, ties halved) gives scikit-learn's roc_auc_score for the
+    point and for every bootstrap resample, so the interval is the one its 1,000 calls gave;
+    resamples holding one class are left out."""
+    from sklearn.metrics import roc_auc_score
+
+    from pipeline import metrics
+
+    rng = np.random.default_rng(3)
+    labels = np.zeros(20, int)
+    labels[:2] = 1  # two positives: about one resample in eight has none
+    scores = rng.integers(0, 6, 20) + labels * 2.0  # ties
+    got = metrics.auroc(labels, scores, "test", "roc_auc")
+    expected = [
+        roc_auc_score(labels[idx], scores[idx])
+        for block in metrics._resamples(20)
+        for idx in block
+        if 0 < labels[idx].sum() < len(idx)
+    ]
+    assert len(expected) < metrics.BOOTSTRAP_SAMPLES  # the one-class resamples were skipped
+    low, high = np.percentile(expected, [2.5, 97.5])
+    assert got["test/roc_auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert got["test/roc_auc_ci95_low"] == pytest.approx(low, abs=1e-12)
+    assert got["test/roc_auc_ci95_high"] == pytest.approx(high, abs=1e-12)
