@@ -171,3 +171,12 @@ def test_text_corpus_targets_are_shifted_inputs_and_vocab_comes_from_train(tmp_p
     vocab = schema["vocab"]
     assert "".join(vocab[i] for i in train["x"][0]) == text[:16]
     assert train["char_counts"].sum() == schema["chars"]["train"]
+
+
+def test_images_of_an_older_preprocess_are_refused_not_scaled_twice(digits):
+    """Normalised float32 images (what preprocess wrote before it kept the pixels) would be
+    scaled a second time on read: one error naming the stage to run instead."""
+    x_file = paths.split_dir("digits", "train") / "x.npy"
+    np.save(x_file, np.load(x_file).astype(np.float32))
+    with pytest.raises(PipelineError, match=r"not the 8-bit pixels.*dvc repro preprocess@digits"):
+        datasets.load_split("digits", "train")

@@ -15,6 +15,7 @@ import numpy as np
 from pipeline import atomic, paths
 from pipeline.data import baselines, preprocessing
 from pipeline.data.arrays import NpyRows, NpyWriter, ScaledRows
+from pipeline.errors import PipelineError
 
 
 def write_processed(
@@ -66,7 +67,13 @@ def inputs(folder: Path) -> NpyRows:
     if prep_file.is_file():
         prep = preprocessing.load(prep_file)
         if prep.kind == "image":
-            return ScaledRows(path, prep.transform)
+            rows = ScaledRows(path, prep.transform)
+            if rows.stored != np.uint8:  # normalised float32, from an older preprocess
+                raise PipelineError(
+                    f"{path}: images of {rows.stored}, not the 8-bit pixels this version "
+                    f"stores; run `dvc repro preprocess@{folder.parent.name}` again"
+                )
+            return rows
     return NpyRows(path)
 
 
