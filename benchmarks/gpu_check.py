@@ -168,7 +168,7 @@ def run_stages(steps: Steps, project: Path) -> None:
     plan = [
         ("ingest", "digits"),
         ("preprocess", "digits"),
-        ("judge_plan", None),
+        ("plan", None),
         ("judge", "digits"),
     ]
     for name in EXPERIMENTS:

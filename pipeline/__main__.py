@@ -26,7 +26,13 @@ def plan(params: Params) -> list[tuple[str, str]]:
     """(stage, what it does) for every stage `dvc repro` defines, in run order."""
     from pipeline.config import judged_by
 
-    stages = [("judge_plan", f"which datasets need a judge -> {paths.JUDGE_PLAN}")]
+    stages = [
+        (
+            "plan",
+            f"which datasets need a judge, what each search depends on -> {paths.JUDGE_PLAN}, "
+            f"{paths.TUNE_PLAN}",
+        )
+    ]
     for name, ds in params.datasets.items():
         stages.append((f"ingest@{name}", f"source={ds.source} -> {paths.raw_dir(name)}"))
         stages.append(
@@ -111,19 +117,23 @@ def _mb(n: int) -> str:
 
 
 def stages_to_run(params: Params, changed: set[str]) -> set[str]:
-    """`changed` (stages DVC reports out of date) plus every stage downstream of them."""
-    from pipeline.config import judged_by
+    """`changed` (stages DVC reports out of date) plus every stage downstream of them. The
+    plan's files change only where an answer does: judge@ and tune@ follow them, not the
+    plan stage itself."""
+    from pipeline.stages.plan import judge_plan, tune_plan
 
     out = set(changed)
     for name in params.datasets:
         if f"ingest@{name}" in out:
             out.add(f"preprocess@{name}")
         if f"preprocess@{name}" in out or (
-            "judge_plan" in out and _judge_answer(name) != bool(judged_by(params, name))
+            "plan" in out and _planned(paths.judge_plan_file(name)) != judge_plan(params, name)
         ):
             out.add(f"judge@{name}")
     for name, exp in params.experiments.items():
-        if f"preprocess@{exp.dataset}" in out:
+        if f"preprocess@{exp.dataset}" in out or (
+            "plan" in out and _planned(paths.tune_plan_file(name)) != tune_plan(exp)
+        ):
             out.add(f"tune@{name}")
         if f"tune@{name}" in out or f"preprocess@{exp.dataset}" in out:
             out.add(f"train@{name}")
@@ -134,14 +144,13 @@ def stages_to_run(params: Params, changed: set[str]) -> set[str]:
     return out
 
 
-def _judge_answer(dataset: str) -> bool | None:
-    """What judge_plan wrote last for `dataset` (None: nothing yet); judge@ re-runs when the
-    new answer differs, as DVC sees its dependency change."""
+def _planned(path) -> dict | None:
+    """What the plan stage wrote last in `path` (None: nothing yet)."""
     import json
 
     try:
-        return json.loads(paths.judge_plan_file(dataset).read_text())["judge"]
-    except (OSError, ValueError, KeyError):
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
         return None
 
 
@@ -353,7 +362,28 @@ def main(argv=None) -> int:
     compare.add_argument(
         "-n", "--num", type=int, default=1, help="commits back from HEAD to include (default 1)"
     )
+    results = sub.add_parser(
+        "results",
+        help="write README.md's results table from reports/results.json (--record: from the "
+        "report of the current `dvc repro` first)",
+    )
+    results.add_argument(
+        "--record",
+        action="store_true",
+        help="keep the report's leaderboard, tuning, machine and params digests in "
+        "reports/results.json (nothing may be stale)",
+    )
+    results.add_argument(
+        "--check",
+        action="store_true",
+        help="fail when the README's table is not the file's, or params.yaml's experiments "
+        "are not the ones its numbers came from",
+    )
     args = parser.parse_args(argv)
+    if args.command == "results":
+        from pipeline import results as results_module
+
+        return results_module.main(record_first=args.record, check=args.check)
     if args.command == "compare":
         from pipeline.compare import compare
 

@@ -139,12 +139,18 @@ def judge_info_file(dataset: str) -> Path:
     return judge_dir(dataset) / "judge.json"
 
 
-JUDGE_PLAN = ARTIFACTS / "judge_plan"  # whether each dataset needs a judge (judge_plan.py)
+JUDGE_PLAN = ARTIFACTS / "judge_plan"  # whether each dataset needs a judge (stages/plan.py)
+TUNE_PLAN = ARTIFACTS / "tune_plan"  # what each experiment's search depends on (stages/plan.py)
 
 
 def judge_plan_file(dataset: str) -> Path:
     """Whether `dataset` needs a judge; judge@<dataset> depends on this file alone."""
     return JUDGE_PLAN / f"{dataset}.json"
+
+
+def tune_plan_file(experiment: str) -> Path:
+    """The params tune@<experiment> depends on (only "no tuning" when it does not tune)."""
+    return TUNE_PLAN / f"{experiment}.json"
 
 
 def tuned_file(experiment: str) -> Path:

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from pipeline import paths
 from pipeline.__main__ import plan, stages_to_run
 from pipeline.config import load_params, merge_overrides
 from pipeline.errors import ParamsError
@@ -189,6 +190,29 @@ def test_stages_downstream_of_a_change_will_run():
     }
     assert on_digits < {stage for stage, _ in plan(params)}
     assert stages_to_run(params, set()) == set()
+
+
+def test_the_plan_re_runs_a_search_only_for_an_experiment_that_tunes(tmp_path, monkeypatch):
+    """An edit of any experiment re-runs the plan stage; its tune plan files change (and so
+    tune@ runs) only for an experiment whose search depends on what was edited."""
+    from pipeline.stages import plan as plan_stage
+
+    monkeypatch.chdir(tmp_path)
+    raw = shipped_params()
+    assert raw["experiments"]["cnn_digits"]["tune"]["enabled"]
+    assert not raw["experiments"]["mlp_digits"].get("tune", {}).get("enabled")
+    plan_stage.run(load_params(write_params(tmp_path / "params.yaml", raw)))
+    same = load_params(tmp_path / "params.yaml")
+    assert not {s for s in stages_to_run(same, {"plan"}) if s.startswith(("tune@", "judge@"))}
+    for name in ("mlp_digits", "cnn_digits"):
+        raw["experiments"][name].setdefault("train", {})["epochs"] = 3
+    raw["experiments"]["gru_sunspots"].setdefault("tune", {})["enabled"] = True
+    edited = load_params(write_params(tmp_path / "params.yaml", raw))
+    will = stages_to_run(edited, {"plan", "train@mlp_digits", "train@cnn_digits"})
+    assert {s for s in will if s.startswith("tune@")} == {"tune@cnn_digits", "tune@gru_sunspots"}
+    written = json.loads(paths.tune_plan_file("mlp_digits").read_text())
+    assert written == {"tune": False}
+    assert json.loads(paths.tune_plan_file("cnn_digits").read_text())["train"]["epochs"] != 3
 
 
 def test_check_rejects_bad_params_with_one_message_and_writes_nothing(tmp_path):

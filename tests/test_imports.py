@@ -36,7 +36,13 @@ NOT_DEPS = {
     "pipeline.paths",
 }
 # commands above the stages: they may run stages
-COMMANDS = {"pipeline.__main__", "pipeline.flows", "pipeline.parallel", "pipeline.verify"}
+COMMANDS = {
+    "pipeline.__main__",
+    "pipeline.flows",
+    "pipeline.parallel",
+    "pipeline.results",
+    "pipeline.verify",
+}
 # modules that start one of ours as a process (`python -m <module>`): a stage importing the
 # starter runs what the process runs (the tune stage's trials run in its workers); a stage
 # module started again (the train stage under torchrun) is that stage's own code

@@ -4,8 +4,10 @@ Tests in this module run in order on one shared project: the no-op check comes b
 tests that change params.
 """
 
+import contextlib
 import json
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +23,7 @@ from benchmarks.common import read_test_metrics
 from pipeline import paths
 from pipeline.tasks.kinds import KINDS
 from tests.conftest import (
+    ROOT,
     TINY,
     make_project,
     output_md5s,
@@ -116,7 +119,7 @@ def test_repro_runs_every_stage_and_writes_metrics(repro_project):
     ran = stages_run((repro_project / "first_repro.log").read_text())
     expected = [f"{s}@{d}" for d in DATASETS for s in DATASET_STAGES]
     expected += [f"{s}@{e}" for e in EXPERIMENTS for s in ("tune", "train", "evaluate")]
-    expected += ["judge_plan", "report"]
+    expected += ["plan", "report"]
     assert sorted(ran) == sorted(expected)
     assert {summary(repro_project, e)["task"] for e in EXPERIMENTS} == set(TASK_METRICS)
     for exp in EXPERIMENTS:
@@ -308,8 +311,45 @@ def test_second_repro_is_a_noop(repro_project):
     assert stages_run(proc.stdout) == []
     assert "Data and pipelines are up to date" in proc.stdout
     check = run(["python", "-m", "pipeline", "check"], repro_project).stdout
-    n_stages = 3 * len(DATASETS) + 3 * len(EXPERIMENTS) + 2  # and judge_plan, report
+    n_stages = 3 * len(DATASETS) + 3 * len(EXPERIMENTS) + 2  # and plan, report
     assert f"would run 0 of {n_stages} stages" in check and "[will run]" not in check
+
+
+def test_results_record_the_report_and_write_the_readme_table(repro_project, monkeypatch):
+    """`python -m pipeline results --record` after a `dvc repro` keeps the report's
+    leaderboard in reports/results.json and renders the README's table from it; `--check`
+    passes, and names an experiment edited since; with a stage stale it records nothing."""
+    from pipeline import results
+
+    shutil.copy2(ROOT / "README.md", repro_project / "README.md")
+    run(["python", "-m", "pipeline", "results", "--record"], repro_project)
+    recorded = json.loads((repro_project / results.RESULTS).read_text())
+    report = (repro_project / paths.REPORT_MD).read_text()
+    readme = (repro_project / "README.md").read_text()
+    lines = ["| " + " | ".join(row) + " |" for row in recorded["rows"]]
+    assert len(lines) == len(EXPERIMENTS)
+    assert all(line in report and line in readme for line in lines)
+    assert set(recorded["tuning"]) == set(TUNED)
+    assert recorded["machine"]["cores"] >= 1 and recorded["machine"]["cpu_kernels"]
+    run(["python", "-m", "pipeline", "results", "--check"], repro_project)
+
+    params = repro_project / "params.yaml"
+    shipped = params.read_text()
+    raw = yaml.safe_load(shipped)
+    raw["experiments"][EXPERIMENTS[0]].setdefault("train", {})["epochs"] = 3
+    try:
+        write_params(params, raw)
+        monkeypatch.chdir(repro_project)
+        found = results.problems()
+        changed = f"changed since the run behind the README's results: {EXPERIMENTS[0]};"
+        assert len(found) == 1 and changed in found[0], found
+        failed = run(
+            ["python", "-m", "pipeline", "results", "--record"], repro_project, check=False
+        )
+        assert failed.returncode == 2 and "run `dvc repro` first" in failed.stderr
+        assert json.loads((repro_project / results.RESULTS).read_text()) == recorded
+    finally:
+        params.write_text(shipped)
 
 
 def test_a_second_full_run_writes_the_same_bytes(repro_project, tmp_path):
@@ -365,9 +405,20 @@ def test_check_predicts_what_a_param_edit_reruns(repro_project):
         check = run(["python", "-m", "pipeline", "check"], repro_project).stdout
     finally:
         params_file.write_text(original)
-    # judge_plan re-runs on any experiment edit; no judge does, the answers being the same
-    expected = {"judge_plan", f"tune@{exp}", f"train@{exp}", f"evaluate@{exp}", "report"}
-    assert will_run(check) == expected
+    # plan re-runs on any experiment edit; no judge does, the answers being the same, and
+    # tune@ only for an experiment that tunes (its search depends on the edited epochs)
+    expected = {"plan", f"train@{exp}", f"evaluate@{exp}", "report"}
+    assert exp not in TUNED and will_run(check) == expected
+    tuned = TUNED[0]
+    raw = yaml.safe_load(original)
+    raw["experiments"][tuned].setdefault("train", {})["epochs"] = 3
+    write_params(params_file, raw)
+    try:
+        check = run(["python", "-m", "pipeline", "check"], repro_project).stdout
+    finally:
+        params_file.write_text(original)
+    stages = {f"{s}@{tuned}" for s in ("tune", "train", "evaluate")}
+    assert will_run(check) == {"plan", "report", *stages}
 
 
 def test_check_predicts_what_a_code_edit_reruns(repro_project):
@@ -386,7 +437,8 @@ def test_check_predicts_what_a_code_edit_reruns(repro_project):
 def test_exp_run_with_set_param_reruns_only_what_changed(repro_project):
     exp = EXPERIMENTS[0]
     proc = run(["dvc", "exp", "run", "-S", f"experiments.{exp}.train.epochs=3"], repro_project)
-    expected = ["judge_plan", f"tune@{exp}", f"train@{exp}", f"evaluate@{exp}", "report"]
+    # an experiment that does not tune: its search is not re-run (tune_plan's file is the same)
+    expected = ["plan", f"train@{exp}", f"evaluate@{exp}", "report"]
     assert sorted(stages_run(proc.stdout)) == sorted(expected)
     summary = json.loads((repro_project / paths.train_summary_file(exp)).read_text())
     assert summary["epochs_run"] == 3
@@ -462,11 +514,53 @@ def test_mlflow_ui_shows_every_stage_run(repro_project):
         for experiment_id, run_id in links:
             with urllib.request.urlopen(f"{base}/runs/get?run_id={run_id}", timeout=30) as resp:
                 assert json.load(resp)["run"]["info"]["experiment_id"] == experiment_id
+        # and to the runs table grouped by pipeline invocation, which a browser shows
+        grouped = re.findall(r"\(http://127\.0\.0\.1:5000(/#/experiments/\d+/runs\?\S+)\)", report)
+        assert len(grouped) == 1
+        groups = grouped_runs_in_chromium(f"http://127.0.0.1:{port}{grouped[0]}")
     finally:
         ui.terminate()
         ui.wait(timeout=30)
     assert {f"{e}/train" for e in EXPERIMENTS} <= names
     assert {f"{e}/evaluate" for e in EXPERIMENTS} | {"report", "digits/ingest"} <= names
+    # one group per `dvc repro` / `dvc exp run` of this project, with the headline metrics
+    assert groups["text"].count("Group: dvc repro") >= 1, groups["text"][:2000]
+    assert "Group by: pipeline.invocation" in groups["text"]
+    assert "test/accuracy" in groups["text"]
+    assert groups["errors"] == []
+    assert MLFLOW_SCREENSHOT.stat().st_size > 10_000
+
+
+def grouped_runs_in_chromium(url: str) -> dict:
+    """Open the MLflow UI's grouped runs view in headless chromium, keep a screenshot, and
+    return the page's text and console errors (the UI's requests for optional services it
+    finds missing, such as the assistant's, answer 404 and are not counted)."""
+    with chromium_page(1800, 1000) as (page, errors):
+        page.goto(url, wait_until="load")
+        page.get_by_text("Group: dvc repro").first.wait_for(timeout=60_000)
+        MLFLOW_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(MLFLOW_SCREENSHOT))
+        text = page.inner_text("body")
+    return {"text": text, "errors": [e for e in errors if "404" not in e]}
+
+
+@contextlib.contextmanager
+def chromium_page(width: int, height: int):
+    """A page of Debian's headless chromium (driven by playwright) and the list its console
+    errors and uncaught exceptions are added to."""
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM.is_file(), "Debian's chromium is missing: `make test` installs it"
+    errors: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            yield page, errors
+        finally:
+            browser.close()
 
 
 def test_sigterm_mid_training_leaves_no_model_and_the_rerun_resumes(repro_project):
@@ -497,31 +591,21 @@ def test_sigterm_mid_training_leaves_no_model_and_the_rerun_resumes(repro_projec
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = Path(__file__).resolve().parents[1] / "reports" / "test_artifacts" / "report.png"
 DVC_SCREENSHOT = SCREENSHOT.with_name("dvc_plots.png")
+MLFLOW_SCREENSHOT = SCREENSHOT.with_name("mlflow_runs.png")
 
 
 def test_report_renders_in_headless_chromium(repro_project):
     """reports/index.html loads in a real browser with no console errors and every image
     decodes; the screenshot is kept as a test artifact."""
-    from playwright.sync_api import sync_playwright
-
-    assert CHROMIUM.is_file(), "Debian's chromium is missing: `make test` installs it"
-    errors: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto((repro_project / paths.REPORT_HTML).as_uri(), wait_until="load")
-            decoded = page.evaluate(
-                "Promise.all([...document.images].map(i => i.decode().then("
-                "() => i.naturalWidth > 0, () => false)))"
-            )
-            rows = page.locator("table").first.locator("tbody tr").count()
-            SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(SCREENSHOT), full_page=True)
-        finally:
-            browser.close()
+    with chromium_page(1200, 900) as (page, errors):
+        page.goto((repro_project / paths.REPORT_HTML).as_uri(), wait_until="load")
+        decoded = page.evaluate(
+            "Promise.all([...document.images].map(i => i.decode().then("
+            "() => i.naturalWidth > 0, () => false)))"
+        )
+        rows = page.locator("table").first.locator("tbody tr").count()
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
     assert errors == []
     assert len(decoded) >= len(EXPERIMENTS) and all(decoded)
     assert rows == len(EXPERIMENTS)  # one leaderboard row per experiment
@@ -532,40 +616,30 @@ def test_dvc_plots_page_draws_offline_in_headless_chromium(repro_project, tmp_pa
     """`dvc plots show` writes a page that draws every plot with no network: vega is inline
     (.dvc/config's html_template), each learning-curve and confusion plot has drawn marks, and
     no figure is a placeholder saying there is nothing to show."""
-    from playwright.sync_api import sync_playwright
-
     run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], repro_project)
     html = (tmp_path / "plots" / "index.html").read_text()
     assert "cdn.jsdelivr" not in html  # and the browser below may load nothing over http
     classifiers = [e for e in EXPERIMENTS if summary(repro_project, e)["task"] == "classification"]
     plots = html.count("vegaEmbed('#")
     assert plots == len(EXPERIMENTS) + len(classifiers)  # curves, and confusion of classifiers
-    errors: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.route(
-                "**/*", lambda r: r.abort() if r.request.url.startswith("http") else r.continue_()
-            )
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto((tmp_path / "plots" / "index.html").as_uri(), wait_until="load")
-            page.wait_for_function(
-                f"document.querySelectorAll('.vega-embed svg').length >= {plots}", timeout=60_000
-            )
-            marks = page.evaluate(
-                "[...document.querySelectorAll('.vega-embed')].map(e => e.querySelectorAll("
-                "'g.mark-line path, g.mark-rect path, g.mark-symbol path').length)"
-            )
-            decoded = page.evaluate(
-                "Promise.all([...document.images].map(i => i.decode().then("
-                "() => i.naturalWidth > 0, () => false)))"
-            )
-            DVC_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(DVC_SCREENSHOT), full_page=True)
-        finally:
-            browser.close()
+    with chromium_page(1400, 900) as (page, errors):
+        page.route(
+            "**/*", lambda r: r.abort() if r.request.url.startswith("http") else r.continue_()
+        )
+        page.goto((tmp_path / "plots" / "index.html").as_uri(), wait_until="load")
+        page.wait_for_function(
+            f"document.querySelectorAll('.vega-embed svg').length >= {plots}", timeout=60_000
+        )
+        marks = page.evaluate(
+            "[...document.querySelectorAll('.vega-embed')].map(e => e.querySelectorAll("
+            "'g.mark-line path, g.mark-rect path, g.mark-symbol path').length)"
+        )
+        decoded = page.evaluate(
+            "Promise.all([...document.images].map(i => i.decode().then("
+            "() => i.naturalWidth > 0, () => false)))"
+        )
+        DVC_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(DVC_SCREENSHOT), full_page=True)
     assert errors == []
     assert len(marks) == plots and all(n > 0 for n in marks), marks
     assert decoded and all(decoded)  # the PNG plots (figures, previews, tuning) decode
@@ -586,15 +660,15 @@ def test_a_judge_is_trained_only_for_datasets_a_generative_experiment_uses(tmp_p
     params["experiments"]["vae"] = {"dataset": "digits", "model": {"name": "vae", "latent_dim": 2}}
     write_params(project / "params.yaml", params)
     check = run(["python", "-m", "pipeline", "check"], project).stdout
-    assert {"judge_plan", "judge@digits"} <= will_run(check)
+    assert {"plan", "judge@digits"} <= will_run(check)
     proc = run(["dvc", "repro", "judge@digits"], project)
-    assert stages_run(proc.stdout) == ["judge_plan", "judge@digits"]
+    assert stages_run(proc.stdout) == ["plan", "judge@digits"]
     assert (project / paths.judge_dir("digits") / "model.pt").is_file()
 
     # another experiment on digits changes no answer: the judge is not trained again
     params["experiments"]["mlp2"] = {"dataset": "digits"}
     write_params(project / "params.yaml", params)
     check = run(["python", "-m", "pipeline", "check"], project).stdout
-    assert "judge_plan" in will_run(check) and "judge@digits" not in will_run(check)
+    assert "plan" in will_run(check) and "judge@digits" not in will_run(check)
     proc = run(["dvc", "repro", "judge@digits"], project)
-    assert stages_run(proc.stdout) == ["judge_plan"]
+    assert stages_run(proc.stdout) == ["plan"]

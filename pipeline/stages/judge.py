@@ -2,7 +2,7 @@
 
 Generative experiments are scored in its feature space (a Frechet distance, like FID but with
 no Inception download) and by its confidence and class coverage on samples. It trains with
-`defaults.train`. Only datasets that a generative experiment uses get one (judge_plan.py);
+`defaults.train`. Only datasets that a generative experiment uses get one (stages/plan.py);
 for the others, and for datasets that are not labelled images, the stage records why not.
 """
 

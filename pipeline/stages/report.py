@@ -32,19 +32,27 @@ COLUMNS = (
 )
 
 
-def run(params: Params, _name=None) -> list[dict]:
+def read_summaries(params: Params) -> list[dict]:
+    """Every experiment's summary.json, in the report's order (by task, best first)."""
     summaries = []
     for experiment in params.experiments:
         path = paths.summary_file(experiment)
         if not path.is_file():
             raise PipelineError(f"{path} not found; run `dvc repro evaluate@{experiment}` first")
         summaries.append(json.loads(path.read_text()))
-    summaries.sort(key=_rank)
+    return sorted(summaries, key=_rank)
+
+
+def run(params: Params, _name=None) -> list[dict]:
+    summaries = read_summaries(params)
     track = params.defaults.tracking
     with tracking.stage_run(track, name="report", tags={"stage": "report"}) as run:
         ids = [s.get("evaluate_run_id") for s in summaries]
         ids += [s["train"].get("mlflow_run_id") for s in summaries]
         links = run_links(track.uri, run.experiment_ids(ids) or {})
+        experiment_id = run.share_grouped_view(headline_columns(summaries))
+        if experiment_id:
+            links[GROUPED] = grouped_view_link(track.uri, experiment_id)
         atomic.write_text(paths.REPORT_MD, render_markdown(summaries, links))
         atomic.write_text(paths.REPORT_HTML, render_html(summaries, links))
         run.log_artifact(paths.REPORT_HTML)
@@ -56,13 +64,32 @@ def run(params: Params, _name=None) -> list[dict]:
 
 # where `make ui` serves the local store
 LOCAL_UI = "http://127.0.0.1:5000"
+# the links' key of the MLflow view of all runs grouped by pipeline invocation
+GROUPED = "grouped"
+
+
+def _ui(uri: str) -> str:
+    """The MLflow UI of the store: the tracking server's own, or `make ui`'s for a local one."""
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
 
 
 def run_links(uri: str, experiment_ids: dict[str, str]) -> dict[str, str]:
-    """MLflow UI addresses of the runs this store holds: the tracking server's own, or `make
-    ui`'s for a local store."""
-    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
-    return {r: f"{base}/#/experiments/{e}/runs/{r}" for r, e in experiment_ids.items()}
+    """MLflow UI addresses of the runs this store holds."""
+    return {r: f"{_ui(uri)}/#/experiments/{e}/runs/{r}" for r, e in experiment_ids.items()}
+
+
+def grouped_view_link(uri: str, experiment_id: str) -> str:
+    """The MLflow UI's runs table grouped by pipeline invocation (one group per `dvc repro`),
+    the view `share_grouped_view` saved."""
+    from pipeline.tracking.store import GROUPED_VIEW
+
+    return f"{_ui(uri)}/#/experiments/{experiment_id}/runs?viewStateShareKey={GROUPED_VIEW}"
+
+
+def headline_columns(summaries: list[dict]) -> list[str]:
+    """The main test metrics of the experiments' tasks, in task order: the grouped view's
+    metric columns."""
+    return list(dict.fromkeys(main_metric(s)[0] for s in summaries))
 
 
 def _run(run_id: str, links: dict[str, str]) -> str:
@@ -178,6 +205,7 @@ def render_markdown(summaries: list[dict], links: dict[str, str] | None = None) 
         "",
         "Contents: " + ", ".join(f"[{s['experiment']}](#{s['experiment']})" for s in summaries),
         "",
+        *_grouped_line(links or {}),
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
     ]
@@ -197,6 +225,12 @@ def render_markdown(summaries: list[dict], links: dict[str, str] | None = None) 
             ]
         lines += ["", "```yaml", yaml.safe_dump(s["params"], sort_keys=False).rstrip(), "```"]
     return "\n".join(lines) + "\n"
+
+
+def _grouped_line(links: dict[str, str]) -> list[str]:
+    if GROUPED not in links:
+        return []
+    return [f"[All MLflow runs, one group per pipeline run]({links[GROUPED]})", ""]
 
 
 def _img(path) -> str:
@@ -250,6 +284,7 @@ th{{background:#f3f3f3}} img{{max-width:100%;margin:4px}} section{{margin-top:2e
 <h1>Experiment report</h1>
 <p>{len(summaries)} experiments on the test split, grouped by task, best first.</p>
 <nav>Contents: {toc}</nav>
+{"".join(f"<p>{_code(line)}</p>" for line in _grouped_line(links or {}) if line)}
 <div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>
 {"".join(sections)}
 </body></html>

@@ -132,6 +132,10 @@ class StageRun:
         """See store.StageRun.experiment_ids."""
         return self._writer.call("experiment_ids", [r for r in run_ids if r])
 
+    def share_grouped_view(self, columns: list[str]) -> str:
+        """See store.StageRun.share_grouped_view: the experiment's id."""
+        return self._writer.call("share_grouped_view", columns)
+
     def consider_champion(self, *args) -> dict:
         """registry.consider_champion, run by the writer; returns its decision."""
         return self._writer.call("consider_champion", *args)

@@ -32,6 +32,9 @@ from pipeline.tracking.context import (
 
 # a unique key broken by a concurrent insert: SQLite's and PostgreSQL's words for it
 DUPLICATE_KEY = re.compile(r"UNIQUE constraint failed|duplicate key value")
+# the MLflow UI's shared views: experiment tags it reads for `?viewStateShareKey=<key>`
+SHARED_VIEW_TAG = "mlflow.sharedViewState."
+GROUPED_VIEW = "pipeline-runs"
 
 
 def close_orphaned_runs(client, experiment_id: str) -> list[str]:
@@ -248,6 +251,25 @@ class StageRun:
         if registered and registered.get("version"):
             for key, value in headline.items():
                 client.set_model_version_tag(registered["name"], registered["version"], key, value)
+
+    @holding_signals
+    def share_grouped_view(self, columns: list[str]) -> str:
+        """Save the MLflow UI view of this run's experiment that the report links to: runs
+        grouped by pipeline invocation (one group per `dvc repro`), with the `columns` metrics
+        shown. The UI reads a shared view from an experiment tag (its "share view" button
+        writes the same); returns the experiment's id."""
+        experiment_id = self._mlflow.get_run(self.run_id).info.experiment_id
+        state = {
+            "groupBy": {
+                "aggregateFunction": "average",
+                "groupByKeys": [{"mode": "tag", "groupByData": TAG_PREFIX + "invocation"}],
+            },
+            "selectedColumns": [f"metrics.`{c}`" for c in columns],
+        }
+        self._mlflow.MlflowClient().set_experiment_tag(
+            experiment_id, SHARED_VIEW_TAG + GROUPED_VIEW, json.dumps(state)
+        )
+        return experiment_id
 
     def experiment_ids(self, run_ids: list[str]) -> dict[str, str]:
         """{run id: its MLflow experiment's id} of the runs this store holds (the report links
