@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
 
-from pipeline import atomic, paths
+from pipeline import atomic, cores, paths
 from pipeline.errors import PipelineError
 
 RESULTS = paths.REPORTS / "results.json"
@@ -54,7 +53,7 @@ def machine() -> dict:
         cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "")
     return {
         "cpu": cpu or "unknown CPU",
-        "cores": os.cpu_count(),
+        "cores": cores.available(),
         "torch": torch.__version__.split("+")[0],
         "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
@@ -137,9 +136,18 @@ def write_readme(results: dict, readme: Path = README) -> None:
     atomic.write_text(readme, text.replace(readme_block(text), render(results)))
 
 
+def recorded() -> dict:
+    """reports/results.json, or one error saying how to make it."""
+    if not RESULTS.is_file():
+        raise PipelineError(
+            f"{RESULTS} not found: run `dvc repro`, then `python -m pipeline results --record`"
+        )
+    return json.loads(RESULTS.read_text())
+
+
 def problems(readme: Path = README, params_file: Path = paths.PARAMS) -> list[str]:
     """Why the README's results are not current; empty when they are."""
-    results = json.loads(RESULTS.read_text())
+    results = recorded()
     found = []
     if readme_block(readme.read_text()) != render(results):
         found.append(
@@ -164,13 +172,13 @@ def problems(readme: Path = README, params_file: Path = paths.PARAMS) -> list[st
 def main(record_first: bool = False, check: bool = False) -> int:
     import sys
 
-    if check:
-        found = problems()
-        for line in found:
-            print(f"error: {line}", file=sys.stderr)
-        return 1 if found else 0
     try:
-        results = record() if record_first else json.loads(RESULTS.read_text())
+        if check:
+            found = problems()
+            for line in found:
+                print(f"error: {line}", file=sys.stderr)
+            return 1 if found else 0
+        results = record() if record_first else recorded()
         write_readme(results)
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -84,3 +84,13 @@ def test_the_command_rewrites_only_the_block(at_root, tmp_path, monkeypatch):
     old = results.readme_block(before)
     assert after == before.replace(old, results.render(recorded))
     assert after.count("\n| ") < before.count("\n| ")
+
+
+def test_without_a_recorded_run_the_command_says_what_to_run(tmp_path, monkeypatch, capsys):
+    shutil.copy2(ROOT / "README.md", tmp_path / "README.md")
+    monkeypatch.chdir(tmp_path)
+    for args in ({}, {"check": True}):
+        assert results.main(**args) == 2
+        err = capsys.readouterr().err
+        assert err.count("error:") == 1 and "python -m pipeline results --record" in err
+    assert (tmp_path / "README.md").read_text() == (ROOT / "README.md").read_text()
