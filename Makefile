@@ -113,7 +113,7 @@ ui: $(STAMP)
 # Optuna's dashboard on one experiment's search, read from the journal tune@ keeps (with
 # tune.storage set, name the database instead: make tune-ui STUDY=postgresql://...)
 EXP ?= cnn_digits
-STUDY ?= artifacts/$(EXP)/study.journal
+STUDY ?= artifacts/$(EXP)/tuning/study.journal
 TUNE_UI_PORT ?= 8080
 tune-ui: $(STAMP)
 	@echo "Optuna dashboard: http://127.0.0.1:$(TUNE_UI_PORT)  ($(STUDY))"

@@ -73,12 +73,13 @@ def flow_studies(flow_project: Path):
     """(experiment, its params, the study) for each experiment the flow tuned."""
     import optuna
 
+    from pipeline import paths
     from pipeline.config import load_params
     from pipeline.tuning import studies
 
     params = load_params(flow_project / "params.yaml")
     for name, exp in params.experiments.items():
-        journal = flow_project / "artifacts" / name / "study.journal"
+        journal = flow_project / paths.study_journal(name)
         if exp.tune.enabled and journal.is_file():
             storage = studies.open_storage(str(journal), exp.tune.heartbeat_seconds)
             study = optuna.load_study(study_name=studies.study_name(name, exp), storage=storage)

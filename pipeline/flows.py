@@ -108,8 +108,6 @@ def run_stage(
     # DVC prints its own lines ("Running stage ...") as `dvc repro` does; passed on to the root
     # logger as well, Prefect's console handler would print each of them a second time
     logging.getLogger("dvc").propagate = False
-    if not any(isinstance(f, EmptyByDesign) for f in logging.getLogger("dvc.output").filters):
-        logging.getLogger("dvc.output").addFilter(EmptyByDesign())
     with tempfile.TemporaryDirectory(prefix="stage-") as tmp:
         error_file, output_file = Path(tmp) / "error", Path(tmp) / "output"
         # dvc.yaml's `python` is this flow's interpreter, also when its venv is not activated
@@ -138,24 +136,6 @@ def run_stage(
             forward_output(logger, stage, output_file)
     logger.info("%s: %s", stage, "ran" if ran else "up to date, skipped")
     return {"stage": stage, "ran": ran}
-
-
-class EmptyByDesign(logging.Filter):
-    """Drops DVC's warning that an output is empty for the two that are empty by design: an
-    untuned experiment's study journal (no study) and tuning figure folder (nothing to draw).
-    `dvc repro` prints the two lines for every untuned experiment (32 in the shipped run);
-    any other empty output still warns."""
-
-    def __init__(self):
-        super().__init__()
-        names = [
-            re.escape(str(path("EXPERIMENT"))).replace("EXPERIMENT", "[^/]+")
-            for path in (paths.study_journal, paths.tuning_plots_dir)
-        ]
-        self.pattern = re.compile(f"'({'|'.join(names)})' is empty\\.")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not self.pattern.fullmatch(record.getMessage())
 
 
 @contextlib.contextmanager

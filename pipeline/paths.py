@@ -153,14 +153,20 @@ def tune_plan_file(experiment: str) -> Path:
     return TUNE_PLAN / f"{experiment}.json"
 
 
+def tuning_dir(experiment: str) -> Path:
+    """tune@'s kept output (persist: a killed search resumes): tuned.yaml, and the study's
+    journal when the experiment is tuned. Never empty, so DVC never warns about it."""
+    return artifact_dir(experiment) / "tuning"
+
+
 def tuned_file(experiment: str) -> Path:
     """The best trial's params as nested overrides (`{}` when tuning is off); train reads it."""
-    return artifact_dir(experiment) / "tuned.yaml"
+    return tuning_dir(experiment) / "tuned.yaml"
 
 
 def study_journal(experiment: str) -> Path:
-    """Optuna's journal of the experiment's studies; kept across runs so a study resumes."""
-    return artifact_dir(experiment) / "study.journal"
+    """Optuna's journal of the experiment's studies (tuned experiments, default storage)."""
+    return tuning_dir(experiment) / "study.journal"
 
 
 def study_lock(experiment: str) -> Path:
@@ -168,15 +174,21 @@ def study_lock(experiment: str) -> Path:
     return artifact_dir(experiment) / "study.lock"
 
 
+def tuning_report_dir(experiment: str) -> Path:
+    """What the search found, for the report: trials.csv, tuning.json and (tuned experiments)
+    the figures. Never empty: tuning.json says when tuning is off."""
+    return report_dir(experiment) / "tuning"
+
+
 def trials_csv(experiment: str) -> Path:
-    return report_dir(experiment) / "trials.csv"
+    return tuning_report_dir(experiment) / "trials.csv"
 
 
 def tuning_summary(experiment: str) -> Path:
     """Study name, counts by state, best trial, Pareto front, epochs and time spent."""
-    return report_dir(experiment) / "tuning.json"
+    return tuning_report_dir(experiment) / "tuning.json"
 
 
 def tuning_plots_dir(experiment: str) -> Path:
     """PNG figures of the search: history, importances, parallel coordinates, Pareto front."""
-    return report_dir(experiment) / "tuning"
+    return tuning_report_dir(experiment) / "figures"

@@ -216,7 +216,7 @@ def repro_project(tmp_path_factory) -> Path:
     """One shrunk project after a real `dvc repro`, shared by the end-to-end tests."""
     project = make_project(tmp_path_factory.mktemp("project"), shrink(shipped_params()))
     proc = run(["dvc", "repro"], project)
-    (project / "first_repro.log").write_text(proc.stdout)
+    (project / "first_repro.log").write_text(proc.stdout + proc.stderr)
     (project / "first_repro.md5.json").write_text(json.dumps(output_md5s(project)))
     return project
 

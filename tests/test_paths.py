@@ -38,18 +38,16 @@ def test_ingest_preprocess_and_judge():
 
 
 def test_tune():
-    assert _outs("tune") == {
-        str(p(EXP))
-        for p in (
-            paths.tuned_file,
-            paths.study_journal,
-            paths.trials_csv,
-            paths.tuning_summary,
-            paths.tuning_plots_dir,
-        )
-    }
+    assert _outs("tune") == {str(paths.tuning_dir(EXP)), str(paths.tuning_report_dir(EXP))}
+    for p in (paths.tuned_file, paths.study_journal):
+        assert p(EXP).parent == paths.tuning_dir(EXP)
+    for p in (paths.trials_csv, paths.tuning_summary, paths.tuning_plots_dir):
+        assert p(EXP).parent == paths.tuning_report_dir(EXP)
+    [kept] = [e for e in _stage("tune")["outs"] if isinstance(e, dict)]
+    assert kept == {str(paths.tuning_dir("${key}")): {"persist": True}}  # a study resumes
     assert str(paths.processed_dir(DS)) in _paths(_stage("tune")["deps"])
     assert str(paths.tuned_file(EXP)) in _paths(_stage("train")["deps"])
+    assert str(paths.tuned_file(EXP)) in _paths(_stage("evaluate")["deps"])
 
 
 def test_train():
@@ -87,10 +85,7 @@ def test_evaluate():
 def test_report():
     assert _outs("report") == {str(paths.REPORT_MD), str(paths.REPORT_HTML)}
     assert str(paths.EXPERIMENT_REPORTS) in _paths(_stage("report")["deps"])
-    for exp_out in _outs("evaluate") | _outs("tune") - {
-        str(paths.tuned_file(EXP)),
-        str(paths.study_journal(EXP)),
-    }:
+    for exp_out in _outs("evaluate") | _outs("tune") - {str(paths.tuning_dir(EXP))}:
         assert exp_out.startswith(str(paths.EXPERIMENT_REPORTS) + "/")
 
 

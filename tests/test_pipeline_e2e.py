@@ -116,7 +116,9 @@ def summary(project, exp: str) -> dict:
 
 
 def test_repro_runs_every_stage_and_writes_metrics(repro_project):
-    ran = stages_run((repro_project / "first_repro.log").read_text())
+    log = (repro_project / "first_repro.log").read_text()
+    ran = stages_run(log)
+    assert "is empty" not in log  # untuned experiments' tune@ outputs say so; none is empty
     expected = [f"{s}@{d}" for d in DATASETS for s in DATASET_STAGES]
     expected += [f"{s}@{e}" for e in EXPERIMENTS for s in ("tune", "train", "evaluate")]
     expected += ["plan", "report"]
@@ -180,8 +182,11 @@ def test_tuned_params_reach_train_and_the_report(repro_project):
         assert saved["train"]["optimizer"]["lr"] == lr  # defaults < experiment < tuned
         tuning = json.loads((repro_project / paths.tuning_summary(exp)).read_text())
         assert sum(tuning["states"].values()) == 2
-        pngs = {p.name for p in (repro_project / paths.tuning_plots_dir(exp)).iterdir()}
-        assert {"history.png", "importances.png", "parallel.png"} <= pngs
+        figures = sorted((repro_project / paths.tuning_plots_dir(exp)).iterdir())
+        assert {"history.png", "importances.png", "parallel.png"} <= {f.name for f in figures}
+        # the markdown report links each figure where it is
+        links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (repro_project / paths.REPORT_MD).read_text())
+        assert {repro_project / paths.REPORTS / link for link in links} >= set(figures)
         _, runs = mlflow_runs(repro_project)
         [train] = [r for r in runs if r.info.run_name == f"{exp}/train"]
         assert train.data.tags["pipeline.tuned"] == "true"
@@ -642,7 +647,7 @@ def test_dvc_plots_page_draws_offline_in_headless_chromium(repro_project, tmp_pa
         page.screenshot(path=str(DVC_SCREENSHOT), full_page=True)
     assert errors == []
     assert len(marks) == plots and all(n > 0 for n in marks), marks
-    assert decoded and all(decoded)  # the PNG plots (figures, previews, tuning) decode
+    assert decoded and all(decoded)  # the PNG plots (figures, previews) decode
 
 
 def test_a_judge_is_trained_only_for_datasets_a_generative_experiment_uses(tmp_path):

@@ -20,7 +20,7 @@ def test_make_tune_ui_serves_the_study_in_a_journal(tmp_path):
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    journal = tmp_path / "study.journal"  # what tune@ writes: artifacts/<exp>/study.journal
+    journal = tmp_path / "study.journal"  # what tune@ writes: artifacts/<exp>/tuning/study.journal
     storage = JournalStorage(JournalFileBackend(str(journal)))
     study = optuna.create_study(study_name="cnn_digits-abc", storage=storage)
     study.optimize(lambda t: t.suggest_float("lr", 1e-4, 1e-1, log=True), n_trials=3)

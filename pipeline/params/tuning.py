@@ -97,7 +97,7 @@ class TuneParams(Strict):
     )
     workers: int = Field(1, ge=1, description="local worker processes")
     storage: Url | None = Field(
-        None, description="null: a journal file under artifacts/<exp>/; or an RDB URL"
+        None, description="null: the journal artifacts/<exp>/tuning/study.journal; or an RDB URL"
     )
     heartbeat_seconds: int = Field(10, ge=1, description="a trial silent for 2x this is failed")
 

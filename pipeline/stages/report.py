@@ -221,7 +221,7 @@ def render_markdown(summaries: list[dict], links: dict[str, str] | None = None) 
         if tuning:
             lines += ["", "### Tuning", ""] + [f"- {fact}" for fact in _tuning_facts(tuning)]
             lines += [""] + [
-                f"![{f.stem}](experiments/{exp}/tuning/{f.name})" for f in _tuning_figures(exp)
+                f"![{f.stem}]({f.relative_to(paths.REPORTS)})" for f in _tuning_figures(exp)
             ]
         lines += ["", "```yaml", yaml.safe_dump(s["params"], sort_keys=False).rstrip(), "```"]
     return "\n".join(lines) + "\n"

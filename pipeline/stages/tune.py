@@ -36,10 +36,6 @@ def tune_experiment(experiment: str, exp: ExperimentParams) -> dict:
     tune = exp.tune
     url = studies.storage_url(experiment, tune)
     study = studies.create_study(experiment, exp, studies.open_storage(url, tune.heartbeat_seconds))
-    if tune.storage:  # the study lives in a database; dvc.yaml still declares the journal
-        journal = paths.study_journal(experiment)
-        journal.parent.mkdir(parents=True, exist_ok=True)
-        journal.touch()  # empty: a valid journal should storage go back to the default
     start = time.time()
     deadline = start + tune.timeout if tune.timeout else None
     tags = {
@@ -132,14 +128,12 @@ def write_results(run, experiment: str, study, tune, seconds: float):
 
 
 def write_tuning_off(experiment: str) -> None:
-    """The outputs of an experiment that is not tuned: empty overrides and no figures."""
-    paths.study_journal(experiment).parent.mkdir(parents=True, exist_ok=True)
-    paths.study_journal(experiment).touch()
+    """The outputs of an experiment that is not tuned: empty overrides, a summary that says
+    so, no trials and no figures (a figure saying "nothing" is noise). A journal from an
+    earlier search stays: turning tuning back on resumes it."""
     note = f"tuning is off for {experiment} (tune.enabled: false)"
-    # DVC's declared plots folder, left empty: a figure saying "nothing" is noise
     shutil.rmtree(paths.tuning_plots_dir(experiment), ignore_errors=True)
-    paths.tuning_plots_dir(experiment).mkdir(parents=True)
-    atomic.write_text(paths.trials_csv(experiment), "number,state\n")
+    paths.trials_csv(experiment).unlink(missing_ok=True)
     atomic.write_json(paths.tuning_summary(experiment), {"enabled": False})
     atomic.write_text(paths.tuned_file(experiment), f"# {note}: no overrides\n{{}}\n")
 

@@ -19,9 +19,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 RATES = (0.001, 0.003, 0.008, 0.02)
 # `dvc exp run -S` overrides keys that exist. Tuning is on (two quick trials over weight
-# decay): with it off, each experiment's tune@ writes the same empty study journal, and DVC
+# decay): with it off, every variant's tune@ writes the same kept (persist) output, and DVC
 # (3.67) committing that one object to the shared cache from two queue workers at once
-# sometimes fails one of them ("unable to remove ... study.journal without a confirmation")
+# sometimes failed one of them ("unable to remove ... without a confirmation")
 QUEUED = {
     **TINY,
     "defaults": {**TINY["defaults"], "train": {"epochs": 3, "optimizer": {"lr": 0.001}}},
