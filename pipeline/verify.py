@@ -27,6 +27,7 @@ STAGES = ("train", "evaluate")
 VARYING = {
     "train.json": "wall time, throughput, threads and MLflow run id of the training",
     "summary.json": "evaluate's copy of train.json and its own MLflow run id",
+    "study.journal": "Optuna's record of the trials, with their start and end times",
     "trials.csv": "each trial's duration and MLflow run id",
     "tuning.json": "the search's wall time and end time",
     "index.md": "the report's training times and throughput",

@@ -333,7 +333,7 @@ def test_predict_scores_a_table_a_block_at_a_time(suffix, tmp_path_factory, monk
 
 def test_predict_scores_an_image_folder_a_block_at_a_time(tmp_path_factory, monkeypatch, capsys):
     """A folder of images is decoded and scored a block of images at a time (a folder larger
-    than memory works): the same CSV as one block; the unreadable files (a whole block of
+    than memory works): the same predictions as one block; the unreadable files (a whole block of
     them here) are reported once."""
     from pipeline import predict
 
@@ -353,7 +353,13 @@ def test_predict_scores_an_image_folder_a_block_at_a_time(tmp_path_factory, monk
     monkeypatch.setattr(predict, "BLOCK_BYTES", 3 * 4 * int(np.prod(info.metadata["shape"])))
     capsys.readouterr()
     assert predict.run(model, str(folder), "blocks.csv", store, "cpu") == 12  # 5 blocks
-    assert (root / "blocks.csv").read_text() == (root / "whole.csv").read_text()
+    # the same rows, labels and scores; the scores to float32 rounding, which depends on the
+    # batch size in some CPU kernels (AVX-512: 0.37515372 in a batch of 12, ...66 in one of 3)
+    blocks, whole = pd.read_csv(root / "blocks.csv"), pd.read_csv(root / "whole.csv")
+    assert list(blocks.columns) == list(whole.columns) and len(whole) == 12
+    text = ["input", "label"]
+    assert blocks[text].equals(whole[text])
+    np.testing.assert_allclose(blocks.drop(columns=text), whole.drop(columns=text), atol=1e-6)
     note = "skipped 3 unreadable image(s): 005b.png, 005c.png, 005d.png"
     assert capsys.readouterr().err.count(note) == 1
 
