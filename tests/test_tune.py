@@ -181,6 +181,33 @@ def test_a_lost_attempt_does_not_use_up_the_budget():
     assert [t.number for t in studies.finished(trials)] == [0, 2]
 
 
+def test_a_worker_whose_trial_another_ended_as_stale_goes_on(capsys):
+    """A late heartbeat on a busy machine: another worker fails this worker's running trial.
+    Optuna then refuses to tell it ("Cannot tell a FAIL trial"); the worker goes on to the
+    next trial instead of exiting with an error."""
+    from pipeline.tuning.runner import optimize_one
+
+    study = optuna.create_study()
+    told = []
+
+    def ended_elsewhere(trial):
+        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        trial.set_user_attr("epochs", 3)  # what the objective writes next: refused
+        return 1.0
+
+    optimize_one(study, ended_elsewhere, lambda study, trial: told.append(trial.number))
+    optimize_one(study, lambda trial: 2.0, lambda study, trial: told.append(trial.number))
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
+    assert told == [1]  # only the trial this worker finished
+    assert "another worker failed this worker's trial as stale" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="a bug"):  # any other error still stops the worker
+
+        def broken(trial):
+            raise ValueError("a bug")
+
+        optimize_one(study, broken, lambda study, trial: None)
+
+
 def test_pareto_choice_knee_and_first():
     study = optuna.create_study(directions=["maximize", "minimize"])
     for acc, size in [(0.99, 1000.0), (0.98, 100.0), (0.90, 10.0), (0.80, 500.0)]:

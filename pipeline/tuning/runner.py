@@ -48,15 +48,37 @@ def work(
             if not has_work(study, exp.tune.n_trials):
                 break
             # the objective releases the lock once its trial is RUNNING (claimed and counted)
-            study.optimize(
+            optimize_one(
+                study,
                 objective,
-                n_trials=1,
-                catch=(PipelineError,),
-                gc_after_trial=False,
-                callbacks=[lambda study, trial: print(trial_line(experiment, exp, study, trial))],
+                lambda study, trial: print(trial_line(experiment, exp, study, trial)),
             )
         ran += 1
     return ran
+
+
+def optimize_one(study, objective, callback) -> None:
+    """One trial of `study`. Another worker may have ended this one's trial meanwhile, taking
+    it for a dead worker's: a busy machine can hold the heartbeat thread past the grace period
+    (seen with `heartbeat_seconds: 1` and five training processes on 2 cores). That trial is
+    retried with its params, so this worker says so and goes on to the next."""
+    try:
+        study.optimize(
+            objective,
+            n_trials=1,
+            catch=(PipelineError,),
+            gc_after_trial=False,
+            callbacks=[callback],
+        )
+    except ValueError as e:
+        # Optuna's words when the trial it is telling was ended by another process
+        if not str(e).startswith("Cannot tell a FAIL trial"):
+            raise
+        print(
+            f"tune worker {os.getpid()}: another worker failed this worker's trial as stale (its "
+            "heartbeat was late); the trial is retried, this worker goes on",
+            file=sys.stderr,
+        )
 
 
 def trial_line(experiment: str, exp: ExperimentParams, study, trial: FrozenTrial) -> str:
