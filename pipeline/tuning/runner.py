@@ -60,8 +60,9 @@ def work(
 def optimize_one(study, objective, callback) -> None:
     """One trial of `study`. Another worker may have ended this one's trial meanwhile, taking
     it for a dead worker's: a busy machine can hold the heartbeat thread past the grace period
-    (seen with `heartbeat_seconds: 1` and five training processes on 2 cores). That trial is
-    retried with its params, so this worker says so and goes on to the next."""
+    (seen with `heartbeat_seconds: 1`, a stage and three workers training on 2 cores beside
+    another test). That trial is retried with its params, so this worker says so and goes on
+    to the next."""
     try:
         study.optimize(
             objective,
