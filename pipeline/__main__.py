@@ -18,7 +18,7 @@ import os
 import sys
 
 from pipeline import cores, locks, paths
-from pipeline.config import Params, load_params, require_declared
+from pipeline.config import Params, data_stage, load_params, require_declared
 from pipeline.errors import PipelineError
 
 
@@ -50,7 +50,18 @@ def plan(params: Params) -> list[tuple[str, str]]:
                 else "no generative experiment uses it: nothing to train",
             )
         )
-    for name, exp in params.experiments.items():
+    # experiments on synthetic datasets last: their data waits for a generator's training
+    ordered = sorted(params.experiments.items(), key=lambda e: e[1].dataset in params.synthetic)
+    for name, exp in ordered:
+        made = params.synthetic.get(exp.dataset)
+        if made is not None and f"synthesize@{exp.dataset}" not in dict(stages):
+            stages.append(
+                (
+                    f"synthesize@{exp.dataset}",
+                    f"{made.base} + {made.per_class} images a class by {made.from_} "
+                    f"-> {paths.processed_dir(exp.dataset)}",
+                )
+            )
         tune = exp.tune
         stages.append(
             (
@@ -130,17 +141,24 @@ def stages_to_run(params: Params, changed: set[str]) -> set[str]:
             "plan" in out and _planned(paths.judge_plan_file(name)) != judge_plan(params, name)
         ):
             out.add(f"judge@{name}")
-    for name, exp in params.experiments.items():
-        if f"preprocess@{exp.dataset}" in out or (
-            "plan" in out and _planned(paths.tune_plan_file(name)) != tune_plan(exp)
-        ):
-            out.add(f"tune@{name}")
-        if f"tune@{name}" in out or f"preprocess@{exp.dataset}" in out:
-            out.add(f"train@{name}")
-        if f"train@{name}" in out or f"judge@{exp.dataset}" in out:
-            out.add(f"evaluate@{name}")
-        if f"evaluate@{name}" in out or f"tune@{name}" in out:
-            out.add("report")
+    before = None
+    while out != before:  # a synthetic dataset follows its generator's training
+        before = set(out)
+        for name, made in params.synthetic.items():
+            if f"preprocess@{made.base}" in out or f"train@{made.from_}" in out:
+                out.add(f"synthesize@{name}")
+        for name, exp in params.experiments.items():
+            data = data_stage(params, exp.dataset)
+            if data in out or (
+                "plan" in out and _planned(paths.tune_plan_file(name)) != tune_plan(exp)
+            ):
+                out.add(f"tune@{name}")
+            if f"tune@{name}" in out or data in out:
+                out.add(f"train@{name}")
+            if f"train@{name}" in out or f"judge@{exp.dataset}" in out or data in out:
+                out.add(f"evaluate@{name}")
+            if f"evaluate@{name}" in out or f"tune@{name}" in out:
+                out.add("report")
     return out
 
 
@@ -407,7 +425,7 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(
-        f"{args.params} is valid: {len(params.datasets)} datasets, "
+        f"{args.params} is valid: {len(params.datasets) + len(params.synthetic)} datasets, "
         f"{len(params.experiments)} experiments"
     )
     stages = plan(params)

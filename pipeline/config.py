@@ -3,7 +3,8 @@ its loading, where errors name the key, the value and what is allowed.
 
 params.yaml has three sections: `datasets` (named data sources), `defaults` (settings every
 experiment shares) and `experiments` (named experiments: a dataset plus overrides of defaults),
-and an optional `schedule` (when the Prefect retrain flow runs). An experiment resolves as
+an optional `synthetic` (datasets made of another one's splits plus a generative experiment's
+images) and an optional `schedule` (when the Prefect retrain flow runs). An experiment resolves as
 `defaults` deep-merged with `experiments.<name>`.
 """
 
@@ -22,7 +23,7 @@ from pydantic import (
 
 from pipeline.errors import ParamsError, PipelineError
 from pipeline.params.base import Strict, unsafe_name
-from pipeline.params.datasets import DATASET_TASK, DatasetParams
+from pipeline.params.datasets import DATASET_TASK, DatasetParams, SyntheticDataset
 from pipeline.params.models import MODEL_PARAMS, ModelParams
 from pipeline.params.training import DataParams, EvaluateParams, TrackingParams, TrainParams
 from pipeline.params.tuning import CategoricalSpace, TuneParams
@@ -46,7 +47,7 @@ class Defaults(Strict):
 class ExperimentParams(Defaults):
     """One experiment, resolved: defaults < experiments.<name>."""
 
-    dataset: str = Field(description="name of a dataset in `datasets`")
+    dataset: str = Field(description="name of a dataset in `datasets` or `synthetic`")
 
 
 class ScheduleParams(Strict):
@@ -90,6 +91,7 @@ class Params(Strict):
     datasets: dict[str, DatasetParams]
     defaults: Defaults
     experiments: dict[str, ExperimentParams]
+    synthetic: dict[str, SyntheticDataset] = {}
     schedule: ScheduleParams = ScheduleParams()
     _source: str = PrivateAttr("params.yaml")
 
@@ -99,7 +101,23 @@ class Params(Strict):
         return self._source
 
 
-SECTIONS = ("datasets", "defaults", "experiments", "schedule")
+SECTIONS = ("datasets", "defaults", "experiments", "synthetic", "schedule")
+# image classification sources: the datasets a synthetic one can extend
+IMAGE_SOURCES = ("sklearn_digits", "mnist", "fashion_mnist", "kmnist", "cifar10", "image_folder")
+# generative families whose samples can be asked for by class (when `conditional`)
+CONDITIONAL = ("gan", "vae")
+
+
+def dataset_params(params: Params, name: str) -> DatasetParams:
+    """The params of dataset `name`; for a synthetic one, those of its base (its images)."""
+    if name in params.synthetic:
+        name = params.synthetic[name].base
+    return params.datasets[name]
+
+
+def data_stage(params: Params, name: str) -> str:
+    """The stage that writes data/processed/<name>."""
+    return f"synthesize@{name}" if name in params.synthetic else f"preprocess@{name}"
 
 
 def judged_by(params: Params, dataset: str) -> list[str]:
@@ -112,8 +130,12 @@ def judged_by(params: Params, dataset: str) -> list[str]:
 
 
 def require_declared(params: Params, kind: str, name: str, source: str | Path) -> None:
-    """`name` must be a dataset (kind 'dataset') or experiment declared in `source`."""
-    declared = params.datasets if kind == "dataset" else params.experiments
+    """`name` must be a dataset (kind 'dataset'), a synthetic dataset (kind 'synthetic
+    dataset') or an experiment declared in `source`."""
+    declared = {
+        "dataset": params.datasets,
+        "synthetic dataset": params.synthetic,
+    }.get(kind, params.experiments)
     if name not in declared:
         raise PipelineError(f"{kind} {name!r} is not in {source}; declared: {', '.join(declared)}")
 
@@ -133,8 +155,13 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     defaults_raw = _mapping(raw, "defaults", problems, required=False)
     experiments_raw = _mapping(raw, "experiments", problems, required=True)
     schedule_raw = _mapping(raw, "schedule", problems, required=False)
+    synthetic_raw = _mapping(raw, "synthetic", problems, required=False)
 
-    for section, names in (("datasets", datasets_raw), ("experiments", experiments_raw)):
+    for section, names in (
+        ("datasets", datasets_raw),
+        ("experiments", experiments_raw),
+        ("synthetic", synthetic_raw),
+    ):
         for name in names:
             if unsafe_name(str(name)):
                 problems.append(f"{section}.{name}: not a safe name; {unsafe_name(str(name))}")
@@ -142,6 +169,14 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     for name, spec in datasets_raw.items():
         datasets[name] = validate(DatasetParams, spec, lambda _, n=name: f"datasets.{n}", problems)
     defaults = validate(Defaults, defaults_raw, lambda _: "defaults", problems)
+    synthetic = {}
+    for name, spec in synthetic_raw.items():
+        if name in datasets_raw:
+            problems.append(f"synthetic.{name}: also a name in `datasets`; give it another name")
+            continue
+        synthetic[name] = validate(
+            SyntheticDataset, spec, lambda _, n=name: f"synthetic.{n}", problems
+        )
 
     experiments = {}
     for name, overrides in experiments_raw.items():
@@ -161,19 +196,31 @@ def load_params(path: str | Path = "params.yaml") -> Params:
             problems,
         )
         dataset = overrides.get("dataset")
+        # a synthetic dataset is its base's images, for what a model can learn from it
+        images = synthetic[dataset].base if synthetic.get(dataset) is not None else dataset
         # (with no datasets section at all, that one problem is reported alone)
-        if isinstance(dataset, str) and datasets_raw and dataset not in datasets_raw:
-            declared = ", ".join(sorted(datasets_raw)) or "none"
+        if dataset in synthetic and synthetic[dataset] is None:
+            pass  # its own problems are reported
+        elif isinstance(dataset, str) and datasets_raw and images not in datasets_raw:
+            declared = ", ".join(sorted([*datasets_raw, *synthetic_raw])) or "none"
             problems.append(
                 f"{where}.dataset: {dataset!r} is not a declared dataset; declared: {declared}"
             )
-        elif exp is not None and datasets.get(exp.dataset) is not None:
-            problems += _compatibility(where, exp, datasets[exp.dataset])
-            problems += _metric_problems(where, overrides, exp, datasets[exp.dataset])
+        elif exp is not None and datasets.get(images) is not None:
+            problems += _compatibility(where, exp, datasets[images])
+            problems += _metric_problems(where, overrides, exp, datasets[images])
+            if dataset in synthetic and exp.model.name in GENERATIVE:
+                problems.append(
+                    f"{where}.dataset: {dataset!r} is a synthetic dataset, for classifiers; "
+                    f"{exp.model.name} learns from real images: use {images!r}"
+                )
         if exp is not None and exp.tune.enabled:
             problems += _space_problems(where, merged, exp.tune)
         experiments[name] = exp
     schedule = validate(ScheduleParams, schedule_raw, lambda _: "schedule", problems)
+    for name, cfg in synthetic.items():
+        if cfg is not None:
+            problems += _synthetic_problems(f"synthetic.{name}", cfg, datasets, experiments)
     if "experiments" in raw and isinstance(raw["experiments"], dict) and not experiments_raw:
         problems.append("experiments: empty; declare at least one (a dataset and a model)")
     if path.name == "params.yaml" and path.with_name("dvc.yaml").is_file():
@@ -182,7 +229,11 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         # a bad default shows up once per experiment too; say it once
         raise ParamsError(path, list(dict.fromkeys(problems)))
     params = Params(
-        datasets=datasets, defaults=defaults, experiments=experiments, schedule=schedule
+        datasets=datasets,
+        defaults=defaults,
+        experiments=experiments,
+        synthetic=synthetic,
+        schedule=schedule,
     )
     params._source = str(path)
     return params
@@ -225,6 +276,34 @@ def dvc_params_problems(raw: dict, dvc_yaml: Path) -> list[str]:
         for param, stage in needed.items()
         if not has_path(raw, param.split("."))
     ]
+
+
+def _synthetic_problems(where: str, cfg: SyntheticDataset, datasets, experiments) -> list[str]:
+    """A synthetic dataset extends an image classification dataset with the samples of a
+    conditional generative experiment that learnt images like it."""
+    problems = []
+    base = datasets.get(cfg.base)
+    if cfg.base not in datasets:
+        declared = ", ".join(sorted(datasets)) or "none"
+        problems.append(f"{where}.base: {cfg.base!r} is not in `datasets`; declared: {declared}")
+    elif base is not None and base.source not in IMAGE_SOURCES:
+        problems.append(
+            f"{where}.base: {cfg.base!r} is a {base.source} dataset; generated training data is "
+            f"for image classification ({', '.join(IMAGE_SOURCES)})"
+        )
+    gen = experiments.get(cfg.from_)
+    if cfg.from_ not in experiments:
+        declared = ", ".join(sorted(experiments)) or "none"
+        problems.append(f"{where}.from: {cfg.from_!r} is not an experiment; declared: {declared}")
+    elif gen is not None and (
+        gen.model.name not in CONDITIONAL or not getattr(gen.model, "conditional", False)
+    ):
+        problems.append(
+            f"{where}.from: {cfg.from_!r} is a {gen.model.name} experiment that cannot draw "
+            f"images of a class asked for; name one whose model is a {' or '.join(CONDITIONAL)} "
+            "with conditional: true"
+        )
+    return problems
 
 
 def _compatibility(where: str, exp: ExperimentParams, dataset) -> list[str]:

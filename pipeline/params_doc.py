@@ -36,7 +36,7 @@ def _sections(cls: type[BaseModel], path: str, out: dict[type, str], parent: str
     out[cls] = title
     for name, field in cls.model_fields.items():
         key = f"{path}.{name}" if path else name
-        if name in ("datasets", "experiments"):
+        if name in ("datasets", "experiments", "synthetic"):
             key += ".<name>"
         for sub in _models(field.annotation):
             _sections(sub, key, out, tag or parent)
@@ -120,7 +120,8 @@ def render() -> str:
             parts.append(f"Every key of {found[base]}, and:\n")
         parts.append("| key | type | default | allowed | description |\n|---|---|---|---|---|")
         for name, field in fields.items():
-            row = (name, _type(field.annotation), _default(field), _constraints(field))
+            key = field.alias or name  # `from`, a Python keyword: `from_` in the class
+            row = (key, _type(field.annotation), _default(field), _constraints(field))
             doc = (field.description or "").replace("|", "\\|")
             parts.append(f"| `{row[0]}` | {row[1]} | {row[2]} | {row[3]} | {doc} |")
         parts.append("")

@@ -47,6 +47,11 @@ def schema_file(dataset: str) -> Path:
     return processed_dir(dataset) / "schema.json"
 
 
+def synthetic_samples_file(dataset: str) -> Path:
+    """A synthetic dataset's generated images, a column per class (synthesize@)."""
+    return processed_dir(dataset) / "samples.png"
+
+
 PREPROCESSOR = "preprocessor.json"
 
 

@@ -38,6 +38,13 @@ def params_digests(params_file: Path = paths.PARAMS) -> dict[str, str]:
     for name, exp in raw.get("experiments", {}).items():
         used = {"defaults": defaults, "experiment": exp}
         used["dataset"] = raw.get("datasets", {}).get(exp.get("dataset"))
+        made = (raw.get("synthetic") or {}).get(exp.get("dataset"))
+        if made:  # a synthetic dataset: its base's section and its generator's experiment
+            used["dataset"] = {
+                "synthetic": made,
+                "base": raw.get("datasets", {}).get(made.get("base")),
+                "from": raw.get("experiments", {}).get(made.get("from")),
+            }
         text = json.dumps(used, sort_keys=True, default=str)
         digests[name] = hashlib.sha256(text.encode()).hexdigest()[:16]
     return digests

@@ -72,8 +72,10 @@ def _walk(cls: type[BaseModel], loc: tuple) -> tuple[list[str], tuple[str, ...]]
             continue
         keys.append(str(part))
         if isinstance(node, type) and issubclass(node, BaseModel):
-            allowed = tuple(node.model_fields)
-            field = node.model_fields.get(part)
+            # the keys as written in params.yaml (`from`: the field `from_`)
+            by_key = {f.alias or k: f for k, f in node.model_fields.items()}
+            allowed = tuple(by_key)
+            field = by_key.get(part)
             node = field.annotation if field else None
         else:
             args = get_args(node)

@@ -81,7 +81,8 @@ def test_unknown_dataset_and_bad_choice(tmp_path):
     problems = problems_for(tmp_path, mutate)
     assert (
         "experiments.mlp_digits.dataset: 'mnist' is not a declared dataset; "
-        "declared: cancer, dates, digits, docs, names, sunspots" in problems
+        "declared: cancer, dates, digits, digits_tenth, digits_tenth_gan, docs, names, sunspots"
+        in problems
     )
     assert (
         "defaults.train.optimizer.name: 'lbfgs' is not allowed; "
@@ -180,7 +181,16 @@ def test_stages_downstream_of_a_change_will_run():
         if exp.dataset == "digits"
         for s in ("tune", "train", "evaluate")
     }
-    assert stages_to_run(params, {"ingest@digits"}) == on_digits
+    # and the synthetic dataset made by gan_digits, with the experiments that learn from it
+    made = {"synthesize@digits_tenth_gan"} | {
+        f"{s}@cnn_digits_tenth_gan" for s in ("tune", "train", "evaluate")
+    }
+    assert stages_to_run(params, {"ingest@digits"}) == on_digits | made
+    assert stages_to_run(params, {"train@gan_digits"}) == made | {
+        "train@gan_digits",
+        "evaluate@gan_digits",
+        "report",
+    }
     # a new search retrains and re-reports its experiment only
     assert stages_to_run(params, {"tune@cnn_digits"}) == {
         "tune@cnn_digits",

@@ -37,6 +37,13 @@ def test_ingest_preprocess_and_judge():
     assert str(paths.processed_dir(EXP)) in _paths(_stage("judge")["deps"])
 
 
+def test_synthesize():
+    assert _outs("synthesize") == {str(paths.processed_dir(EXP)), str(paths.judge_dir(EXP))}
+    assert paths.synthetic_samples_file(EXP).parent == paths.processed_dir(EXP)
+    deps = _paths(_stage("synthesize")["deps"])
+    assert {str(paths.processed_dir("${item.base}")), str(paths.model_file("${item.from}"))} <= deps
+
+
 def test_tune():
     assert _outs("tune") == {str(paths.tuning_dir(EXP)), str(paths.tuning_report_dir(EXP))}
     for p in (paths.tuned_file, paths.study_journal):

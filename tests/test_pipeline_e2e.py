@@ -39,6 +39,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 EXPERIMENTS = tuple(shipped_params()["experiments"])
 DATASETS = tuple(shipped_params()["datasets"])
+SYNTHETIC = tuple(shipped_params().get("synthetic", {}))
 DATASET_STAGES = ("ingest", "preprocess", "judge")
 # metrics every experiment of a task reports (test split)
 TASK_METRICS = {
@@ -84,9 +85,12 @@ ONLY_FIGURES = {
 TUNED = tuple(
     e for e, x in shipped_params()["experiments"].items() if x.get("tune", {}).get("enabled")
 )
-# experiments trained on images ((N, C, H, W) digits): the only ones with an input preview
+# experiments trained on images ((N, C, H, W) digits, a tenth of them, or those and generated
+# ones): the only ones with an input preview
 IMAGE_INPUTS = tuple(
-    e for e, x in shipped_params()["experiments"].items() if x["dataset"] == "digits"
+    e
+    for e, x in shipped_params()["experiments"].items()
+    if x["dataset"] in ("digits", "digits_tenth", *SYNTHETIC)
 )
 FIGURES = {
     "classification": {"confusion", "curves", "attacks"},  # the shipped attacks
@@ -121,6 +125,7 @@ def test_repro_runs_every_stage_and_writes_metrics(repro_project):
     assert "is empty" not in log  # untuned experiments' tune@ outputs say so; none is empty
     expected = [f"{s}@{d}" for d in DATASETS for s in DATASET_STAGES]
     expected += [f"{s}@{e}" for e in EXPERIMENTS for s in ("tune", "train", "evaluate")]
+    expected += [f"synthesize@{name}" for name in SYNTHETIC]
     expected += ["plan", "report"]
     assert sorted(ran) == sorted(expected)
     assert {summary(repro_project, e)["task"] for e in EXPERIMENTS} == set(TASK_METRICS)
@@ -165,7 +170,9 @@ def test_repro_runs_every_stage_and_writes_metrics(repro_project):
     tuning_pngs = sum(
         len(list((repro_project / paths.tuning_plots_dir(e)).glob("*.png"))) for e in TUNED
     )
-    assert report.count("data:image/png;base64,") == tuning_pngs + sum(
+    # and, for an experiment on a synthetic dataset, the generated images it learnt from
+    on_synthetic = [e for e in EXPERIMENTS if summary(repro_project, e)["dataset"] in SYNTHETIC]
+    assert report.count("data:image/png;base64,") == tuning_pngs + len(on_synthetic) + sum(
         len(summary(repro_project, e)["figures"]) for e in EXPERIMENTS
     )
 
@@ -251,12 +258,14 @@ def test_every_stage_is_an_mlflow_run_grouped_by_experiment(repro_project):
     expected |= {"digits/judge"}  # only digits has generative experiments; the others no run
     assert not {f"{d}/judge" for d in DATASETS} - {"digits/judge"} & set(by_name)
     expected |= {f"{e}/tune" for e in TUNED}
+    expected |= {f"{name}/synthesize" for name in SYNTHETIC}
     assert expected <= set(by_name)
     assert all(r.info.status == "FINISHED" for r in runs)
     lock = yaml.safe_load((repro_project / "dvc.lock").read_text())
     for exp in EXPERIMENTS:
         dataset = shipped_params()["experiments"][exp]["dataset"]
-        data_hash = lock["stages"][f"preprocess@{dataset}"]["outs"][0]["md5"]
+        made_by = f"{'synthesize' if dataset in SYNTHETIC else 'preprocess'}@{dataset}"
+        data_hash = lock["stages"][made_by]["outs"][0]["md5"]
         train, evaluate = by_name[f"{exp}/train"], by_name[f"{exp}/evaluate"]
         assert evaluate.data.tags["mlflow.parentRunId"] == train.info.run_id
         assert train.data.tags["pipeline.dvc.data_hash"] == data_hash
@@ -316,7 +325,7 @@ def test_second_repro_is_a_noop(repro_project):
     assert stages_run(proc.stdout) == []
     assert "Data and pipelines are up to date" in proc.stdout
     check = run(["python", "-m", "pipeline", "check"], repro_project).stdout
-    n_stages = 3 * len(DATASETS) + 3 * len(EXPERIMENTS) + 2  # and plan, report
+    n_stages = 3 * len(DATASETS) + len(SYNTHETIC) + 3 * len(EXPERIMENTS) + 2  # plan, report
     assert f"would run 0 of {n_stages} stages" in check and "[will run]" not in check
 
 

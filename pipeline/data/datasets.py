@@ -13,7 +13,7 @@ import numpy as np
 
 from pipeline import atomic, paths
 from pipeline.data import baselines, preprocessing, seq2seq, store, table, text, vision
-from pipeline.data.splits import stratified_split
+from pipeline.data.splits import keep_fraction, stratified_split
 from pipeline.errors import PipelineError
 from pipeline.params.datasets import DatasetParams
 from pipeline.params.training import DataParams
@@ -162,6 +162,8 @@ def _preprocess_images(name: str, cfg) -> Path:
             rest, test_size=cfg.split.val, stratify=y[rest], random_state=cfg.split.seed
         )
         splits = {"train": np.sort(train), "val": np.sort(val), "test": np.flatnonzero(test_mask)}
+    splits["train"] = keep_fraction(splits["train"], y, cfg.split.train_fraction, cfg.split.seed)
+    whole = cfg.split.train_fraction == 1
     step = max(1, BLOCK_BYTES // raw.row_bytes)  # images a block
     blocks = [splits["train"][i : i + step] for i in range(0, len(splits["train"]), step)]
     prep = preprocessing.ImagePreprocessor.fit(
@@ -189,7 +191,8 @@ def _preprocess_images(name: str, cfg) -> Path:
             "std": prep.std.tolist(),
             "fitted_on": "train",
         },
-        "split": cfg.split.model_dump(),
+        # the whole train split leaves the schema (and what depends on it) as it was
+        "split": cfg.split.model_dump(exclude={"train_fraction"} if whole else None),
     }
     if "skipped_unreadable" in meta:  # image folders
         schema["skipped_unreadable"] = meta["skipped_unreadable"]

@@ -40,3 +40,16 @@ def require_two_classes(dataset: str, classes: list[str], counts) -> None:
             "least two classes: add another class (an image folder: one sub-folder per class) "
             "or choose another target"
         )
+
+
+def keep_fraction(index: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A seeded share of `index` (sorted), the same share of each class and at least one
+    sample of each: the train split of a low-data experiment."""
+    if fraction >= 1:
+        return index
+    rng = np.random.default_rng(seed)
+    kept = []
+    for label in np.unique(y[index]):
+        members = index[y[index] == label]
+        kept.append(rng.choice(members, max(1, round(len(members) * fraction)), replace=False))
+    return np.sort(np.concatenate(kept))

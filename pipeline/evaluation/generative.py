@@ -16,7 +16,7 @@ from pipeline.engine import Batches
 from pipeline.evaluation.base import Evaluation, Inputs
 from pipeline.experiment import excluded_classes, load_judge, load_trained_model
 from pipeline.metrics import auroc
-from pipeline.tasks.generative import SAMPLE_SEED
+from pipeline.tasks.generative import SAMPLE_SEED, unit_samples
 from pipeline.tasks.kinds import GENERATIVE
 
 
@@ -110,16 +110,6 @@ def evaluate(kind: str, i: Inputs) -> Evaluation:
             metrics.update(anomaly)
             figures["roc"] = roc
     return Evaluation(metrics, {"judge": "CNN classifier of judge@" + i.exp.dataset}, figures)
-
-
-@torch.no_grad()
-def unit_samples(kind: str, model, n: int) -> torch.Tensor:
-    """`n` seeded samples in [0, 1]."""
-    model.eval()
-    g = torch.Generator().manual_seed(SAMPLE_SEED)
-    if kind == "vae":
-        return model.sample(n, generator=g)
-    return (model.sample(n, generator=g) + 1) / 2
 
 
 def vae_scores(model, judge, batches: Batches, scale: ImageScale) -> dict[str, float]:

@@ -29,11 +29,24 @@ class SplitParams(SeriesSplit):
     seed: int = Field(0, description="seed of the stratified split")
 
 
+class ImageSplit(SplitParams):
+    """Stratified by class and seeded; `train_fraction` keeps a share of the train split for
+    low-data experiments (val and test stay those of the whole dataset)."""
+
+    train_fraction: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="share of the train split kept (stratified, seeded; at least one image "
+        "of each class): a low-data version of the dataset, same val and test images",
+    )
+
+
 class DigitsDataset(Strict):
     """scikit-learn's bundled 8x8 handwritten digits: image classification, offline."""
 
     source: Literal["sklearn_digits"]
-    split: SplitParams = SplitParams()
+    split: ImageSplit = ImageSplit()
     normalize: bool = Field(True, description="standardise with train-split statistics")
 
 
@@ -112,7 +125,7 @@ class TorchvisionDataset(Strict):
     root: str = Field("data/external", description="folder holding torchvision's standard files")
     download: bool = Field(False, description="fetch missing files with torchvision")
     limit: int | None = Field(None, ge=10, description="a seeded subset of this many images")
-    split: SplitParams = Field(SplitParams(), description="test: the official test set")
+    split: ImageSplit = Field(ImageSplit(), description="test: the official test set")
     normalize: bool = Field(True, description="standardise with train-split statistics")
 
 
@@ -126,7 +139,7 @@ class ImageFolderDataset(Strict):
     )
     channels: Literal[1, 3] = Field(3, description="1 (grey) or 3 (RGB)")
     max_bad_fraction: float = Field(0.01, ge=0, lt=1, description="unreadable images allowed")
-    split: SplitParams = SplitParams()
+    split: ImageSplit = ImageSplit()
     normalize: bool = Field(True, description="standardise with train-split statistics")
 
 
@@ -209,6 +222,21 @@ class Seq2SeqDataset(Strict):
     split: SplitParams = Field(
         SplitParams(), description="random, with every pair of one target in one split"
     )
+
+
+class SyntheticDataset(Strict):
+    """A dataset made by synthesize@<name>: the splits of `base` (an image classification
+    dataset), with class-conditional images of a trained generative experiment added to its
+    train split; val and test stay `base`'s real images. Experiments name it as `dataset:`."""
+
+    base: str = Field(description="the image dataset (in `datasets`) whose splits it keeps")
+    from_: str = Field(
+        alias="from",
+        description="a conditional gan or vae experiment whose samples are added (trained on "
+        "images of base's shape and classes)",
+    )
+    per_class: int = Field(ge=1, le=100_000, description="generated images added per class")
+    seed: int = Field(0, description="seeds the generator's noise")
 
 
 DatasetParams = Annotated[

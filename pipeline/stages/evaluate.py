@@ -96,7 +96,11 @@ def run(params: Params, experiment: str) -> dict[str, float]:
             "figures": sorted(result.figures),
             "train": train_info,
             "evaluate_run_id": run.run_id,
-            "data": {"dvc_hash": tags["dvc.data_hash"], "counts": schema["counts"]},
+            "data": {
+                "dvc_hash": tags["dvc.data_hash"],
+                "counts": schema["counts"],
+                **({"synthetic": schema["synthetic"]} if "synthetic" in schema else {}),
+            },
             "registry": decision,
             "params": exp.model_dump(mode="json"),
         }

@@ -19,6 +19,16 @@ from pipeline.tasks.kinds import KINDS
 SAMPLE_SEED = 1234  # fixed: validation and evaluation samples are the same on every run
 
 
+@torch.no_grad()
+def unit_samples(kind: str, model, n: int, generator=None) -> torch.Tensor:
+    """`n` samples in [0, 1], drawn with `generator` (default: seeded with SAMPLE_SEED)."""
+    model.eval()
+    g = torch.Generator().manual_seed(SAMPLE_SEED) if generator is None else generator
+    if kind == "vae":
+        return model.sample(n, generator=g)
+    return (model.sample(n, generator=g) + 1) / 2
+
+
 class ImageTask(SupervisedTask):
     """A generative model trained on one loss over images mapped back from their processed
     (standardised) scale."""
