@@ -18,7 +18,7 @@ import os
 import sys
 
 from pipeline import cores, locks, paths
-from pipeline.config import Params, data_stage, load_params, require_declared
+from pipeline.config import Params, data_stage, dataset_params, load_params, require_declared
 from pipeline.errors import PipelineError
 
 
@@ -91,7 +91,9 @@ def data_plan(params: Params) -> list[str]:
     from pipeline.data import datasets
 
     lines = []
-    for name, cfg in params.datasets.items():
+    # a synthetic dataset: its base's estimate until synthesized (then its own files)
+    every = {**params.datasets, **{n: dataset_params(params, n) for n in params.synthetic}}
+    for name, cfg in every.items():
         size, held, exact = datasets.expected_inputs_bytes(name, cfg)
         if size is None:
             lines.append(f"  {name}: size known once ingested")
