@@ -160,16 +160,18 @@ def _git(*args: str) -> str | None:
 
 
 def dvc_data_hash(dataset: str) -> str:
-    """The md5 DVC recorded in dvc.lock for data/processed/<dataset>, or 'untracked'."""
+    """The md5 DVC recorded in dvc.lock for data/processed/<dataset> (written by preprocess@ or
+    synthesize@), or 'untracked'."""
     lock = paths.DVC_LOCK.resolve()
     if not lock.is_file():
         return "untracked"
     stat = lock.stat()
     stages = _read_lock(lock, stat.st_mtime_ns, stat.st_size).get("stages", {})
     target = os.fspath(paths.processed_dir(dataset))
-    for out in stages.get(f"preprocess@{dataset}", {}).get("outs", []):
-        if out.get("path") == target:
-            return out.get("md5", "untracked")
+    for stage in (f"preprocess@{dataset}", f"synthesize@{dataset}"):  # a synthetic one: made
+        for out in stages.get(stage, {}).get("outs", []):
+            if out.get("path") == target:
+                return out.get("md5", "untracked")
     return "untracked"
 
 
