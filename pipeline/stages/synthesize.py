@@ -16,14 +16,14 @@ from pipeline.data import datasets, synthetic
 from pipeline.errors import PipelineError
 from pipeline.stages import default_tracking, stage_main
 
-CHUNK = 4096  # images generated at a time (about: a whole number of rows of classes)
+CHUNK = 4096  # images generated at a time, rounded down to the same number of each class
 
 
 def run(params: Params, name: str) -> dict:
     cfg = params.synthetic[name]
     gen = params.experiments[cfg.from_]
     schema = synthetic.base_schema(cfg.base, name)
-    learnt = datasets.load_schema(gen.dataset)
+    learnt = datasets.load_schema(gen.dataset)  # a check only: its model.pt is the dependency
     if learnt["classes"] != schema["classes"] or learnt["input_shape"] != schema["input_shape"]:
         raise PipelineError(
             f"synthetic.{name}.from: {cfg.from_!r} learnt {gen.dataset!r} (classes "
