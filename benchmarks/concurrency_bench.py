@@ -47,6 +47,7 @@ def params(epochs: int, quick: bool) -> dict:
         "cnn_digits": cnn,
         "cnn_digits_seed7": {**copy.deepcopy(cnn), "seed": 7},
     }
+    raw.pop("synthetic", None)  # its generator is not among these experiments
     return raw
 
 

@@ -142,6 +142,7 @@ def scratch_params(cpu: bool) -> dict:
     raw["datasets"] = {"digits": raw["datasets"]["digits"]}
     keep = set(EXPERIMENTS) | set(THROUGHPUT_EPOCHS)
     raw["experiments"] = {k: v for k, v in raw["experiments"].items() if k in keep}
+    raw.pop("synthetic", None)  # its generator is not among these experiments
     raw["defaults"]["device"] = "cpu" if cpu else "cuda"
     raw["defaults"]["tracking"]["enabled"] = False
     for exp in raw["experiments"].values():

@@ -104,6 +104,7 @@ def test_tracking_off_runs_the_pipeline_without_mlflow(tmp_path):
 
     raw = shrink(shipped_params())
     raw["experiments"] = {k: raw["experiments"][k] for k in ("mlp_digits", "cnn_digits")}
+    raw.pop("synthetic")  # its generator is not among these experiments
     raw["experiments"]["cnn_digits"]["tune"]["workers"] = 2
     raw["defaults"]["tracking"]["enabled"] = False
     project = make_project(tmp_path / "off", raw)
