@@ -157,7 +157,7 @@ def stages_to_run(params: Params, changed: set[str]) -> set[str]:
                 out.add(f"tune@{name}")
             if f"tune@{name}" in out or data in out:
                 out.add(f"train@{name}")
-            if f"train@{name}" in out or f"judge@{exp.dataset}" in out or data in out:
+            if f"train@{name}" in out or f"judge@{exp.dataset}" in out:
                 out.add(f"evaluate@{name}")
             if f"evaluate@{name}" in out or f"tune@{name}" in out:
                 out.add("report")

@@ -102,8 +102,8 @@ class Params(Strict):
 
 
 SECTIONS = ("datasets", "defaults", "experiments", "synthetic", "schedule")
-# image classification sources: the datasets a synthetic one can extend
-IMAGE_SOURCES = ("sklearn_digits", "mnist", "fashion_mnist", "kmnist", "cifar10", "image_folder")
+# the datasets a synthetic one can extend: those of images (labelled classes)
+IMAGE_SOURCES = tuple(source for source, task in DATASET_TASK.items() if task == "classification")
 # generative families whose samples can be asked for by class (when `conditional`)
 CONDITIONAL = ("gan", "vae")
 
@@ -196,20 +196,21 @@ def load_params(path: str | Path = "params.yaml") -> Params:
             problems,
         )
         dataset = overrides.get("dataset")
-        # a synthetic dataset is its base's images, for what a model can learn from it
-        images = synthetic[dataset].base if synthetic.get(dataset) is not None else dataset
+        declared = {**datasets_raw, **synthetic_raw}
+        # a synthetic dataset is its base's images, for what a model can learn from it (an
+        # invalid one resolves to nothing here: its own problems are reported)
+        made = synthetic.get(dataset)
+        images = made.base if made is not None else dataset
         # (with no datasets section at all, that one problem is reported alone)
-        if dataset in synthetic and synthetic[dataset] is None:
-            pass  # its own problems are reported
-        elif isinstance(dataset, str) and datasets_raw and images not in datasets_raw:
-            declared = ", ".join(sorted([*datasets_raw, *synthetic_raw])) or "none"
+        if isinstance(dataset, str) and datasets_raw and dataset not in declared:
+            declared = ", ".join(sorted(declared)) or "none"
             problems.append(
                 f"{where}.dataset: {dataset!r} is not a declared dataset; declared: {declared}"
             )
         elif exp is not None and datasets.get(images) is not None:
             problems += _compatibility(where, exp, datasets[images])
             problems += _metric_problems(where, overrides, exp, datasets[images])
-            if dataset in synthetic and exp.model.name in GENERATIVE:
+            if made is not None and exp.model.name in GENERATIVE:
                 problems.append(
                     f"{where}.dataset: {dataset!r} is a synthetic dataset, for classifiers; "
                     f"{exp.model.name} learns from real images: use {images!r}"

@@ -170,19 +170,22 @@ def synthetic_facts(s: dict, summaries: list[dict]) -> list[str]:
         "val and test are the base's real images"
     ]
     name, _ = main_metric(s)
+
+    def interval(metrics: dict) -> tuple | None:
+        ends = (metrics.get(f"{name}_ci95_low"), metrics.get(f"{name}_ci95_high"))
+        return None if None in ends else ends
+
     for other in summaries:
         if other["dataset"] == made["base"] and other["params"]["model"] == s["params"]["model"]:
-            low = (s["metrics"].get(f"{name}_ci95_low"), s["metrics"].get(f"{name}_ci95_high"))
-            high = (
-                other["metrics"].get(f"{name}_ci95_low"),
-                other["metrics"].get(f"{name}_ci95_high"),
-            )
-            overlap = None not in low + high and low[0] <= high[1] and high[0] <= low[1]
             facts.append(
                 f"without the generated images (`{other['experiment']}`, same model): {name} "
                 f"{with_interval(other['metrics'], name)} vs {with_interval(s['metrics'], name)}"
-                f" with them; the 95% intervals {'overlap' if overlap else 'do not overlap'}"
+                " with them"
             )
+            this, that = interval(s["metrics"]), interval(other["metrics"])
+            if this and that:  # (a metric without a bootstrap interval: nothing to say)
+                overlap = this[0] <= that[1] and that[0] <= this[1]
+                facts[-1] += f"; the 95% intervals {'overlap' if overlap else 'do not overlap'}"
     return facts
 
 
